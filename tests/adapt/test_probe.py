@@ -213,3 +213,66 @@ def test_iteration_counts_are_reported_per_C_and_label():
             m = ~np.isnan(Ytr[:, j])
             lr = LogisticRegression(C=C).fit(scaler.transform(Xtr[m]), Ytr[m, j])
             assert 0 < free.n_iter[c, j] <= 3 * lr.n_iter_[0] + 5
+
+
+def _correlated(seed=0, n=2400, d=600, labels=3):
+    """Features with a low-rank correlated part (as pooled CNN features) plus noise."""
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n, 20))
+    X = Z @ rng.normal(size=(20, d)) + 0.3 * rng.normal(size=(n, d)) + rng.normal(size=d) * 5
+    Y = (Z[:, :labels] + rng.normal(size=(n, labels)) > 0.8).astype(float)
+    return X[:1600], Y[:1600], X[1600:], Y[1600:]
+
+
+def test_preconditioned_lbfgs_needs_fewer_iterations_than_sklearn_on_correlated_features():
+    # d > 512 takes the low-rank (randomised eigen) preconditioner; a broken one would need
+    # far more iterations than plain L-BFGS, or would not reach sklearn's solution
+    Xtr, Ytr, Xva, Yva = _correlated()
+    probe = fit_probe(Xtr, Ytr, Xva, Yva, Cs=[0.1], dtype="float64")
+    scaler = StandardScaler().fit(Xtr)
+    for j in range(Ytr.shape[1]):
+        lr = LogisticRegression(C=0.1).fit(scaler.transform(Xtr), Ytr[:, j])
+        assert probe.n_iter[0, j] < lr.n_iter_[0], (probe.n_iter[0, j], lr.n_iter_[0])
+        ref = roc_auc_score(Yva[:, j], lr.decision_function(scaler.transform(Xva)))
+        got = roc_auc_score(Yva[:, j], probe.decision_function(Xva)[:, j])
+        assert abs(ref - got) < 1e-3
+
+
+def test_top_eigen_matches_a_full_eigendecomposition():
+    from cxrbench.adapt.probe import _top_eigen
+
+    rng = np.random.default_rng(3)
+    Q, _ = np.linalg.qr(rng.normal(size=(300, 300)))
+    lam = 100.0 * 0.8 ** np.arange(300)  # a decaying spectrum, as a feature covariance's
+    gram = torch.as_tensor((Q * lam) @ Q.T)
+    got_lam, got_V = _top_eigen(gram, 20)
+    got = np.sort(got_lam.numpy())[::-1]
+    ref_lam, ref_V = np.linalg.eigh(gram.numpy())
+    ref = ref_lam[::-1][:20]
+    # Ritz values never exceed the true ones; with two power iterations the leading ones are
+    # close and the tail (where the spectrum decays slowly) is within a few per cent
+    assert (got <= ref * (1 + 1e-9)).all()
+    np.testing.assert_allclose(got[:10], ref[:10], rtol=1e-3)
+    np.testing.assert_allclose(got, ref, rtol=0.03)
+    # the leading eigenvectors span the same subspace: their projectors agree
+    top = np.argsort(got_lam.numpy())[::-1][:5]
+    V = got_V.numpy()[:, top]
+    np.testing.assert_allclose(V @ V.T, ref_V[:, -5:] @ ref_V[:, -5:].T, atol=1e-3)
+
+
+def test_standardise_matches_numpy_in_float64_and_transposes():
+    from cxrbench.adapt.probe import _standardise
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1000, 7)).astype(np.float32)
+    X[:, 2] = 3.5  # constant: std 1, not 0 or noise
+    X[:, 4] = 1e4 + 0.01 * X[:, 4]  # large offset, small spread
+    XT, mean, std = _standardise(X, torch.device("cpu"), torch.float32, chunk=64)
+    X64 = X.astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), X64.mean(0), rtol=1e-9, atol=1e-6)
+    ref_std = X64.std(0)
+    ref_std[2] = 1.0
+    np.testing.assert_allclose(std.numpy(), ref_std, rtol=1e-4)
+    assert XT.shape == (7, 1000)
+    np.testing.assert_allclose(XT.numpy().T, (X64 - X64.mean(0)) / ref_std, atol=1e-3)
+    assert (XT[2] == 0).all()
