@@ -145,14 +145,21 @@ def pretrain(
     device: DeviceOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Pretrain an encoder with a self-supervised method; it is then usable as --encoder NAME."""
+    """Pretrain an encoder with a self-supervised method; it is then usable as --encoder NAME.
+
+    Multi-GPU: torchrun --nproc-per-node N -m cxrbench pretrain simclr --run-dir DIR ... (DDP; the
+    loss sees the whole batch's negatives; rank 0 writes).
+    """
+    from cxrbench import distributed
     from cxrbench.stages.pretrain import encoder_dir
     from cxrbench.stages.pretrain import pretrain as pretrain_stage
 
     run_dir = _run(run)
-    pretrain_stage(run_dir, method, dataset=dataset, name=name, arch=arch, epochs=epochs, batch_size=batch_size,
-                   lr=lr, seed=seed, device=device, force=force)
-    _written(encoder_dir(run_dir, name or method))
+    with distributed.group(device) as (dist, _):
+        pretrain_stage(run_dir, method, dataset=dataset, name=name, arch=arch, epochs=epochs,
+                       batch_size=batch_size, lr=lr, seed=seed, device=device, force=force)
+        if dist.is_main:
+            _written(encoder_dir(run_dir, name or method))
 
 
 @app.command(epilog="Example: cxrbench probe --dataset synthetic --encoder simclr --fraction 0.1 --fraction 1.0")

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as td
 
 from cxrbench.errors import CxrbenchError
+
+if TYPE_CHECKING:
+    from cxrbench.rundir import Stage
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,18 @@ class Dist:
         td.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather_batch(self, part: torch.Tensor, total: int) -> torch.Tensor:
+        """The whole batch's rows, in order, from each rank's ``part`` (its ``bounds(total)`` slice).
+
+        Differentiable: the gradient of the result flows back to this rank's slice only. Every
+        rank computes the same loss from the same gathered batch, so the slice of that gradient is
+        this rank's share of the single-process gradient; DDP's averaging then needs the loss
+        multiplied by ``world_size`` (as for any loss normalised by the whole batch).
+        """
+        if not self.enabled:
+            return part
+        return _GatherBatch.apply(part, self, total)
+
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over ranks (a new tensor; ``tensor`` itself on one process)."""
         if not self.enabled:
@@ -64,6 +79,53 @@ class Dist:
         total = tensor.detach().clone()
         td.all_reduce(total, op=td.ReduceOp.SUM)
         return total
+
+
+class _GatherBatch(torch.autograd.Function):
+    """all_gather of unequal contiguous slices (padded to the largest), trimmed back in order."""
+
+    @staticmethod
+    def forward(ctx: Any, part: torch.Tensor, dist: Dist, total: int) -> torch.Tensor:
+        sizes = [dist.__class__(r, dist.world_size).bounds(total) for r in range(dist.world_size)]
+        widest = max(hi - lo for lo, hi in sizes)
+        padded = part.new_zeros((widest, *part.shape[1:]))
+        padded[: len(part)] = part
+        slots = [torch.empty_like(padded) for _ in range(dist.world_size)]
+        td.all_gather(slots, padded.contiguous())
+        ctx.bounds = dist.bounds(total)
+        return torch.cat([slot[: hi - lo] for slot, (lo, hi) in zip(slots, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        lo, hi = ctx.bounds
+        return grad[lo:hi], None, None
+
+
+def stage_on_rank0(dist: Dist, stage: Stage, *, force: bool, work: Callable[[], Any],
+                   write: Callable[[Any], None]) -> None:
+    """Run ``stage`` on every rank: all ranks ``work`` (train); rank 0 alone holds the stage's lock,
+    ``write``s its result to the run directory, and tells the others whether there is work at all.
+
+    One process: ``stage.open`` then ``write(work())`` when the stage is not already complete.
+    """
+    if not dist.is_main:  # never touches the run directory; learns from rank 0 whether to train
+        todo = dist.broadcast(None)
+        if todo is None:
+            raise CxrbenchError(f"rank {dist.rank}: rank 0 could not start {stage.what}; see its message")
+        if todo:
+            work()
+        dist.barrier()
+        return
+    told = False
+    try:
+        with stage.open(force=force) as todo:
+            told = dist.broadcast(bool(todo)) is not None
+            if todo:
+                write(work())
+    finally:
+        if not told:
+            dist.broadcast(None)  # the others stop instead of waiting for a stage that never opened
+    dist.barrier()
 
 
 def _env_int(name: str, default: int) -> int:

@@ -17,7 +17,7 @@ from torch import nn
 from cxrbench.distributed import Dist
 from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import Encoder
-from cxrbench.pretrain.views import ViewSettings, random_views
+from cxrbench.pretrain.views import ViewSettings, part_views
 from cxrbench.stats.auc import roc_auc
 from cxrbench.training import (
     Device,
@@ -245,13 +245,8 @@ def finetune_loop(
         batch = to_device(block, device.device)
         if augment:
             generator = torch.Generator().manual_seed(step_seed(seed, epoch, step))
-            if dist.enabled:  # draw the whole batch's views so each image gets its single-process one
-                lo, hi = dist.bounds(len(data.plan(epoch)[step]))
-                whole = batch.new_zeros((len(data.plan(epoch)[step]), *batch.shape[1:]))
-                whole[lo:hi] = batch
-                batch = random_views(whole, generator, views)[lo:hi]
-            else:
-                batch = random_views(batch, generator, views)
+            total = len(data.plan(epoch)[step])
+            batch = part_views(batch, generator, views, dist.bounds(total), total)
         targets = targets.to(device.device, non_blocking=True)
         with device.autocast():
             logits = net(batch)

@@ -1,4 +1,4 @@
-"""The training loop every pretraining method shares: AdamW + cosine, bf16 on GPU, resumable."""
+"""The training loop every pretraining method shares: AdamW + cosine, bf16 on GPU, resumable, DDP."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrbench.distributed import Dist
+from cxrbench.errors import CxrbenchError
 from cxrbench.training import (
     Device,
     batches,
@@ -34,13 +36,23 @@ def pretrain_loop(
     checkpoint_dir: Path,
     checkpoint_every: int = 0,
     advance: Callable[[int], None] = lambda n=1: None,
+    dist: Dist | None = None,
 ) -> list[float]:
-    """Train ``method`` (which has ``loss(batch, generator)``) on cached ``images[rows]``.
+    """Train ``method`` (whose forward ``(batch, generator, dist, total)`` is the loss of a batch)
+    on cached ``images[rows]``.
 
     Checkpoints after every epoch (and every ``checkpoint_every`` steps if > 0); a rerun with the same
     ``checkpoint_dir`` continues from the last one. Returns the mean loss per epoch.
+
+    With ``dist`` (several ranks) each rank loads and encodes its slice of every batch under
+    DistributedDataParallel and the method gathers what its loss needs from the whole batch, so
+    the gradient is the single-process one (BatchNorm statistics stay per rank). Rank 0 alone
+    writes checkpoints; every rank resumes from them.
     """
+    dist = dist or Dist()
     batch_size = min(batch_size, len(rows))
+    if dist.enabled and batch_size < dist.world_size:
+        raise CxrbenchError(f"batch size {batch_size} is smaller than the {dist.world_size} processes")
     plan = [batches(epoch_order(len(rows), seed=seed, epoch=e), batch_size, drop_last=True) for e in range(epochs)]
     total = sum(len(p) for p in plan)
     method.to(device.device)
@@ -48,7 +60,7 @@ def pretrain_loop(
     scheduler = cosine_schedule(optimizer, total)
     history: list[float] = []
     start_epoch, start_step, running = 0, 0, 0.0
-    state = load_checkpoint(checkpoint_dir)
+    state = dist.broadcast(load_checkpoint(checkpoint_dir) if dist.is_main else None)
     if state is not None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -57,7 +69,14 @@ def pretrain_loop(
         history, running = list(state["history"]), float(state["running"])
         advance(sum(len(p) for p in plan[:start_epoch]) + start_step)
 
+    net: nn.Module = method
+    if dist.enabled:
+        ids = [device.device.index] if device.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(method, device_ids=ids)
+
     def checkpoint(epoch: int, step: int) -> None:
+        if not dist.is_main:
+            return
         save_checkpoint(checkpoint_dir, {
             "model": method.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
@@ -70,11 +89,11 @@ def pretrain_loop(
         for step in range(start_step if epoch == start_epoch else 0, len(steps)):
             generator = torch.Generator().manual_seed(step_seed(seed, epoch, step))
             torch.manual_seed(step_seed(seed, epoch, step, 1))
-            batch = load_batch(images, rows[steps[step]], device.device)
+            batch = load_batch(images, dist.shard(rows[steps[step]]), device.device)
             with device.autocast():
-                loss = method.loss(batch, generator)
+                loss = net(batch, generator, dist, len(steps[step]))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * dist.world_size).backward()  # DDP averages over ranks: x world_size
             optimizer.step()
             scheduler.step()
             running += float(loss.detach())

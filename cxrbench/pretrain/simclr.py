@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cxrbench.distributed import Dist
 from cxrbench.models.encoders import Encoder
 from cxrbench.pretrain.losses import nt_xent
-from cxrbench.pretrain.views import ViewSettings, random_views
+from cxrbench.pretrain.views import ViewSettings, part_views
 
 
 class Method(nn.Module):
-    """SimCLR around an encoder; ``loss(batch, generator)`` is all the shared loop needs."""
+    """SimCLR around an encoder; its forward (the loss of a batch) is all the shared loop needs."""
 
     defaults = {"temperature": 0.1, "projection_dim": 128, "lr": 1e-3, "batch_size": 64, "epochs": 100}
 
@@ -25,10 +26,19 @@ class Method(nn.Module):
         )
         self.views = ViewSettings()
 
-    def loss(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """NT-Xent between the projections of two random views of ``batch`` ``[B, 1, H, W]``."""
-        v1 = random_views(batch, generator, self.views)
-        v2 = random_views(batch, generator, self.views)
+    def forward(
+        self, batch: torch.Tensor, generator: torch.Generator, dist: Dist | None = None, total: int | None = None
+    ) -> torch.Tensor:
+        """NT-Xent between the projections of two random views of ``batch`` ``[B, 1, H, W]``.
+
+        Under DDP ``batch`` is this rank's slice of a ``total``-image batch: the projections of
+        all ranks are gathered, so negatives come from the whole batch, as in one process.
+        """
+        dist = dist or Dist()
+        total = total or len(batch)
+        bounds = dist.bounds(total)
+        v1 = part_views(batch, generator, self.views, bounds, total)
+        v2 = part_views(batch, generator, self.views, bounds, total)
         z = self.projector(self.encoder(torch.cat([v1, v2])))
         z1, z2 = z.chunk(2)
-        return nt_xent(z1, z2, temperature=self.temperature)
+        return nt_xent(dist.gather_batch(z1, total), dist.gather_batch(z2, total), temperature=self.temperature)

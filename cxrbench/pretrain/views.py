@@ -50,3 +50,16 @@ def random_views(x: torch.Tensor, generator: torch.Generator, settings: ViewSett
         noise = torch.randn(out.shape, generator=generator, device="cpu").to(x.device)
         out = out + noise * settings.noise
     return out.clamp_(0, 1)
+
+
+def part_views(
+    part: torch.Tensor, generator: torch.Generator, settings: ViewSettings, bounds: tuple[int, int], total: int
+) -> torch.Tensor:
+    """Views of rows ``bounds`` of a ``total``-image batch, drawn as for the whole batch, so that
+    processes holding parts of one batch reproduce the single-process views image for image."""
+    lo, hi = bounds
+    if (lo, hi) == (0, total):
+        return random_views(part, generator, settings)
+    whole = part.new_zeros((total, *part.shape[1:]))
+    whole[lo:hi] = part
+    return random_views(whole, generator, settings)[lo:hi]

@@ -78,25 +78,8 @@ def finetune(
     workers = num_workers if num_workers is not None else (4 if hw.device.type == "cuda" else 0)
     job = _Job(run, dataset, ref, adaptation, out, chosen, fraction, seed, input_size, checkpoint_every,
                workers, hw, prepared, dist)
-    if not dist.is_main:  # never touches the run directory; learns from rank 0 whether to train
-        todo = dist.broadcast(None)
-        if todo is None:
-            raise CxrbenchError(f"rank {dist.rank}: rank 0 could not start {stage.what}; see its message")
-        if todo:
-            job.train(stage)
-        dist.barrier()
-        return stage.manifest
-    told = False
-    try:
-        with stage.open(force=force) as todo:
-            told = dist.broadcast(bool(todo)) is not None
-            if todo:
-                best, history = job.train(stage)
-                job.write(stage, best, history)
-    finally:
-        if not told:
-            dist.broadcast(None)  # the others stop instead of waiting for a stage that never opened
-    dist.barrier()
+    distributed.stage_on_rank0(dist, stage, force=force, work=lambda: job.train(stage),
+                               write=lambda result: job.write(stage, *result))
     return stage.manifest
 
 

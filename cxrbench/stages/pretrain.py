@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from cxrbench import distributed
 from cxrbench.console import progress
 from cxrbench.data.prepared import load_prepared
 from cxrbench.models.encoders import create_encoder, save_encoder
@@ -40,8 +43,14 @@ def pretrain(
     device: str | None = None,
     force: bool = False,
 ) -> Manifest:
-    """Pretrain ``method`` on ``dataset``'s train split; the encoder is saved as ``RUN/encoders/NAME``."""
+    """Pretrain ``method`` on ``dataset``'s train split; the encoder is saved as ``RUN/encoders/NAME``.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every rank trains its part of each batch; rank 0 alone holds
+    the stage lock and writes checkpoints and the encoder. The manifest returned on other ranks is
+    not complete.
+    """
     method_cls = get_method(method)
+    dist, device = distributed.setup(device)
     name = name or method
     options = dict(options or {})
     settings = {
@@ -54,23 +63,30 @@ def pretrain(
     home = encoder_dir(run, name)
     stage = Stage(run, "pretrain", home / "manifest.json", settings=settings, inputs=[prepared.manifest],
                   seed=seed, what=f"pretrained encoder '{name}'")
-    with stage.open(force=force) as todo:
-        if todo:
-            size = int(prepared.manifest.settings["image"]["size"])
-            encoder = create_encoder(init, arch=settings["arch"], run_dir=run, input_size=size, seed=seed)
-            model = method_cls(encoder, **options)
-            train = prepared.split("train")
-            rows = train["cache_index"].to_numpy(dtype=np.int64)
-            steps = settings["epochs"] * (len(rows) // min(settings["batch_size"], len(rows)))
-            checkpoints = home / "checkpoints" / stage.key[:16]
-            with progress(steps, f"pretrain {name}") as advance:
-                history = pretrain_loop(
-                    model, prepared.images(), rows, epochs=settings["epochs"],
-                    batch_size=settings["batch_size"], lr=settings["lr"], seed=seed,
-                    device=Device.choose(device), checkpoint_dir=checkpoints, advance=advance,
-                )
-            for path in save_encoder(encoder, home, extra={"method": method, "dataset": dataset}):
-                stage.record(path)
-            stage.extra["loss_per_epoch"] = [round(v, 6) for v in history]
-            shutil.rmtree(home / "checkpoints", ignore_errors=True)
+    encoder = None
+
+    def train() -> list[float]:
+        nonlocal encoder
+        size = int(prepared.manifest.settings["image"]["size"])
+        encoder = create_encoder(init, arch=settings["arch"], run_dir=run, input_size=size, seed=seed)
+        torch.manual_seed(seed)  # the method's own layers (projection head) start the same in every run
+        model = method_cls(encoder, **options)
+        rows = prepared.split("train")["cache_index"].to_numpy(dtype=np.int64)
+        steps = settings["epochs"] * (len(rows) // min(settings["batch_size"], len(rows)))
+        bar = progress(steps, f"pretrain {name}") if dist.is_main else None
+        with bar if bar is not None else contextlib.nullcontext(lambda n=1: None) as advance:
+            return pretrain_loop(
+                model, prepared.images(), rows, epochs=settings["epochs"], batch_size=settings["batch_size"],
+                lr=settings["lr"], seed=seed, device=Device.choose(device),
+                checkpoint_dir=home / "checkpoints" / stage.key[:16], advance=advance, dist=dist,
+            )
+
+    def write(history: list[float]) -> None:
+        for path in save_encoder(encoder, home, extra={"method": method, "dataset": dataset}):
+            stage.record(path)
+        stage.extra["loss_per_epoch"] = [round(v, 6) for v in history]
+        stage.extra["world_size"] = dist.world_size
+        shutil.rmtree(home / "checkpoints", ignore_errors=True)
+
+    distributed.stage_on_rank0(dist, stage, force=force, work=train, write=write)
     return stage.manifest

@@ -82,3 +82,78 @@ def test_torchrun_two_cpu_ranks_equal_single_process(run_copy: Path, tmp_path: P
         torch.testing.assert_close(ddp[key], one[key], rtol=1e-4, atol=2e-5, msg=key)
     for a, b in zip(manifest.extra["history"], reference.extra["history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+PRETRAIN = ["pretrain", "simclr", "--dataset", "synthetic", "--arch", ARCH, "--epochs", "1", "--batch-size", "10",
+            "--lr", "0.001", "--name", "ddp-simclr"]
+ENCODER = "encoders/ddp-simclr/encoder.safetensors"
+
+
+def test_torchrun_two_cpu_ranks_pretrain_equals_single_process(run_copy: Path, tmp_path: Path) -> None:  # noqa: F811
+    # SimCLR's loss couples the whole batch (negatives): the ranks gather each other's projections
+    # and views are drawn as for the whole batch, so 2 ranks with 5 images each reproduce 1 x 10
+    import shutil
+
+    single = tmp_path / "single"
+    shutil.copytree(run_copy, single)
+    env = {**os.environ, "CXRBENCH_QUIET": "1", "OMP_NUM_THREADS": "1", "CXRBENCH_RUN": str(run_copy)}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "cxrbench", *PRETRAIN, "--device", "cpu"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1
+    manifest = Manifest.read(run_copy / "encoders/ddp-simclr/manifest.json")
+    assert manifest.complete and manifest.extra["world_size"] == 2
+    assert not (run_copy / "encoders/ddp-simclr/checkpoints").exists()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cli(*PRETRAIN, "--run", str(single), "--device", "cpu")
+    finally:
+        torch.set_num_threads(before)
+    reference = Manifest.read(single / "encoders/ddp-simclr/manifest.json")
+    assert reference.key == manifest.key
+    assert manifest.extra["loss_per_epoch"] == pytest.approx(reference.extra["loss_per_epoch"], rel=1e-4)
+    ddp, one = load_file(run_copy / ENCODER), load_file(single / ENCODER)
+    assert ddp.keys() == one.keys()
+    # AdamW moves every weight by about lr per step whatever its gradient's size, so weights whose
+    # gradient is rounding noise (a ViT's key biases: softmax ignores them) drift by up to ~lr; the
+    # loss above is the sharp check
+    for key in one:
+        torch.testing.assert_close(ddp[key], one[key], rtol=0, atol=2e-3, msg=key)
+
+
+def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as td
+
+    td.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        dist = Dist(rank, world)
+        full = torch.arange(35, dtype=torch.float64).reshape(7, 5) / 10
+        lo, hi = dist.bounds(7)
+        part = full[lo:hi].clone().requires_grad_(True)
+        gathered = dist.gather_batch(part, 7)
+        loss = (gathered.sin() * torch.arange(7.0, dtype=torch.float64)[:, None]).sum()
+        loss.backward()
+        torch.save({"gathered": gathered.detach(), "grad": part.grad, "loss": loss.detach()}, f"{out}/{rank}.pt")
+    finally:
+        td.destroy_process_group()
+
+
+def test_gather_batch_returns_the_whole_batch_and_this_ranks_gradient_slice(tmp_path: Path) -> None:
+    # 3 ranks share 7 rows unequally (3, 2, 2); each gets the single-process gradient of its rows
+    import torch.multiprocessing as mp
+
+    world = 3
+    mp.spawn(_gather_worker, args=(world, f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=world)
+    full = (torch.arange(35, dtype=torch.float64).reshape(7, 5) / 10).requires_grad_(True)
+    loss = (full.sin() * torch.arange(7.0, dtype=torch.float64)[:, None]).sum()
+    loss.backward()
+    for rank in range(world):
+        got = torch.load(tmp_path / f"{rank}.pt")
+        lo, hi = Dist(rank, world).bounds(7)
+        torch.testing.assert_close(got["gathered"], full.detach())
+        torch.testing.assert_close(got["grad"], full.grad[lo:hi])
+        torch.testing.assert_close(got["loss"], loss.detach())
