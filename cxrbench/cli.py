@@ -40,6 +40,9 @@ RunOpt = Annotated[Path | None, typer.Option("--run", "--run-dir", help="Run dir
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the stage even if it is up to date.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device, e.g. cpu or cuda:0 [default: cuda if available].")]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", help="Training precision: bf16, fp16 (loss-scaled, for GPUs without fast bf16) or fp32 "
+    "[default: bf16 on GPU, fp32 on CPU].")]
 ArchOpt = Annotated[str | None, typer.Option("--arch", help="timm architecture, e.g. resnet50, densenet121, vit_base_patch16_224.")]
 ConfigOpt = Annotated[Path, typer.Option("--config", help="Suites file.")]
 
@@ -143,6 +146,7 @@ def pretrain(
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Pretrain an encoder with a self-supervised method; it is then usable as --encoder NAME.
@@ -157,7 +161,8 @@ def pretrain(
     run_dir = _run(run)
     with distributed.group(device) as (dist, _):
         pretrain_stage(run_dir, method, dataset=dataset, name=name, arch=arch, epochs=epochs,
-                       batch_size=batch_size, lr=lr, seed=seed, device=device, force=force)
+                       batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
+                       force=force)
         if dist.is_main:
             _written(encoder_dir(run_dir, name or method))
 
@@ -202,6 +207,7 @@ def finetune(
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Finetune the whole encoder with a linear head; model selection on validation mean AUC.
@@ -220,7 +226,7 @@ def finetune(
         for frac in fraction or [1.0]:
             finetune_stage(run_dir, dataset=dataset, encoder=encoder, arch=arch, recipe_name=recipe,
                            overrides=overrides, fraction=frac, seed=seed, checkpoint_every=checkpoint_every,
-                           num_workers=num_workers, device=device, force=force)
+                           num_workers=num_workers, device=device, precision=precision, force=force)
             if dist.is_main:
                 _written(predictions_path(run_dir, dataset, encoder_label(encoder),
                                           adaptation_name("finetune", fraction=frac, seed=seed)))
@@ -270,6 +276,7 @@ def run_command(
     config: ConfigOpt = Path("benchmarks.toml"),
     run: RunOpt = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Run a suite's whole grid (prepare, pretrain, probe, finetune, evaluate, compare); resumable."""
@@ -279,7 +286,7 @@ def run_command(
 
     chosen = get_suite(suite, config)
     run_dir = _run(run)
-    done = run_suite(run_dir, chosen, force=force, device=device)
+    done = run_suite(run_dir, chosen, force=force, device=device, precision=precision)
     out.print(f"suite [bold]{suite}[/]: {len(done)} stages up to date in {run_dir}")
     _show_tables(run_dir, done["compare"])
 

@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,25 +25,38 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import atomic_path
 
 CHECKPOINT = "last.pt"
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class Device:
-    """Where to train and whether to use bf16 autocast (GPU only)."""
+    """Where to train and in which precision: ``bf16`` autocast by default on GPU, ``fp32`` on CPU,
+    ``fp16`` autocast with loss scaling for GPUs without fast bf16 (V100, T4)."""
 
     device: torch.device
-    amp: bool
+    precision: str = "fp32"
 
     @classmethod
-    def choose(cls, name: str | None = None, *, amp: bool | None = None) -> Device:
+    def choose(cls, name: str | None = None, *, precision: str | None = None) -> Device:
         device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-        use_amp = device.type == "cuda" if amp is None else (amp and device.type == "cuda")
-        return cls(device, use_amp)
+        precision = precision or ("bf16" if device.type == "cuda" else "fp32")
+        if precision not in PRECISIONS:
+            raise CxrbenchError(f"--precision {precision!r}: must be one of {', '.join(PRECISIONS)}")
+        return cls(device, precision)
+
+    @property
+    def amp(self) -> bool:
+        return self.precision != "fp32"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(device_type=self.device.type, dtype=dtype)
         return contextlib.nullcontext()
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling against fp16 gradient underflow; a pass-through (disabled) for bf16 and fp32."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
 
 def step_seed(seed: int, *parts: int) -> int:
@@ -193,6 +208,22 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     torch.set_rng_state(state.pop("torch_rng"))
     return state
+
+
+def optimizer_step(
+    scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> None:
+    """Apply the (unscaled) gradients and advance the schedule by one step.
+
+    With fp16 the scaler skips a step whose gradients overflowed (the first ones, while it finds
+    its scale); the schedule still advances, so it stays aligned with the step plan that resuming
+    relies on, and torch's warning about that order is silenced.
+    """
+    scaler.step(optimizer)
+    scaler.update()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+        scheduler.step()
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:

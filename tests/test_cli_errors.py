@@ -246,3 +246,10 @@ def test_unknown_adapter_option_is_named_with_the_known_ones(capsys, tmp_path):
 def test_adapter_option_without_equals_sign(capsys, tmp_path):
     _fails(capsys, ["prepare", "nih", "--root", str(tmp_path), "--option", "labels", "--run", str(tmp_path)],
            "'labels'", "KEY=VALUE")
+
+
+@pytest.mark.parametrize("command", [["finetune", "--encoder", "random"], ["pretrain", "simclr"]])
+def test_bad_precision_is_one_line_before_any_training(capsys, tmp_path, command):
+    _fake_prepared(tmp_path / "run", "tiny")
+    _fails(capsys, [*command, "--dataset", "tiny", "--precision", "fp8"], "'fp8'", "fp32, bf16, fp16")
+    assert not list((tmp_path / "run").rglob("*.manifest.json")) and not (tmp_path / "run" / "encoders").exists()

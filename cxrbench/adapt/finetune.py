@@ -26,6 +26,7 @@ from cxrbench.training import (
     cosine_schedule,
     load_checkpoint,
     loader,
+    optimizer_step,
     save_checkpoint,
     step_seed,
     to_device,
@@ -199,6 +200,7 @@ def finetune_loop(
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = cosine_schedule(optimizer, len(data))
+    scaler = device.grad_scaler()
     pos_weight = None
     if recipe.weighted_loss:
         pos_weight = torch.tensor(positive_weights(train_targets), dtype=torch.float32, device=device.device)
@@ -212,6 +214,7 @@ def finetune_loop(
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
         scheduler.load_state_dict(saved.pop("scheduler"))
+        scaler.load_state_dict(saved.pop("scaler", {}))  # a disabled scaler ignores it
         state.update(saved)
         advance(data.position(state["epoch"], state["step"]))
     if not dist.is_main:
@@ -226,6 +229,7 @@ def finetune_loop(
             save_checkpoint(checkpoint_dir, {
                 **state, "epoch": epoch, "step": step, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
             })
 
     def stop(epoch: int) -> bool:
@@ -255,9 +259,8 @@ def finetune_loop(
         scale = sums[1].clamp(min=torch.finfo(torch.float32).tiny)  # nothing known: loss 0, no sync
         loss = sums[0] / scale
         optimizer.zero_grad(set_to_none=True)
-        (total * (dist.world_size / scale)).backward()  # DDP averages over ranks: x world_size
-        optimizer.step()
-        scheduler.step()
+        scaler.scale(total * (dist.world_size / scale)).backward()  # DDP averages over ranks: x world_size
+        optimizer_step(scaler, optimizer, scheduler)
         advance(1)
         last = step + 1 == data.steps_per_epoch
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and not last:

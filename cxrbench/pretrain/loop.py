@@ -18,6 +18,7 @@ from cxrbench.training import (
     epoch_order,
     load_batch,
     load_checkpoint,
+    optimizer_step,
     save_checkpoint,
     step_seed,
 )
@@ -58,6 +59,7 @@ def pretrain_loop(
     method.to(device.device)
     optimizer = torch.optim.AdamW(method.parameters(), lr=lr, weight_decay=1e-4)
     scheduler = cosine_schedule(optimizer, total)
+    scaler = device.grad_scaler()
     history: list[float] = []
     start_epoch, start_step, running = 0, 0, 0.0
     state = dist.broadcast(load_checkpoint(checkpoint_dir) if dist.is_main else None)
@@ -65,6 +67,7 @@ def pretrain_loop(
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state.get("scaler", {}))  # a disabled scaler ignores it
         start_epoch, start_step = int(state["epoch"]), int(state["step"])
         history, running = list(state["history"]), float(state["running"])
         advance(sum(len(p) for p in plan[:start_epoch]) + start_step)
@@ -79,7 +82,7 @@ def pretrain_loop(
             return
         save_checkpoint(checkpoint_dir, {
             "model": method.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
             "history": history, "running": running,
         })
 
@@ -93,9 +96,8 @@ def pretrain_loop(
             with device.autocast():
                 loss = net(batch, generator, dist, len(steps[step]))
             optimizer.zero_grad(set_to_none=True)
-            (loss * dist.world_size).backward()  # DDP averages over ranks: x world_size
-            optimizer.step()
-            scheduler.step()
+            scaler.scale(loss * dist.world_size).backward()  # DDP averages over ranks: x world_size
+            optimizer_step(scaler, optimizer, scheduler)
             running += float(loss.detach())
             advance(1)
             if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < len(steps):

@@ -48,6 +48,7 @@ def finetune(
     checkpoint_every: int = 0,
     num_workers: int | None = None,
     device: str | None = None,
+    precision: str | None = None,
     force: bool = False,
 ) -> Manifest:
     """Finetune ``encoder`` on ``dataset``; predictions from the epoch with the best val mean AUC.
@@ -74,7 +75,7 @@ def finetune(
     stage = Stage(run, "finetune", manifest_path_for(out), settings=settings,
                   inputs=[prepared.manifest, *ref.inputs], extra_inputs=ref.extra_inputs, seed=seed,
                   what=f"finetune predictions {ref.label}/{adaptation} on {dataset}")
-    hw = Device.choose(device)
+    hw = Device.choose(device, precision=precision)
     workers = num_workers if num_workers is not None else (4 if hw.device.type == "cuda" else 0)
     job = _Job(run, dataset, ref, adaptation, out, chosen, fraction, seed, input_size, checkpoint_every,
                workers, hw, prepared, dist)
@@ -145,6 +146,7 @@ class _Job:
         stage.extra["history"] = history
         stage.extra["n_train"] = len(self.train_frame)
         stage.extra["world_size"] = self.dist.world_size
+        stage.extra["precision"] = self.hw.precision
         work = checkpoint_dir(self.run, self.dataset, self.ref.label, self.adaptation)
         shutil.rmtree(work, ignore_errors=True)
         for parent in (work.parent, work.parent.parent, work.parent.parent.parent):  # ENCODER/, DATASET/, checkpoints/

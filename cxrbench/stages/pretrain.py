@@ -41,6 +41,7 @@ def pretrain(
     seed: int = 0,
     options: dict[str, Any] | None = None,
     device: str | None = None,
+    precision: str | None = None,
     force: bool = False,
 ) -> Manifest:
     """Pretrain ``method`` on ``dataset``'s train split; the encoder is saved as ``RUN/encoders/NAME``.
@@ -51,6 +52,7 @@ def pretrain(
     """
     method_cls = get_method(method)
     dist, device = distributed.setup(device)
+    hw = Device.choose(device, precision=precision)
     name = name or method
     options = dict(options or {})
     settings = {
@@ -77,7 +79,7 @@ def pretrain(
         with bar if bar is not None else contextlib.nullcontext(lambda n=1: None) as advance:
             return pretrain_loop(
                 model, prepared.images(), rows, epochs=settings["epochs"], batch_size=settings["batch_size"],
-                lr=settings["lr"], seed=seed, device=Device.choose(device),
+                lr=settings["lr"], seed=seed, device=hw,
                 checkpoint_dir=home / "checkpoints" / stage.key[:16], advance=advance, dist=dist,
             )
 
@@ -86,6 +88,7 @@ def pretrain(
             stage.record(path)
         stage.extra["loss_per_epoch"] = [round(v, 6) for v in history]
         stage.extra["world_size"] = dist.world_size
+        stage.extra["precision"] = hw.precision
         shutil.rmtree(home / "checkpoints", ignore_errors=True)
 
     distributed.stage_on_rank0(dist, stage, force=force, work=train, write=write)

@@ -40,7 +40,8 @@ def prepare_settings(options: dict[str, Any]) -> tuple[LabelPolicy, Preprocess, 
         raise CxrbenchError(f"bad prepare option: {exc}") from None
 
 
-def run_suite(run: Path, suite: Suite, *, force: bool = False, device: str | None = None) -> dict[str, Manifest]:
+def run_suite(run: Path, suite: Suite, *, force: bool = False, device: str | None = None,
+              precision: str | None = None) -> dict[str, Manifest]:
     """Run every stage of ``suite``; returns the manifests by a readable stage name."""
     from cxrbench.stages.prepare import prepare
 
@@ -67,7 +68,7 @@ def run_suite(run: Path, suite: Suite, *, force: bool = False, device: str | Non
         known = {k: options.pop(k) for k in ("epochs", "batch_size", "lr", "seed", "arch", "init") if k in options}
         known.setdefault("arch", suite.arch)
         done[f"pretrain {name}"] = pretrain(run, spec.method, dataset=spec.dataset, name=name, options=options,
-                                            device=device, force=force, **known)
+                                            device=device, precision=precision, force=force, **known)
     finetune_options = dict(suite.finetune)
     recipe_name = finetune_options.pop("recipe", "ssl-cxr")
     for spec in suite.datasets:
@@ -82,7 +83,8 @@ def run_suite(run: Path, suite: Suite, *, force: bool = False, device: str | Non
                     if "finetune" in suite.adaptations:
                         done[f"finetune {where}"] = finetune(
                             run, dataset=spec.name, encoder=encoder, arch=suite.arch, recipe_name=recipe_name,
-                            overrides=finetune_options, fraction=fraction, seed=seed, device=device, force=force,
+                            overrides=finetune_options, fraction=fraction, seed=seed, device=device,
+                            precision=precision, force=force,
                         )
     done["evaluate"] = evaluate(run, force=force, **suite.evaluate)
     done["compare"] = compare(run, baseline=suite.baseline, force=force, **suite.compare)

@@ -197,3 +197,60 @@ def test_two_workers_give_the_same_batches_as_none(tmp_path: Path) -> None:
 def test_num_workers_is_validated() -> None:
     with pytest.raises(CxrbenchError, match="num_workers"):
         loader(RowBatches(_images(4), np.arange(4), batch_size=2), num_workers=-1)
+
+
+# ------------------------------------------------------------------ precision and loss scaling
+def test_precision_defaults_and_errors() -> None:
+    from cxrbench.errors import CxrbenchError
+
+    cpu = Device.choose("cpu")
+    assert (cpu.precision, cpu.amp, cpu.grad_scaler().is_enabled()) == ("fp32", False, False)
+    half = Device.choose("cpu", precision="fp16")
+    assert half.amp and half.grad_scaler().is_enabled()
+    with half.autocast():
+        assert nn.Linear(4, 2)(torch.ones(1, 4)).dtype == torch.float16
+    assert not Device.choose("cpu", precision="bf16").grad_scaler().is_enabled()  # bf16 needs no scaling
+    with pytest.raises(CxrbenchError, match="must be one of fp32, bf16, fp16"):
+        Device.choose("cpu", precision="fp8")
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_fp16_run_interrupted_after_a_checkpoint_resumes_to_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the checkpoint carries the grad scaler; here its scale doubles every step, so a resumed run
+    # that started a fresh scaler would end on a different scale than the uninterrupted one
+    monkeypatch.setattr(Device, "grad_scaler",
+                        lambda self: torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1))
+    rng = np.random.default_rng(5)
+    targets = (rng.random((48, 2)) < 0.4).astype(np.float32)
+    images, rows = _images(48), np.arange(48)
+    chosen = recipe("ssl-cxr", batch_size=8, lr=0.05, epochs=2, patience=5)
+    half = Device.choose("cpu", precision="fp16")
+
+    def run(directory: Path, advance=lambda n=1: None):
+        return finetune_loop(_model(2), images, (rows[:32], targets[:32]), (rows[32:], targets[32:]), recipe=chosen,
+                             task="multilabel", seed=0, device=half, checkpoint_dir=directory, checkpoint_every=3,
+                             advance=advance)
+
+    reference, _ = run(tmp_path / "whole")
+    calls = []
+
+    def kill_after_step_3(n: int = 1) -> None:
+        calls.append(n)
+        if len(calls) == 4:  # step 4 ran; the checkpoint of step 3 is on disk
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(tmp_path / "cut", kill_after_step_3)
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert saved["step"] == 3 and set(saved["scaler"]) >= {"scale", "_growth_tracker"}
+    resumed, _ = run(tmp_path / "cut")
+    final = [torch.load(tmp_path / d / "last.pt", weights_only=True)["scaler"] for d in ("whole", "cut")]
+    assert final[0] == final[1] and final[0]["scale"] > 2.0**4
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)

@@ -58,3 +58,31 @@ def test_part_views_are_the_whole_batch_views_of_that_slice(bounds: tuple[int, i
     lo, hi = bounds
     part = part_views(x[lo:hi], torch.Generator().manual_seed(11), settings, bounds, total)
     torch.testing.assert_close(part, whole[lo:hi])
+
+
+def test_pretrain_loop_in_fp16_checkpoints_its_grad_scaler(tmp_path) -> None:
+    import numpy as np
+    from torch import nn
+
+    from cxrbench.pretrain.loop import pretrain_loop
+    from cxrbench.pretrain.simclr import Method
+    from cxrbench.training import Device
+
+    class Tiny(nn.Module):
+        num_features = 8
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(16, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(torch.nn.functional.avg_pool2d(x, 4).flatten(1)[:, :16])
+
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16), dtype=np.uint8)
+    history = pretrain_loop(Method(Tiny(), projection_dim=4), images, np.arange(12), epochs=2, batch_size=4,
+                            lr=1e-3, seed=0, device=Device.choose("cpu", precision="fp16"),
+                            checkpoint_dir=tmp_path)
+    assert len(history) == 2 and all(math.isfinite(v) for v in history)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["scaler"]["scale"] > 0
