@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every check that needs a CUDA device, in one run of about 6 minutes on one H100/H200, for a
+# session that is lent one: the gpu-marked tests (probe and stats on GPU equal CPU), the probe's
+# time on the GPU (goal < 1 s), and training/extraction throughput against plain torch loops
+# (goal >= 80 %). Each part runs even if an earlier one failed; the exit code is the worst one.
+# Usage: tests/perf/device_checks.sh [LOG_DIR]   (the device tool's $OUT by default)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+log="${1:-${OUT:-.}}"
+worst=0
+step() {
+    echo "== $*" | tee -a "$log/device_checks.log"
+    "$@" 2>&1 | tee -a "$log/device_checks.log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -gt "$worst" ] && worst=$rc
+}
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$log/device_checks.log"
+step python -m pytest -q -m gpu tests
+step python tests/perf/bench_probe.py --device cuda --threads 16 --sk-labels 1
+step python tests/perf/bench_throughput.py --device cuda --train-channels-last
+exit "$worst"
