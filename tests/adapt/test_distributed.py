@@ -46,33 +46,38 @@ def test_single_process_setup_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> Non
     assert dist.all_sum(t) is t
 
 
-def test_torchrun_two_cpu_ranks_equal_single_process(run_copy: Path, tmp_path: Path) -> None:  # noqa: F811
+def _torchrun_and_single(run: Path, single: Path, args: list[str]) -> None:
+    """Run ``cxrbench ARGS`` under torchrun with 2 CPU ranks on ``run``, then in this process on
+    ``single`` (a copy of the same prepared run), both with one intra-op thread."""
     import shutil
 
-    single = tmp_path / "single"
-    shutil.copytree(run_copy, single)
+    shutil.copytree(run, single)
     # torchrun's own parser takes `--run` for an abbreviation of its `--run-path`: the run directory
     # goes through $CXRBENCH_RUN instead.
-    env = {**os.environ, "CXRBENCH_QUIET": "1", "OMP_NUM_THREADS": "1", "CXRBENCH_RUN": str(run_copy)}
+    env = {**os.environ, "CXRBENCH_QUIET": "1", "OMP_NUM_THREADS": "1", "CXRBENCH_RUN": str(run)}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "cxrbench", *ARGS, "--device", "cpu"]
+           "-m", "cxrbench", *args, "--device", "cpu"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("wrote ") == 1  # rank 0 alone reports (and writes) the predictions
+    assert done.stdout.count("wrote ") == 1  # rank 0 alone reports (and writes) the result
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cli(*args, "--run", str(single), "--device", "cpu")
+    finally:
+        torch.set_num_threads(before)  # later tests in this process must see the default again
 
+
+def test_torchrun_two_cpu_ranks_equal_single_process(run_copy: Path, tmp_path: Path) -> None:  # noqa: F811
+    single = tmp_path / "single"
+    _torchrun_and_single(run_copy, single, ARGS)
     manifest = Manifest.read(run_copy / MANIFEST)
     assert manifest.complete and manifest.extra["world_size"] == 2
     assert set(manifest.outputs) == {OUT, WEIGHTS}
     assert not (run_copy / "checkpoints/synthetic/random/finetune").exists()
     assert not list(run_copy.rglob(".*.tmp-*"))
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cli(*ARGS, "--run", str(single), "--device", "cpu")
-    finally:
-        torch.set_num_threads(before)  # later tests in this process must see the default again
     reference = Manifest.read(single / MANIFEST)
     assert reference.key == manifest.key  # the world size is not a setting: same result expected
     assert reference.extra["world_size"] == 1
@@ -92,27 +97,11 @@ ENCODER = "encoders/ddp-simclr/encoder.safetensors"
 def test_torchrun_two_cpu_ranks_pretrain_equals_single_process(run_copy: Path, tmp_path: Path) -> None:  # noqa: F811
     # SimCLR's loss couples the whole batch (negatives): the ranks gather each other's projections
     # and views are drawn as for the whole batch, so 2 ranks with 5 images each reproduce 1 x 10
-    import shutil
-
     single = tmp_path / "single"
-    shutil.copytree(run_copy, single)
-    env = {**os.environ, "CXRBENCH_QUIET": "1", "OMP_NUM_THREADS": "1", "CXRBENCH_RUN": str(run_copy)}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "cxrbench", *PRETRAIN, "--device", "cpu"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("wrote ") == 1
+    _torchrun_and_single(run_copy, single, PRETRAIN)
     manifest = Manifest.read(run_copy / "encoders/ddp-simclr/manifest.json")
     assert manifest.complete and manifest.extra["world_size"] == 2
     assert not (run_copy / "encoders/ddp-simclr/checkpoints").exists()
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cli(*PRETRAIN, "--run", str(single), "--device", "cpu")
-    finally:
-        torch.set_num_threads(before)
     reference = Manifest.read(single / "encoders/ddp-simclr/manifest.json")
     assert reference.key == manifest.key
     assert manifest.extra["loss_per_epoch"] == pytest.approx(reference.extra["loss_per_epoch"], rel=1e-4)
