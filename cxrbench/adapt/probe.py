@@ -10,9 +10,10 @@ iterations on correlated CNN features; it stops by scikit-learn's rule, so the s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -155,8 +156,11 @@ class _Objective:
         D = self.XT.shape[0]
         k, G, _ = theta.shape
         grad = torch.empty_like(theta)
-        rT = r.reshape(k * G, -1).T.to(self.XT.dtype).contiguous()  # [N, kG]
-        rx = _matmul(self.XT, rT).T  # [kG, D]
+        kG = k * G
+        pad = -kG % 16 if kG >= 8 else 0
+        rT = torch.zeros(r.shape[-1], kG + pad, dtype=self.XT.dtype)
+        rT[:, :kG] = r.reshape(kG, -1).T
+        rx = _matmul(self.XT, rT)[:, :kG].T  # [kG, D]
         grad[..., :D] = rx.to(theta.dtype).reshape(k, G, D) + theta[..., :D]
         grad[..., D] = r.sum(2)
         return grad
@@ -218,6 +222,21 @@ def _top_eigen(gram: torch.Tensor, rank: int, iters: int = 2) -> tuple[torch.Ten
         Q = torch.linalg.qr(gram @ Q).Q
     lam, U = torch.linalg.eigh(Q.T @ gram @ Q)
     return lam, Q @ U
+
+
+@contextlib.contextmanager
+def _blas_owns_the_cores(dev: torch.device) -> Iterator[None]:
+    """On the CPU, run torch's own (small, elementwise) work on one thread while the products
+    go through numpy's BLAS: torch's idle OpenMP workers spin and would take cores from it."""
+    if dev.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _take(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
@@ -459,19 +478,20 @@ def fit_probe(
     theta = torch.zeros(K, G, D + 1, dtype=torch.float64, device=dev)
     theta[..., D] = start  # the intercept at the prior log-odds saves a few iterations
     curvature = (C * n)[:, None] * prior * (1.0 - prior)  # [K, G]
-    theta, iters = _lbfgs(
-        _Objective(XT, Yk, Mk, C, softmax),
-        theta,
-        scale=scale,
-        max_iter=max_iter,
-        tol=tol,
-        precond=_Preconditioner(
-            _sample_gram(X_train, mean, std, fdtype),
-            curvature,
-            curvature.mean(1, keepdim=True).expand_as(curvature),
-        ),
-        runs=runs,
-    )
+    with _blas_owns_the_cores(dev):
+        theta, iters = _lbfgs(
+            _Objective(XT, Yk, Mk, C, softmax),
+            theta,
+            scale=scale,
+            max_iter=max_iter,
+            tol=tol,
+            precond=_Preconditioner(
+                _sample_gram(X_train, mean, std, fdtype),
+                curvature,
+                curvature.mean(1, keepdim=True).expand_as(curvature),
+            ),
+            runs=runs,
+        )
     theta = theta.permute(2, 0, 1)  # [D + 1, K, G]
     del XT
 

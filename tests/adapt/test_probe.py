@@ -276,3 +276,11 @@ def test_standardise_matches_numpy_in_float64_and_transposes():
     assert XT.shape == (7, 1000)
     np.testing.assert_allclose(XT.numpy().T, (X64 - X64.mean(0)) / ref_std, atol=1e-3)
     assert (XT[2] == 0).all()
+
+
+def test_fit_leaves_the_torch_thread_count_as_it_found_it():
+    # the CPU fit runs torch's elementwise work on one thread while numpy's BLAS takes the cores
+    Xtr, Ytr, Xva, Yva, _, _ = _data(n=200)
+    torch.set_num_threads(2)  # the fixture restores the original afterwards
+    fit_probe(Xtr, Ytr, Xva, Yva, Cs=[1.0], device="cpu")
+    assert torch.get_num_threads() == 2
