@@ -158,7 +158,7 @@ class _Objective:
         grad = torch.empty_like(theta)
         kG = k * G
         pad = -kG % 16 if kG >= 8 else 0
-        rT = torch.zeros(r.shape[-1], kG + pad, dtype=self.XT.dtype)
+        rT = torch.zeros(r.shape[-1], kG + pad, dtype=self.XT.dtype, device=self.XT.device)
         rT[:, :kG] = r.reshape(kG, -1).T
         rx = _matmul(self.XT, rT)[:, :kG].T  # [kG, D]
         grad[..., :D] = rx.to(theta.dtype).reshape(k, G, D) + theta[..., :D]
