@@ -14,9 +14,16 @@ import warnings
 import numpy as np
 
 
-def make_features(n: int, d: int, labels: int, *, seed: int = 0):
+def make_features(n: int, d: int, labels: int, *, seed: int = 0, kind: str = "lowrank"):
     """Return non-negative pooled-CNN-like features X [n, d] (float32) and labels Y [n, L] with
-    10 % unknown (NaN), prevalences 2-30 %, each label driven by a random sparse direction."""
+    10 % unknown (NaN), prevalences 2-30 %.
+
+    ``lowrank``: a rank-64 signal plus isotropic noise, each label driven by a sparse direction of
+    the signal. ``powerlaw``: a covariance whose eigenvalues decay as i^-1.6 in a random basis (as
+    pooled CNN features' do), each label driven by a random direction.
+    """
+    if kind == "powerlaw":
+        return _powerlaw_features(n, d, labels, seed=seed)
     rng = np.random.default_rng(seed)
     rank = 64
     Z = rng.standard_normal((n, rank), dtype=np.float32)
@@ -30,6 +37,22 @@ def make_features(n: int, d: int, labels: int, *, seed: int = 0):
         idx = rng.choice(rank, size=6, replace=False)
         w[idx] = rng.standard_normal(6)
         score = Z @ w + rng.standard_normal(n).astype(np.float32) * 1.5
+        prevalence = rng.uniform(0.02, 0.3)
+        Y[:, j] = score > np.quantile(score, 1 - prevalence)
+    Y[rng.random(Y.shape) < 0.1] = np.nan
+    return X, Y
+
+
+def _powerlaw_features(n: int, d: int, labels: int, *, seed: int):
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+    X = rng.standard_normal((n, d), dtype=np.float32) * (np.arange(1, d + 1, dtype=np.float32) ** -0.8)
+    X = X @ basis
+    np.maximum(X + 0.02, 0.0, out=X)
+    Xs = (X - X.mean(0)) / np.maximum(X.std(0), 1e-12)
+    Y = np.empty((n, labels), dtype=np.float64)
+    for j in range(labels):
+        score = Xs @ rng.standard_normal(d).astype(np.float32) / d**0.5 + 0.5 * rng.standard_normal(n)
         prevalence = rng.uniform(0.02, 0.3)
         Y[:, j] = score > np.quantile(score, 1 - prevalence)
     Y[rng.random(Y.shape) < 0.1] = np.nan
@@ -50,6 +73,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-iter", type=int, default=200)
     parser.add_argument("--grid", action="store_true", help="also time the default 5-C grid")
+    parser.add_argument("--features", choices=("lowrank", "powerlaw"), default="lowrank",
+                        help="synthetic feature spectrum (see make_features)")
     parser.add_argument("--device", default="cpu", help="device of the torch fit (cuda: the GPU goal is < 1 s)")
     args = parser.parse_args()
 
@@ -65,12 +90,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     n = args.n_train + args.n_val + args.n_test
     t0 = time.perf_counter()
-    X, Y = make_features(n, args.dim, args.labels)
+    X, Y = make_features(n, args.dim, args.labels, kind=args.features)
     a, b = args.n_train, args.n_train + args.n_val
     Xtr, Ytr, Xva, Yva, Xte, Yte = X[:a], Y[:a], X[a:b], Y[a:b], X[b:], Y[b:]
     print(
         f"data: train {Xtr.shape}, val {Xva.shape[0]}, test {Xte.shape[0]}, "
-        f"{args.labels} labels, made in {time.perf_counter() - t0:.1f}s; "
+        f"{args.labels} labels ({args.features}), made in {time.perf_counter() - t0:.1f}s; "
         f"{args.threads} threads, torch {torch.__version__}"
     )
 
