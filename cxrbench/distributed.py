@@ -86,7 +86,7 @@ class _GatherBatch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, part: torch.Tensor, dist: Dist, total: int) -> torch.Tensor:
-        sizes = [dist.__class__(r, dist.world_size).bounds(total) for r in range(dist.world_size)]
+        sizes = [Dist(r, dist.world_size).bounds(total) for r in range(dist.world_size)]
         widest = max(hi - lo for lo, hi in sizes)
         padded = part.new_zeros((widest, *part.shape[1:]))
         padded[: len(part)] = part

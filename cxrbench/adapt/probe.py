@@ -173,19 +173,28 @@ class _Preconditioner:
     ``X^T X / n`` is estimated from a fixed row sample; its top ``rank`` eigenpairs (the
     ill-conditioned directions of correlated features) are kept and the rest of the spectrum
     is replaced by its mean, which keeps the guess well-conditioned even when the sample is
-    small. L-BFGS then needs about half the iterations, to the same stopping rule. Softmax
+    small. A sample of at most ``4 rank`` rows (small training sets) gives all its eigenpairs
+    exactly, through the rows' kernel matrix. L-BFGS then needs about half the iterations, to the same stopping rule. Softmax
     problems pass one ``a_bias`` for all classes, so that the intercepts keep summing to 0 (the
     direction in which their loss is flat), as in scikit-learn.
     """
 
-    def __init__(self, gram: torch.Tensor, a: torch.Tensor, a_bias: torch.Tensor, *, rank: int = 256):
-        D = gram.shape[0]
-        if D <= 2 * rank:
-            lam, V = torch.linalg.eigh(gram)
-            lam_rest = lam.new_zeros(())
+    def __init__(self, sample: torch.Tensor, a: torch.Tensor, a_bias: torch.Tensor, *, rank: int = 256):
+        m, D = sample.shape  # standardised rows
+        if m <= 4 * rank:  # few rows: every nonzero eigenpair, exactly, from the m x m kernel
+            lam, U = torch.linalg.eigh(_matmul(sample, sample.T.contiguous()).double() / m)
+            keep = lam > 1e-10 * lam.max().clamp_min(1e-300)
+            lam, U = lam[keep], U[:, keep]
+            V = (sample.T.double() @ U) / (m * lam).sqrt()
+            lam_rest = lam.new_zeros(())  # the rest is the sample's null space
         else:
-            lam, V = _top_eigen(gram, rank)
-            lam_rest = ((gram.diagonal().sum() - lam.sum()) / (D - rank)).clamp_min(0.0)
+            gram = _matmul(sample.T.contiguous(), sample).double() / m
+            if D <= 2 * rank:
+                lam, V = torch.linalg.eigh(gram)
+                lam_rest = lam.new_zeros(())
+            else:
+                lam, V = _top_eigen(gram, rank)
+                lam_rest = ((gram.diagonal().sum() - lam.sum()) / (D - rank)).clamp_min(0.0)
         lam = lam.clamp_min(0.0).to(a.dtype)
         self.V = V.to(a.dtype)  # [D, r]
         self.coef_rest = 1.0 / (a * lam_rest.to(a.dtype) + 1.0)  # [K, G]
@@ -202,14 +211,13 @@ class _Preconditioner:
         return out
 
 
-def _sample_gram(
+def _sample_rows(
     X: np.ndarray, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, sample: int = 4096
 ) -> torch.Tensor:
-    """Return X^T X / m of m = ``sample`` fixed random rows of the standardised X, [D, D]."""
+    """Return ``sample`` fixed random rows of the standardised X (all rows if fewer), [m, D]."""
     N = X.shape[0]
     idx = np.sort(np.random.default_rng(0).permutation(N)[: min(N, sample)])
-    Xs = ((torch.as_tensor(X[idx], device=mean.device).double() - mean) / std).to(dtype)
-    return _matmul(Xs.T.contiguous(), Xs) / idx.size
+    return ((torch.as_tensor(X[idx], device=mean.device).double() - mean) / std).to(dtype)
 
 
 def _top_eigen(gram: torch.Tensor, rank: int, iters: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -491,7 +499,7 @@ def fit_probe(
             max_iter=max_iter,
             tol=tol,
             precond=_Preconditioner(
-                _sample_gram(X_train, mean, std, fdtype),
+                _sample_rows(X_train, mean, std, fdtype),
                 curvature,
                 curvature.mean(1, keepdim=True).expand_as(curvature),
             ),

@@ -300,3 +300,22 @@ def test_preconditioner_cuts_iterations_several_fold_on_a_power_law_spectrum():
     for j in range(2):
         lr = LogisticRegression(C=1.0, max_iter=1000).fit(Ztr, Y[:2000, j])
         assert 3 * probe.n_iter[0, j] < lr.n_iter_[0], (probe.n_iter[0, j], lr.n_iter_[0])
+
+
+@pytest.mark.parametrize(("m", "d"), [(40, 30), (300, 600), (1100, 50)])
+def test_preconditioner_equals_the_inverse_of_the_starting_hessian_where_it_is_exact(m, d):
+    # few rows (kernel route, also with fewer rows than features) and few features (full eigh):
+    # M = (I + a X'X/m)^-1 on the weights and 1/a on the intercept, against numpy's inverse
+    from cxrbench.adapt.probe import _Preconditioner
+
+    rng = np.random.default_rng(m)
+    sample = rng.normal(size=(m, d)) @ rng.normal(size=(d, d)) / d**0.5
+    a = torch.tensor([[3.0], [0.5]], dtype=torch.float64)  # two problems
+    P = _Preconditioner(torch.as_tensor(sample), a, a)
+    x = torch.as_tensor(rng.normal(size=(2, 1, d + 1)))
+    got = P(x).numpy()
+    gram = sample.T @ sample / m
+    for k, ak in enumerate((3.0, 0.5)):
+        ref = np.linalg.solve(np.eye(d) + ak * gram, x[k, 0, :d].numpy())
+        np.testing.assert_allclose(got[k, 0, :d], ref, rtol=1e-8, atol=1e-10)
+        assert got[k, 0, d] == pytest.approx(x[k, 0, d].item() / ak)
