@@ -43,6 +43,8 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device, e
 PrecisionOpt = Annotated[str | None, typer.Option(
     "--precision", help="Training precision: bf16, fp16 (loss-scaled, for GPUs without fast bf16) or fp32 "
     "[default: bf16 on GPU, fp32 on CPU].")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    help="Processes reading batches from the image cache (default: 4 on CUDA, 0 on CPU).")]
 ArchOpt = Annotated[str | None, typer.Option("--arch", help="timm architecture, e.g. resnet50, densenet121, vit_base_patch16_224.")]
 ConfigOpt = Annotated[Path, typer.Option("--config", help="Suites file.")]
 
@@ -147,6 +149,7 @@ def pretrain(
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    num_workers: WorkersOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Pretrain an encoder with a self-supervised method; it is then usable as --encoder NAME.
@@ -162,7 +165,7 @@ def pretrain(
     with distributed.group(device) as (dist, _):
         pretrain_stage(run_dir, method, dataset=dataset, name=name, arch=arch, epochs=epochs,
                        batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
-                       force=force)
+                       num_workers=num_workers, force=force)
         if dist.is_main:
             _written(encoder_dir(run_dir, name or method))
 
@@ -203,7 +206,7 @@ def finetune(
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")] = None,
     fraction: Annotated[list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: per epoch only).")] = 0,
-    num_workers: Annotated[int | None, typer.Option(help="Processes reading batches from the image cache (default: 4 on CUDA, 0 on CPU).")] = None,
+    num_workers: WorkersOpt = None,
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,

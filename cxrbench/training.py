@@ -97,7 +97,8 @@ def load_batch(images: np.ndarray, rows: Sequence[int], device: torch.device) ->
 
 
 class _CacheReader(torch.utils.data.Dataset):
-    """Holds the image cache; a memmap is reopened with ``open_cache`` in each worker, never pickled."""
+    """Holds the image cache; a memmap is reopened with ``open_cache`` in each worker, never pickled
+    (an in-memory array, as in tests, travels to the workers as it is)."""
 
     def __init__(self, images: np.ndarray) -> None:
         filename = getattr(images, "filename", None)
@@ -107,7 +108,7 @@ class _CacheReader(torch.utils.data.Dataset):
 
     @property
     def images(self) -> np.ndarray:
-        if self._images is None or self._pid != os.getpid():
+        if self._cache_dir is not None and (self._images is None or self._pid != os.getpid()):
             from cxrbench.data.cache import open_cache
 
             self._images, self._pid = open_cache(self._cache_dir), os.getpid()
@@ -174,6 +175,16 @@ class RowBatches(_CacheReader):
 
     def __getitem__(self, k: int) -> torch.Tensor:
         return torch.from_numpy(read_rows(self.images, self.rows[k * self.batch_size : (k + 1) * self.batch_size]))
+
+
+def batch_workers(num_workers: int | None, device: Device) -> int:
+    """Processes that read batches from the cache: ``num_workers`` (validated), else 4 on CUDA and
+    0 on CPU, where the main process keeps up and worker start-up would cost more than it saves."""
+    if num_workers is None:
+        return 4 if device.device.type == "cuda" else 0
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise CxrbenchError(f"--num-workers {num_workers!r}: must be an integer >= 0")
+    return num_workers
 
 
 def loader(dataset: torch.utils.data.Dataset, *, start: int = 0, num_workers: int = 0,

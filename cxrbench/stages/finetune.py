@@ -21,7 +21,7 @@ from cxrbench.data.splits import fraction_patients
 from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import Manifest, Stage, atomic_path, manifest_path_for
 from cxrbench.stages.encoders import encoder_ref
-from cxrbench.training import Device
+from cxrbench.training import Device, batch_workers
 
 
 def checkpoint_dir(run: Path, dataset: str, encoder: str, adaptation: str) -> Path:
@@ -59,9 +59,6 @@ def finetune(
     on CUDA, 0 on CPU). The manifest returned on ranks other than 0 is None.
     """
     chosen = recipe(recipe_name, **(overrides or {}))
-    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
-                                    or num_workers < 0):
-        raise CxrbenchError(f"--num-workers {num_workers!r}: must be an integer >= 0")
     if checkpoint_every < 0:
         raise CxrbenchError(f"--checkpoint-every {checkpoint_every}: must be >= 0")
     dist, device = distributed.setup(device)
@@ -76,7 +73,7 @@ def finetune(
                   inputs=[prepared.manifest, *ref.inputs], extra_inputs=ref.extra_inputs, seed=seed,
                   what=f"finetune predictions {ref.label}/{adaptation} on {dataset}")
     hw = Device.choose(device, precision=precision)
-    workers = num_workers if num_workers is not None else (4 if hw.device.type == "cuda" else 0)
+    workers = batch_workers(num_workers, hw)
     job = _Job(run, dataset, ref, adaptation, out, chosen, fraction, seed, input_size, checkpoint_every,
                workers, hw, prepared, dist)
     distributed.stage_on_rank0(dist, stage, force=force, work=lambda: job.train(stage),

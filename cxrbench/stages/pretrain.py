@@ -17,7 +17,7 @@ from cxrbench.models.encoders import create_encoder, save_encoder
 from cxrbench.pretrain import get_method
 from cxrbench.pretrain.loop import pretrain_loop
 from cxrbench.rundir import Manifest, Stage
-from cxrbench.training import Device
+from cxrbench.training import Device, batch_workers
 
 DEFAULT_ARCH = "resnet50"
 
@@ -42,17 +42,19 @@ def pretrain(
     options: dict[str, Any] | None = None,
     device: str | None = None,
     precision: str | None = None,
+    num_workers: int | None = None,
     force: bool = False,
 ) -> Manifest:
     """Pretrain ``method`` on ``dataset``'s train split; the encoder is saved as ``RUN/encoders/NAME``.
 
     Under ``torchrun`` (WORLD_SIZE > 1) every rank trains its part of each batch; rank 0 alone holds
     the stage lock and writes checkpoints and the encoder. The manifest returned on other ranks is
-    not complete.
+    not complete. ``num_workers``: cache-reading processes (None: 4 on CUDA, 0 on CPU).
     """
     method_cls = get_method(method)
     dist, device = distributed.setup(device)
     hw = Device.choose(device, precision=precision)
+    workers = batch_workers(num_workers, hw)
     name = name or method
     options = dict(options or {})
     settings = {
@@ -81,6 +83,7 @@ def pretrain(
                 model, prepared.images(), rows, epochs=settings["epochs"], batch_size=settings["batch_size"],
                 lr=settings["lr"], seed=seed, device=hw,
                 checkpoint_dir=home / "checkpoints" / stage.key[:16], advance=advance, dist=dist,
+                num_workers=workers,
             )
 
     def write(history: list[float]) -> None:
