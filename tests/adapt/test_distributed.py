@@ -21,7 +21,7 @@ from tests.stages.conftest import cli, phantom_run, run_copy  # noqa: F401  (fix
 # (up to summation order); resnet's per-rank batch statistics would not.
 ARCH = "vit_tiny_patch16_224"
 ARGS = ["finetune", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--epochs", "2",
-        "--batch-size", "16", "--fraction", "0.25", "--optimizer", "adamw", "--lr", "0.0005",
+        "--batch-size", "16", "--fraction", "0.25", "--optimizer", "sgd", "--lr", "0.01",
         "--checkpoint-every", "2"]
 OUT = "predictions/synthetic/random/finetune-f0.25-s0.parquet"
 WEIGHTS = "finetuned/synthetic/random/finetune-f0.25-s0.safetensors"
