@@ -211,13 +211,11 @@ class _Preconditioner:
         return out
 
 
-def _sample_rows(
-    X: np.ndarray, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, sample: int = 4096
-) -> torch.Tensor:
+def _sample_rows(X: np.ndarray, scaler: _Scaler, sample: int = 4096) -> torch.Tensor:
     """Return ``sample`` fixed random rows of the standardised X (all rows if fewer), [m, D]."""
     N = X.shape[0]
     idx = np.sort(np.random.default_rng(0).permutation(N)[: min(N, sample)])
-    return ((torch.as_tensor(X[idx], device=mean.device).double() - mean) / std).to(dtype)
+    return scaler.rows(X[idx])
 
 
 def _top_eigen(gram: torch.Tensor, rank: int, iters: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -447,7 +445,8 @@ def fit_probe(
     L = Y_train.shape[1]
     nC = len(Cs)
 
-    XT, mean, std = _standardise(X_train, dev, fdtype)
+    XT, scaler = _standardise(X_train, dev, fdtype)
+    mean, std = scaler.mean, scaler.std
 
     Yt = torch.as_tensor(Y_train, device=dev, dtype=torch.float64)
     if softmax:
@@ -499,7 +498,7 @@ def fit_probe(
             max_iter=max_iter,
             tol=tol,
             precond=_Preconditioner(
-                _sample_rows(X_train, mean, std, fdtype),
+                _sample_rows(X_train, scaler),
                 curvature,
                 curvature.mean(1, keepdim=True).expand_as(curvature),
             ),
@@ -510,10 +509,7 @@ def fit_probe(
 
     W = theta[:D].reshape(D, K * G)
     b = theta[D].reshape(K * G)
-    mean_hi = mean.to(fdtype)  # mean = hi + lo: x - hi is exact near a large mean
-    mean_lo = (mean - mean_hi.double()).to(fdtype)
-    Xv = ((torch.as_tensor(X_val, device=dev).to(fdtype) - mean_hi) - mean_lo) / std.to(fdtype)
-    Zv = (_matmul(Xv, W.to(fdtype)).double() + b).cpu().numpy().reshape(-1, K, G)
+    Zv = (_matmul(scaler.rows(X_val), W.to(fdtype)).double() + b).cpu().numpy().reshape(-1, K, G)
     if softmax:
         keep_v = _multiclass_rows(Y_val, "val")
         yv = Y_val[keep_v].argmax(1)
@@ -569,16 +565,31 @@ def fit_probe(
     )
 
 
+@dataclass(frozen=True)
+class _Scaler:
+    """The training features' column mean and population std (float64; a constant column gets
+    std 1), and the one way rows are standardised with them: from X minus the first training
+    row, which is exact in the working dtype, so a large mean costs no precision."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    shift: torch.Tensor  # the first training row, in the working dtype
+    centre: torch.Tensor  # mean - shift, in the working dtype
+
+    def rows(self, X: np.ndarray) -> torch.Tensor:
+        """Return the standardised rows of X, [n, D] in the working dtype on the fit's device."""
+        c = torch.as_tensor(X, device=self.shift.device).to(self.shift.dtype)
+        return ((c - self.shift) - self.centre) / self.std.to(self.shift.dtype)
+
+
 def _standardise(
     X: np.ndarray, dev: torch.device, dtype: torch.dtype, chunk: int = 256
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return the standardised features transposed, XT [D, N] in ``dtype``, with the column
-    mean and population std (float64; a constant column gets std 1).
+) -> tuple[torch.Tensor, _Scaler]:
+    """Return the standardised features transposed, XT [D, N] in ``dtype``, and their scaler.
 
     Two passes over X in small row blocks (cache-sized, which makes the transposed write
-    cheap): the moments, then the standardised copy. Both work on X minus its first row, which
-    is exact, so a constant column has a variance of exactly 0 and a large offset costs no
-    precision; block sums are added up in float64.
+    cheap): the moments, then the standardised copy. Both work on X minus its first row, so a
+    constant column has a variance of exactly 0; block sums are added up in float64.
     """
     N, D = X.shape
     shift = torch.as_tensor(X[0], device=dev).to(dtype)
@@ -593,13 +604,11 @@ def _standardise(
     mean_shifted = s1 / N
     std = (s2 / N - mean_shifted.pow(2)).clamp_min(0.0).sqrt()
     std = torch.where(std > 1e-12 * mean_shifted.abs().clamp_min(1.0), std, torch.ones_like(std))
-    mean = shift.double() + mean_shifted
+    scaler = _Scaler(mean=shift.double() + mean_shifted, std=std, shift=shift, centre=mean_shifted.to(dtype))
     XT = torch.empty(D, N, dtype=dtype, device=dev)
-    m, sd = mean_shifted.to(dtype), std.to(dtype)  # x - shift is exact: no loss to a large mean
     for start in range(0, N, chunk):
-        c = torch.as_tensor(X[start : start + chunk], device=dev).to(dtype)
-        XT[:, start : start + chunk] = (((c - shift) - m) / sd).T
-    return XT, mean, std
+        XT[:, start : start + chunk] = scaler.rows(X[start : start + chunk]).T
+    return XT, scaler
 
 
 def _pick(scores: np.ndarray, Cs: tuple[float, ...], what: str) -> int:

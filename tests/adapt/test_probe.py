@@ -267,7 +267,8 @@ def test_standardise_matches_numpy_in_float64_and_transposes():
     X = rng.normal(size=(1000, 7)).astype(np.float32)
     X[:, 2] = 3.5  # constant: std 1, not 0 or noise
     X[:, 4] = 1e4 + 0.01 * X[:, 4]  # large offset, small spread
-    XT, mean, std = _standardise(X, torch.device("cpu"), torch.float32, chunk=64)
+    XT, scaler = _standardise(X, torch.device("cpu"), torch.float32, chunk=64)
+    mean, std = scaler.mean, scaler.std
     X64 = X.astype(np.float64)
     np.testing.assert_allclose(mean.numpy(), X64.mean(0), rtol=1e-9, atol=1e-6)
     ref_std = X64.std(0)
