@@ -55,11 +55,14 @@ def _run(run: Path | None) -> Path:
     return resolve_run(run)
 
 
-def _written(*paths: Path) -> None:
+def _written(run_dir: Path, manifest) -> None:
+    """Say what a stage wrote, from its manifest (nothing on DDP ranks other than 0)."""
     from cxrbench.console import out
 
-    for path in paths:
-        out.print(f"wrote {path}")
+    if manifest is None:
+        return
+    for rel in sorted(manifest.outputs):
+        out.print(f"wrote {run_dir / rel}")
 
 
 @app.callback(invoke_without_command=True)
@@ -87,7 +90,8 @@ def prepare(
     views: Annotated[str, typer.Option(help="frontal or all.")] = "frontal",
     seed: SeedOpt = 0,
     workers: Annotated[int | None, typer.Option(help="Decoding processes [default: CPU count].")] = None,
-    n_patients: Annotated[int, typer.Option(help="synthetic: number of patients.")] = 200,
+    n_patients: Annotated[int | None, typer.Option(help="Generated datasets (synthetic): number of patients "
+                                                   "[default: 200]; same as --option n_patients=N.")] = None,
     csv: Annotated[str | None, typer.Option(help="csv: metadata file (relative to --root).")] = None,
     path_column: Annotated[str | None, typer.Option(help="csv: image path column.")] = None,
     patient_column: Annotated[str | None, typer.Option(help="csv: patient id column.")] = None,
@@ -105,15 +109,12 @@ def prepare(
     from cxrbench.stages.prepare import prepare as prepare_stage
 
     run_dir = _run(run)
-    options: dict = {}
-    if dataset == "synthetic":
-        options["n_patients"] = n_patients
-    if dataset == "csv":
-        given = {"csv": csv, "path_column": path_column, "patient_column": patient_column,
-                 "view_column": view_column, "split_column": split_column}
-        options.update({k: v for k, v in given.items() if v is not None})
-        if label_columns:
-            options["label_columns"] = [c.strip() for c in label_columns.split(",") if c.strip()]
+    # the named flags are spellings of adapter options; a dataset without that option says so
+    given = {"n_patients": n_patients, "csv": csv, "path_column": path_column, "patient_column": patient_column,
+             "view_column": view_column, "split_column": split_column}
+    options: dict = {k: v for k, v in given.items() if v is not None}
+    if label_columns:
+        options["label_columns"] = [c.strip() for c in label_columns.split(",") if c.strip()]
     for item in option or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -133,7 +134,7 @@ def prepare(
     for row in extra["prevalence"]:
         table.add_row(row["label"], row["train"], row["val"], row["test"])
     out.print(table)
-    _written(run_dir / "prepared" / dataset)
+    _written(run_dir, manifest)
 
 
 @app.command(epilog="Example: cxrbench pretrain simclr --dataset synthetic --epochs 2 --arch resnet18")
@@ -157,17 +158,16 @@ def pretrain(
     Multi-GPU: torchrun --nproc-per-node N -m cxrbench pretrain simclr --run-dir DIR ... (DDP; the
     loss sees the whole batch's negatives; rank 0 writes).
     """
-    from cxrbench import distributed
-    from cxrbench.stages.pretrain import encoder_dir
+    from cxrbench.engine import distributed
     from cxrbench.stages.pretrain import pretrain as pretrain_stage
 
     run_dir = _run(run)
     with distributed.group(device) as (dist, _):
-        pretrain_stage(run_dir, method, dataset=dataset, name=name, arch=arch, epochs=epochs,
-                       batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
-                       num_workers=num_workers, force=force)
+        manifest = pretrain_stage(run_dir, method, dataset=dataset, name=name, arch=arch, epochs=epochs,
+                                  batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
+                                  num_workers=num_workers, force=force)
         if dist.is_main:
-            _written(encoder_dir(run_dir, name or method))
+            _written(run_dir, manifest)
 
 
 @app.command(epilog="Example: cxrbench probe --dataset synthetic --encoder simclr --fraction 0.1 --fraction 1.0")
@@ -182,15 +182,14 @@ def probe(
     force: ForceOpt = False,
 ) -> None:
     """Linear probe: L2 logistic regression (L-BFGS) on frozen features; predicts val and test."""
-    from cxrbench.adapt.predictions import adaptation_name, predictions_path
-    from cxrbench.stages.encoders import encoder_label
+    from cxrbench.stages.finetune import check_fraction
     from cxrbench.stages.probe import probe as probe_stage
 
     run_dir = _run(run)
-    for frac in fraction or [1.0]:
-        probe_stage(run_dir, dataset=dataset, encoder=encoder, arch=arch, fraction=frac, seed=seed, device=device,
-                    force=force)
-        _written(predictions_path(run_dir, dataset, encoder_label(encoder), adaptation_name("probe", fraction=frac, seed=seed)))
+    fractions = [check_fraction(f) for f in fraction or [1.0]]
+    for frac in fractions:
+        _written(run_dir, probe_stage(run_dir, dataset=dataset, encoder=encoder, arch=arch, fraction=frac, seed=seed,
+                                      device=device, force=force))
 
 
 @app.command(epilog="Example: cxrbench finetune --dataset synthetic --encoder simclr --epochs 2 --recipe ssl-cxr")
@@ -218,21 +217,20 @@ def finetune(
     Multi-GPU: torchrun --nproc-per-node N -m cxrbench finetune --run-dir DIR ... (DDP; rank 0
     writes; under torchrun spell the option --run-dir, since torchrun reads --run as its --run-path).
     """
-    from cxrbench import distributed
-    from cxrbench.adapt.predictions import adaptation_name, predictions_path
-    from cxrbench.stages.encoders import encoder_label
+    from cxrbench.engine import distributed
+    from cxrbench.stages.finetune import check_fraction
     from cxrbench.stages.finetune import finetune as finetune_stage
 
     run_dir = _run(run)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience}
+    fractions = [check_fraction(f) for f in fraction or [1.0]]
     with distributed.group(device) as (dist, _):
-        for frac in fraction or [1.0]:
-            finetune_stage(run_dir, dataset=dataset, encoder=encoder, arch=arch, recipe_name=recipe,
-                           overrides=overrides, fraction=frac, seed=seed, checkpoint_every=checkpoint_every,
-                           num_workers=num_workers, device=device, precision=precision, force=force)
+        for frac in fractions:
+            manifest = finetune_stage(run_dir, dataset=dataset, encoder=encoder, arch=arch, recipe_name=recipe,
+                                      overrides=overrides, fraction=frac, seed=seed, checkpoint_every=checkpoint_every,
+                                      num_workers=num_workers, device=device, precision=precision, force=force)
             if dist.is_main:
-                _written(predictions_path(run_dir, dataset, encoder_label(encoder),
-                                          adaptation_name("finetune", fraction=frac, seed=seed)))
+                _written(run_dir, manifest)
 
 
 @app.command(epilog="Example: cxrbench evaluate --n-boot 1000 --cluster patient")
@@ -247,8 +245,7 @@ def evaluate(
     from cxrbench.stages.evaluate import evaluate as evaluate_stage
 
     run_dir = _run(run)
-    evaluate_stage(run_dir, n_boot=n_boot, seed=seed, cluster=cluster, force=force)
-    _written(run_dir / "evaluation" / "metrics.parquet")
+    _written(run_dir, evaluate_stage(run_dir, n_boot=n_boot, seed=seed, cluster=cluster, force=force))
 
 
 @app.command(epilog="Example: cxrbench compare --baseline imagenet --test delong --correction holm")
@@ -317,7 +314,7 @@ def weights_check(
 
     from cxrbench.config import get_suite
     from cxrbench.console import out
-    from cxrbench.models.weights import check_weights
+    from cxrbench.models.sources import check_weights
 
     pairs: list[tuple[str, str | None]] = [(e, arch) for e in encoder or []]
     pending: set[str] = set()
@@ -327,7 +324,7 @@ def weights_check(
         pairs += [(e, chosen.arch) for e in chosen.encoders if e not in pending]
     if not pairs and not pending:
         raise CxrbenchError("weights check: name --suite or --encoder")
-    specs = check_weights(pairs, run_dir=_run(run))
+    specs = check_weights(pairs, run=_run(run))
     table = Table("encoder", "arch", "source", "present", "location")
     for spec in specs:
         table.add_row(spec.encoder, spec.arch, spec.source, "yes" if spec.present else "[red]no[/]",

@@ -19,7 +19,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_CONFIG = Path("benchmarks.toml")
-BUILTIN_ENCODERS = ("imagenet", "dinov2", "random")
 ADAPTATIONS = ("probe", "finetune")
 
 
@@ -114,11 +113,13 @@ def _suite(name: str, table: Any, path: Path) -> Suite:
             raise CxrbenchError(f"{where}.pretrain.{enc}.dataset '{dataset}' is not in datasets {names}")
         pretrain[enc] = PretrainSpec(enc, str(method), str(dataset), spec)
 
+    from cxrbench.models.sources import builtin_names, is_builtin
+
     encoders = _strings(table.get("encoders"), f"{where}.encoders")
     for enc in encoders:
-        if enc not in BUILTIN_ENCODERS and not enc.startswith("file:") and enc not in pretrain:
+        if not is_builtin(enc) and enc not in pretrain:
             raise CxrbenchError(
-                f"{where}.encoders: '{enc}' is neither built in ({', '.join(BUILTIN_ENCODERS)}), "
+                f"{where}.encoders: '{enc}' is neither built in ({', '.join(builtin_names())}), "
                 f"a file: path, nor defined under suites.{name}.pretrain"
             )
     baseline = table.get("baseline", "imagenet")

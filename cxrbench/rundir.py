@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,151 @@ def resolve_run(run: str | Path | None) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------
+# Names that become paths, and the layout of a run directory.
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+=-]{0,99}")
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+def is_safe_name(name: str) -> bool:
+    """True when ``name`` can be one path component as it is (no separators, no ``..``, no leading dot)."""
+    return (isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
+            and not name.endswith((" ", ".")))
+
+
+def safe_name(name: str, *, readable: str | None = None) -> str:
+    """One folder-safe, collision-free path component for a name from input (label, encoder, dataset).
+
+    A name that is already safe is kept as it is; any other (``file:/w/enc.pt``, ``hf:org/model``,
+    ``../../x``) becomes its cleaned ``readable`` form (default: the name) plus 8 hex digits of the
+    name's hash, so two different names never share a folder.
+    """
+    if is_safe_name(name):
+        return name
+    base = _UNSAFE_RUN.sub("-", readable if readable is not None else str(name)).strip("-. ")[:60] or "name"
+    return f"{base}-{hashlib.sha256(str(name).encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of a run directory; no other module joins a run path.
+
+    ::
+
+        raw/DATASET/                                  generated inputs (synthetic phantoms)
+        prepared/DATASET/{samples,quarantine}.parquet, cache/, manifest.json
+        encoders/NAME/encoder.{safetensors,json}, manifest.json
+        features/DATASET/ENCODER.parquet
+        predictions/DATASET/ENCODER/ADAPTATION.parquet
+        finetuned/DATASET/ENCODER/ADAPTATION.safetensors
+        checkpoints/STAGE/.../KEY/                    resumable training state, removed when done
+        logs/STAGE/....parquet                        per-step training log
+        evaluation/metrics.parquet, comparisons/DATASET.*, suites/NAME.json
+
+    Name arguments go through ``safe_name``; ``inside`` refuses any path that leaves the run.
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def _join(self, *parts: str) -> Path:
+        return self.inside(self.root.joinpath(*(safe_name(p) for p in parts)))
+
+    def inside(self, path: Path | str) -> Path:
+        """``path`` (absolute, or relative to the run) if it stays inside the run, else a one-line error."""
+        path = Path(path)
+        full = path if path.is_absolute() else self.root / path
+        try:
+            full.resolve().relative_to(self.root.resolve())
+        except ValueError:
+            raise CxrbenchError(f"{path} is outside the run directory {self.root}; refusing to touch it") from None
+        return full
+
+    def relative(self, path: Path | str) -> str:
+        """``path`` relative to the run, as manifests store it (must be inside the run)."""
+        full = self.inside(path)
+        return full.resolve().relative_to(self.root.resolve()).as_posix()
+
+    # inputs
+    def raw(self, dataset: str) -> Path:
+        return self._join("raw", dataset)
+
+    def prepared(self, dataset: str) -> Path:
+        return self._join("prepared", dataset)
+
+    # models
+    def encoder(self, name: str) -> Path:
+        return self._join("encoders", name)
+
+    @property
+    def encoders(self) -> Path:
+        return self.root / "encoders"
+
+    def features(self, dataset: str, encoder: str) -> Path:
+        return self._join("features", dataset, f"{safe_name(encoder)}.parquet")
+
+    def predictions(self, dataset: str, encoder: str, adaptation: str) -> Path:
+        return self._join("predictions", dataset, encoder, f"{safe_name(adaptation)}.parquet")
+
+    @property
+    def predictions_root(self) -> Path:
+        return self.root / "predictions"
+
+    def finetuned(self, dataset: str, encoder: str, adaptation: str) -> Path:
+        return self._join("finetuned", dataset, encoder, f"{safe_name(adaptation)}.safetensors")
+
+    # training state
+    def checkpoints(self, stage: str, *parts: str) -> Path:
+        """``checkpoints/STAGE/PARTS...``: one convention for every training stage."""
+        return self._join("checkpoints", stage, *parts)
+
+    def training_log(self, stage: str, *parts: str) -> Path:
+        """``logs/STAGE/PARTS....parquet``: the per-step log of a training stage."""
+        *head, last = parts
+        return self._join("logs", stage, *head, f"{safe_name(last)}.parquet")
+
+    # results
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def metrics(self) -> Path:
+        return self.evaluation / "metrics.parquet"
+
+    @property
+    def comparisons(self) -> Path:
+        return self.root / "comparisons"
+
+    def suite_record(self, suite: str) -> Path:
+        return self._join("suites", f"{safe_name(suite)}.json")
+
+
+def clear_tree(run: RunLayout | Path, directory: Path) -> None:
+    """Remove ``directory`` (inside the run) and then its parents while they are empty, up to the run."""
+    import shutil
+
+    layout = layout_of(run)
+    directory = layout.inside(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    root = layout.root.resolve()
+    for parent in directory.parents:
+        if parent.resolve() == root or root not in parent.resolve().parents:
+            break
+        try:
+            parent.rmdir()  # only if empty: other runs may still be checkpointing there
+        except OSError:
+            break
+
+
+def layout_of(run: RunLayout | Path | str) -> RunLayout:
+    """The layout of ``run`` (a RunLayout is returned as it is)."""
+    return run if isinstance(run, RunLayout) else RunLayout(Path(run))
+
+
 def file_hash(path: Path, *, chunk: int = 1 << 22) -> str:
     """SHA-256 of a file's bytes, streamed."""
     digest = hashlib.sha256()
@@ -49,6 +195,20 @@ def file_hash(path: Path, *, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def quick_fingerprint(path: Path, *, span: int = 1 << 16) -> str:
+    """A cheap fingerprint of a file: SHA-256 of its size, first and last 64 KiB (catches truncation,
+    appended or rewritten headers and footers; ``cxrbench verify`` re-hashes everything)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest.update(str(size).encode())
+        digest.update(handle.read(span))
+        if size > span:
+            handle.seek(max(size - span, span))
+            digest.update(handle.read(span))
+    return digest.hexdigest()[:16]
 
 
 def json_hash(value: Any) -> str:
@@ -127,6 +287,25 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     created: str = ""
+    #: run-relative path -> [size in bytes, quick fingerprint]: checked before a stage is skipped
+    sizes: dict[str, list] = field(default_factory=dict)
+
+    def intact(self, run: RunLayout | Path) -> str | None:
+        """None if every output is present with its recorded size and fingerprint, else what is wrong."""
+        layout = layout_of(run)
+        for rel in self.outputs:
+            path = layout.inside(rel)
+            if not path.is_file():
+                return f"{path} is missing"
+            recorded = self.sizes.get(rel)
+            if recorded is None:  # manifests written before sizes were recorded: existence only
+                continue
+            size = path.stat().st_size
+            if size != recorded[0]:
+                return f"{path} has {size} bytes, {recorded[0]} were written"
+            if quick_fingerprint(path) != recorded[1]:
+                return f"{path} was changed after it was written"
+        return None
 
     @classmethod
     def read(cls, path: Path) -> Manifest | None:
@@ -151,15 +330,15 @@ def manifest_path_for(artifact: Path) -> Path:
     return artifact.with_name(artifact.stem + MANIFEST_SUFFIX)
 
 
-def read_complete(run: Path, manifest_path: Path, *, what: str, hint: str) -> Manifest:
+def read_complete(run: RunLayout | Path, manifest_path: Path, *, what: str, hint: str) -> Manifest:
     """The complete manifest at ``manifest_path``, or a one-line error telling how to make it."""
     manifest = Manifest.read(manifest_path)
     if manifest is None or not manifest.complete:
         state = "is incomplete" if manifest_path.exists() else "does not exist"
         raise CxrbenchError(f"{what} in {run} {state}; run `{hint}` first")
-    for rel in manifest.outputs:
-        if not (Path(run) / rel).exists():
-            raise CxrbenchError(f"{what}: {Path(run) / rel} is missing; rerun `{hint} --force`")
+    problem = manifest.intact(run)
+    if problem is not None:
+        raise CxrbenchError(f"{what}: {problem}; rerun `{hint} --force`")
     return manifest
 
 
@@ -225,7 +404,7 @@ class Stage:
 
     def __init__(
         self,
-        run: Path,
+        run: RunLayout | Path,
         name: str,
         manifest_path: Path,
         *,
@@ -235,9 +414,10 @@ class Stage:
         seed: int | None = None,
         what: str | None = None,
     ) -> None:
-        self.run = Path(run)
+        self.layout = layout_of(run)
+        self.run = self.layout.root
         self.name = name
-        self.manifest_path = Path(manifest_path)
+        self.manifest_path = self.layout.inside(manifest_path)
         self.settings = dict(settings)
         self.inputs = {**input_hashes(*inputs), **dict(extra_inputs or {})}
         self.seed = seed
@@ -249,18 +429,17 @@ class Stage:
         self.skipped = False
 
     def relative(self, path: Path) -> str:
-        """``path`` relative to the run directory, as stored in manifests."""
-        try:
-            return Path(path).resolve().relative_to(self.run.resolve()).as_posix()
-        except ValueError:
-            return str(path)
+        """``path`` relative to the run directory, as stored in manifests (refused if outside it)."""
+        return self.layout.relative(path)
 
     def up_to_date(self) -> Manifest | None:
-        """The existing manifest if it is complete, has this key, and its outputs all exist."""
+        """The existing manifest if it is complete, has this key, and its outputs are intact."""
         manifest = Manifest.read(self.manifest_path)
         if manifest is None or not manifest.complete or manifest.key != self.key:
             return None
-        if not all((self.run / rel).exists() for rel in manifest.outputs):
+        problem = manifest.intact(self.layout)
+        if problem is not None:
+            info(f"{self.what}: {problem}; redoing it")
             return None
         return manifest
 
@@ -293,26 +472,27 @@ class Stage:
         )
         if previous is not None:
             for rel in previous.outputs:
-                path = self.run / rel
+                path = self.layout.inside(rel)
                 if path.is_file():
                     path.unlink()
 
     def record(self, path: Path) -> Path:
         """Register a finished output file written by other means (already renamed into place)."""
-        self.outputs[self.relative(path)] = Path(path)
+        self.outputs[self.relative(path)] = self.layout.inside(path)
         return Path(path)
 
     def write_parquet(self, path: Path, table: Any) -> Path:
-        return self.record(write_parquet(path, table))
+        return self.record(write_parquet(self.layout.inside(path), table))
 
     def write_json(self, path: Path, value: Any) -> Path:
-        return self.record(write_json(path, value))
+        return self.record(write_json(self.layout.inside(path), value))
 
     def write_text(self, path: Path, text: str) -> Path:
-        return self.record(write_text(path, text))
+        return self.record(write_text(self.layout.inside(path), text))
 
     def _finish(self, started: float) -> None:
         outputs = {rel: file_hash(path) for rel, path in sorted(self.outputs.items())}
+        sizes = {rel: [path.stat().st_size, quick_fingerprint(path)] for rel, path in sorted(self.outputs.items())}
         self.manifest = Manifest(
             stage=self.name,
             key=self.key,
@@ -325,6 +505,7 @@ class Stage:
             extra=self.extra,
             complete=True,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            sizes=sizes,
         )
         self.manifest.write(self.manifest_path)
 

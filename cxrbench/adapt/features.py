@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from cxrbench.engine.data import load_batch
+from cxrbench.engine.device import Device
 from cxrbench.models.encoders import Encoder
-from cxrbench.training import Device, load_batch
 
 
 @torch.no_grad()
@@ -23,9 +24,7 @@ def extract_features(
     advance: Callable[[int], None] = lambda n=1: None,
 ) -> np.ndarray:
     """Features ``[len(rows), D]`` float32 of ``images[rows]``: eval mode, no grad, bf16 on GPU."""
-    encoder.eval().to(device.device)
-    if device.device.type == "cuda":
-        encoder = encoder.to(memory_format=torch.channels_last)
+    encoder = device.prepare(encoder.eval())
     out = np.empty((len(rows), encoder.num_features), dtype=np.float32)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]

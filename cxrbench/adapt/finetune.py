@@ -1,5 +1,5 @@
-"""Full finetuning of an encoder with a linear head: the papers' recipes, selection on validation AUC,
-early stopping, and per-epoch checkpoints so a killed run continues where it stopped."""
+"""Full finetuning of an encoder with a linear head on the training engine: the papers' recipes,
+selection on validation AUC, early stopping; a killed run continues where it stopped."""
 
 from __future__ import annotations
 
@@ -14,23 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrbench.distributed import Dist
+from cxrbench.data.augment import ViewSettings, part_views
+from cxrbench.engine.data import Batch, EpochBatches, RowBatches, loader, to_device
+from cxrbench.engine.device import Device
+from cxrbench.engine.distributed import Dist
+from cxrbench.engine.log import StepLog
+from cxrbench.engine.loop import Loss, Step, Task, TrainConfig, fit
 from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import Encoder
-from cxrbench.pretrain.views import ViewSettings, part_views
-from cxrbench.stats.auc import roc_auc
-from cxrbench.training import (
-    Device,
-    EpochBatches,
-    RowBatches,
-    cosine_schedule,
-    load_checkpoint,
-    loader,
-    optimizer_step,
-    save_checkpoint,
-    step_seed,
-    to_device,
-)
+from cxrbench.stats.auc import mean_auc
 
 
 @dataclass(frozen=True)
@@ -50,6 +42,10 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def train_config(self, batch_size: int) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=batch_size, lr=self.lr, optimizer=self.optimizer,
+                           weight_decay=self.weight_decay, momentum=self.momentum)
 
 
 #: ``ssl-cxr``: SGD lr 1e-3 momentum 0.9, batch 32, cosine, 100 epochs (ssl-cxr-13-datasets).
@@ -88,17 +84,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
-
-
-def mean_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    """Mean AUC over labels that have both classes among known (non-NaN) targets; NaN if none."""
-    aucs = []
-    for k in range(y_true.shape[1]):
-        known = ~np.isnan(y_true[:, k])
-        t = y_true[known, k]
-        if t.min(initial=1) == 0 and t.max(initial=0) == 1:
-            aucs.append(roc_auc(t, y_score[known, k]))
-    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 def positive_weights(targets: np.ndarray) -> np.ndarray:
@@ -149,6 +134,57 @@ def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, *, task: str
     return np.concatenate(out) if out else np.empty((0, 0), np.float32)
 
 
+class FinetuneTask(Task):
+    """Classifier training: loss over known targets normalised by the whole batch, optional
+    rotation/flip, and on rank 0 validation after each epoch, keeping the best epoch's weights."""
+
+    def __init__(self, model: Classifier, *, recipe: Recipe, task: str, images: np.ndarray,
+                 val: tuple[np.ndarray, np.ndarray], device: Device, dist: Dist, num_workers: int,
+                 pos_weight: torch.Tensor | None) -> None:
+        self.model, self.recipe, self.task, self.images, self.val = model, recipe, task, images, val
+        self.device, self.dist, self.num_workers, self.pos_weight = device, dist, num_workers, pos_weight
+        self.views = ViewSettings(min_scale=1.0, max_rotation_deg=recipe.rotation_deg, flip=recipe.hflip,
+                                  brightness=0.0, contrast=0.0, noise=0.0)
+        self.augment = recipe.rotation_deg > 0 or recipe.hflip
+        self.history: list[dict[str, float]] = []
+        self.best_auc, self.best_epoch = -1.0, -1
+        self.best: dict[str, torch.Tensor] | None = None
+
+    def loss(self, net: nn.Module, batch: Batch, step: Step) -> Loss:
+        images, dist = batch["images"], step.dist
+        if self.augment:
+            images = part_views(images, step.generator, self.views, dist.bounds(step.total), step.total)
+        logits = net(images)
+        total, denom = _loss_terms(logits, batch["targets"], task=self.task, pos_weight=self.pos_weight)
+        sums = dist.all_sum(torch.stack([total.detach(), denom]))
+        scale = sums[1].clamp(min=torch.finfo(torch.float32).tiny)  # nothing known: loss 0, no sync
+        return Loss(total * (dist.world_size / scale), sums[0] / scale)
+
+    def should_stop(self, epoch: int) -> bool:
+        best = self.best_epoch
+        return bool(self.dist.broadcast(best >= 0 and epoch - best > self.recipe.patience))
+
+    def end_epoch(self, epoch: int, *, mean_loss: float, last_loss: float) -> None:
+        if not self.dist.is_main:  # only rank 0 validates and selects
+            return
+        rows, targets = self.val
+        auc = mean_auc(targets, predict(self.model, self.images, rows, task=self.task, device=self.device,
+                                        num_workers=self.num_workers))
+        self.history = [*self.history, {"epoch": epoch, "val_auc": auc, "loss": last_loss}]
+        if auc > self.best_auc or self.best is None:
+            self.best_auc, self.best_epoch = auc, epoch
+            self.best = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "best_auc": self.best_auc, "best_epoch": self.best_epoch,
+                "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_auc, self.best_epoch = state["best_auc"], state["best_epoch"]
+        if self.dist.is_main:
+            self.history, self.best = state["history"], state["best"]
+
+
 def finetune_loop(
     model: Classifier,
     images: np.ndarray,
@@ -164,117 +200,34 @@ def finetune_loop(
     advance: Callable[[int], None] = lambda n=1: None,
     num_workers: int = 0,
     dist: Dist | None = None,
-) -> tuple[dict[str, torch.Tensor] | None, list[dict[str, float]]]:
+) -> tuple[dict[str, torch.Tensor] | None, list[dict[str, float]], StepLog]:
     """Train on ``train`` (cache rows, targets), select the epoch with the best mean val AUC.
 
-    Returns the selected weights and the per-epoch history (``val_auc`` and last-step ``loss``).
-    Checkpoints every epoch (and every ``checkpoint_every`` steps); a rerun with the same
-    ``checkpoint_dir`` resumes exactly. ``num_workers`` processes read batches from the cache.
-
-    With ``dist`` (several ranks) every rank trains on its slice of each global batch under
-    DistributedDataParallel; the loss is normalised by the whole batch's denominator, so the averaged
-    gradient is the single-process one (BatchNorm statistics stay per rank). Rank 0 alone validates,
-    selects and checkpoints; other ranks return ``(None, [])``.
+    Returns the selected weights, the per-epoch history (``val_auc`` and last-step ``loss``) and the
+    per-step log. Checkpoints every epoch (and every ``checkpoint_every`` steps); a rerun with the
+    same ``checkpoint_dir`` resumes exactly. With ``dist`` (several ranks) every rank trains on its
+    slice of each global batch; the loss is normalised by the whole batch's denominator, so the
+    averaged gradient is the single-process one. Rank 0 alone validates, selects and checkpoints;
+    other ranks return ``(None, [], log)``.
     """
     dist = dist or Dist()
     train_rows, train_targets = train
-    val_rows, val_targets = val
+    val_rows, _ = val
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise CxrbenchError("finetune needs images in both the train and val splits")
-    if checkpoint_every < 0:
-        raise CxrbenchError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     batch_size = min(recipe.batch_size, len(train_rows))
     if dist.enabled and min(batch_size, len(train_rows) % batch_size or batch_size) < dist.world_size:
         raise CxrbenchError(
             f"batch size {batch_size} with {len(train_rows)} train images leaves a batch smaller than "
             f"the {dist.world_size} processes; use a batch size (and train set) of at least {dist.world_size}"
         )
-    data = EpochBatches(images, train_rows, train_targets, seed=seed, batch_size=batch_size,
+    data = EpochBatches(images, train_rows, {"targets": train_targets}, seed=seed, batch_size=batch_size,
                         epochs=recipe.epochs, shard=dist.shard if dist.enabled else None)
-    model.to(device.device)
-    if device.device.type == "cuda":  # convolutions run fastest on NHWC with bf16 tensor cores
-        model.to(memory_format=torch.channels_last)
-    if recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    scheduler = cosine_schedule(optimizer, len(data))
-    scaler = device.grad_scaler()
     pos_weight = None
     if recipe.weighted_loss:
         pos_weight = torch.tensor(positive_weights(train_targets), dtype=torch.float32, device=device.device)
-    views = ViewSettings(min_scale=1.0, max_rotation_deg=recipe.rotation_deg, flip=recipe.hflip,
-                         brightness=0.0, contrast=0.0, noise=0.0)
-    augment = recipe.rotation_deg > 0 or recipe.hflip
-
-    state = {"epoch": 0, "step": 0, "history": [], "best_auc": -1.0, "best_epoch": -1, "best": None}
-    saved = dist.broadcast(load_checkpoint(checkpoint_dir) if dist.is_main else None)
-    if saved is not None:
-        model.load_state_dict(saved.pop("model"))
-        optimizer.load_state_dict(saved.pop("optimizer"))
-        scheduler.load_state_dict(saved.pop("scheduler"))
-        scaler.load_state_dict(saved.pop("scaler", {}))  # a disabled scaler ignores it
-        state.update(saved)
-        advance(data.position(state["epoch"], state["step"]))
-    if not dist.is_main:
-        state["history"], state["best"] = [], None  # only rank 0 selects
-    net: nn.Module = model
-    if dist.enabled:
-        ids = [device.device.index] if device.device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    def checkpoint(epoch: int, step: int) -> None:
-        if dist.is_main:
-            save_checkpoint(checkpoint_dir, {
-                **state, "epoch": epoch, "step": step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-            })
-
-    def stop(epoch: int) -> bool:
-        best = state["best_epoch"]
-        return bool(dist.broadcast(best >= 0 and epoch - best > recipe.patience))
-
-    loss = torch.zeros(())
-    first = True
-    for epoch, step, block, targets in loader(data, start=data.position(state["epoch"], state["step"]),
-                                              num_workers=num_workers, device=device.device):
-        if step == 0 or first:
-            if stop(epoch):
-                break
-            net.train()
-            first = False
-        torch.manual_seed(step_seed(seed, epoch, step, 1))
-        batch = to_device(block, device.device)
-        if augment:
-            generator = torch.Generator().manual_seed(step_seed(seed, epoch, step))
-            total = len(data.plan(epoch)[step])
-            batch = part_views(batch, generator, views, dist.bounds(total), total)
-        targets = targets.to(device.device, non_blocking=True)
-        with device.autocast():
-            logits = net(batch)
-        total, denom = _loss_terms(logits, targets, task=task, pos_weight=pos_weight)
-        sums = dist.all_sum(torch.stack([total.detach(), denom]))
-        scale = sums[1].clamp(min=torch.finfo(torch.float32).tiny)  # nothing known: loss 0, no sync
-        loss = sums[0] / scale
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total * (dist.world_size / scale)).backward()  # DDP averages over ranks: x world_size
-        optimizer_step(scaler, optimizer, scheduler)
-        advance(1)
-        last = step + 1 == data.steps_per_epoch
-        if checkpoint_every and (step + 1) % checkpoint_every == 0 and not last:
-            state["step"] = step + 1
-            checkpoint(epoch, step + 1)
-        if last:
-            if dist.is_main:
-                auc = mean_auc(val_targets, predict(model, images, val_rows, task=task, device=device,
-                                                    num_workers=num_workers))
-                state["history"] = [*state["history"], {"epoch": epoch, "val_auc": auc, "loss": float(loss)}]
-                if auc > state["best_auc"] or state["best"] is None:
-                    state["best_auc"], state["best_epoch"] = auc, epoch
-                    state["best"] = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            state["step"] = 0
-            checkpoint(epoch + 1, 0)
-            state["epoch"] = epoch + 1
-    return state["best"], state["history"]
+    job = FinetuneTask(model, recipe=recipe, task=task, images=images, val=val, device=device, dist=dist,
+                       num_workers=num_workers, pos_weight=pos_weight)
+    log = fit(job, data, recipe.train_config(batch_size), seed=seed, device=device, checkpoint_dir=checkpoint_dir,
+              checkpoint_every=checkpoint_every, advance=advance, dist=dist, num_workers=num_workers)
+    return job.best, job.history, log

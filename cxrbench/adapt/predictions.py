@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -30,11 +28,6 @@ def parse_adaptation(name: str) -> tuple[str, float, int]:
         return kind, float(fraction), int(seed)
     except ValueError:
         raise CxrbenchError(f"cannot read adaptation name {name!r} (expected like finetune-f0.10-s1)") from None
-
-
-def predictions_path(run: Path, dataset: str, encoder: str, adaptation: str) -> Path:
-    """``RUN/predictions/DATASET/ENCODER/ADAPTATION.parquet``."""
-    return Path(run) / "predictions" / dataset / encoder / f"{adaptation}.parquet"
 
 
 def predictions_table(rows: pd.DataFrame, labels: list[str], y_true: np.ndarray, y_score: np.ndarray) -> pa.Table:

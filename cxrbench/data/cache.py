@@ -21,6 +21,7 @@ import numpy as np
 from cxrbench.data.images import IMAGE_FORMATS, ImageError, read_image
 from cxrbench.data.transforms import Preprocess, preprocess
 from cxrbench.errors import CxrbenchError
+from cxrbench.rundir import write_text
 
 IMAGES_FILE = "images.npy"
 DONE_FILE = "done.npy"  # uint8 per row: 0 to do, 1 ok, 2 quarantined
@@ -173,9 +174,7 @@ def _open_or_create(
         "image_format": image_format,
         "n": len(paths),
     }
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
-    os.replace(tmp, state_file)
+    write_text(state_file, json.dumps(state, indent=1))
     return offset, done, {}
 
 

@@ -9,16 +9,11 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.data.samples import LABEL_PREFIX, label_columns
-from cxrbench.rundir import Manifest, read_complete
+from cxrbench.rundir import Manifest, RunLayout, layout_of, read_complete
 
 SAMPLES = "samples.parquet"
 QUARANTINE = "quarantine.parquet"
 CACHE_DIR = "cache"
-
-
-def prepared_dir(run: Path, dataset: str) -> Path:
-    """``RUN/prepared/DATASET``."""
-    return Path(run) / "prepared" / dataset
 
 
 @dataclass
@@ -47,11 +42,12 @@ class Prepared:
         return frame[[LABEL_PREFIX + label for label in self.labels]].to_numpy(dtype=np.float32)
 
 
-def load_prepared(run: Path, dataset: str) -> Prepared:
+def load_prepared(run: RunLayout | Path, dataset: str) -> Prepared:
     """The prepared dataset, or a one-line error saying which `cxrbench prepare` to run."""
-    directory = prepared_dir(run, dataset)
+    layout = layout_of(run)
+    directory = layout.prepared(dataset)
     manifest = read_complete(
-        run, directory / "manifest.json", what=f"prepared dataset '{dataset}'", hint=f"cxrbench prepare {dataset}"
+        layout, directory / "manifest.json", what=f"prepared dataset '{dataset}'", hint=f"cxrbench prepare {dataset}"
     )
     samples = pd.read_parquet(directory / SAMPLES)
     labels = [c[len(LABEL_PREFIX):] for c in label_columns(samples)]

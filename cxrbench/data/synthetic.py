@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from cxrbench.errors import CxrbenchError
+from cxrbench.rundir import atomic_path
 
 #: Label columns, named like CheXpert's labeler output.
 FINDINGS = ("Cardiomegaly", "Pleural Effusion", "Nodule", "Pneumothorax", "Consolidation")
@@ -689,10 +690,8 @@ def write_phantoms(
             rows.append([*row, study.report, *labels])
 
     target = root / "metadata.csv"
-    tmp = root / f".metadata.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
         writer.writerows(rows)
-    os.replace(tmp, target)
     return target

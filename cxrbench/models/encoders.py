@@ -1,11 +1,9 @@
-"""Encoders: a timm backbone plus the preprocessing its weights were trained with, created from
-one name (``imagenet``, ``dinov2``, ``random``, ``file:PATH`` or a ``pretrain`` output)."""
+"""Encoders: a backbone plus the preprocessing its weights were trained with, created from one name
+(``imagenet``, ``dinov2``, ``random``, ``file:PATH``, a ``pretrain`` output) by ``models.sources``."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -13,17 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.models.weights import (
-    ENCODER_META,
-    ENCODER_WEIGHTS,
-    Resolved,
-    require_weights,
-    resolve,
-)
+from cxrbench.models.backbone import Backbone, patch_size, tokens
+from cxrbench.rundir import atomic_path
 
-# DINOv2 ViTs are evaluated at 224 px (16 x 16 patches of 14 px), the resolution of the
-# DINOv2-vs-ImageNet paper; timm's config says 518, which costs ~5x more. input_size=518 gives it.
-_DINOV2_INPUT_SIZE = 224
+ENCODER_WEIGHTS = "encoder.safetensors"
+ENCODER_META = "encoder.json"
 _PREFIXES = ("module.", "encoder.", "backbone.", "model.", "_orig_mod.")
 
 
@@ -36,7 +28,7 @@ class Encoder(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         *,
         name: str,
         arch: str,
@@ -54,8 +46,7 @@ class Encoder(nn.Module):
         self.input_size = int(input_size)
         self.source = source
         self.num_features = int(backbone.num_features)
-        patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
-        self.patch_size: int | None = int(patch[0]) if patch is not None else None
+        self.patch_size: int | None = patch_size(backbone)
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
 
@@ -82,48 +73,12 @@ class Encoder(nn.Module):
         """Return pooled features [B, num_features] of images x in [0, 1]."""
         return self.backbone(self.preprocess(x))
 
+    def tokens(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Return tokens [B, N, num_features] of images x in [0, 1] (patches, map cells), or None."""
+        return tokens(self.backbone, self.preprocess(x))
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, source={self.source!r}, input_size={self.input_size}"
-
-
-def _build(arch: str, *, input_size: int | None, **kwargs) -> nn.Module:
-    """Create timm ``arch`` with no classifier, sized for ``input_size`` when it is a ViT."""
-    import timm
-
-    if input_size:
-        with torch.device("meta"):  # shape probe only: no memory, no weights
-            probe = timm.create_model(arch, num_classes=0)
-        embed = getattr(probe, "patch_embed", None)
-        if embed is not None and tuple(embed.img_size) != (input_size, input_size):
-            kwargs["img_size"] = input_size
-    try:
-        return timm.create_model(arch, num_classes=0, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign weight file is one line
-        if not kwargs.get("pretrained"):
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        where = kwargs.get("pretrained_cfg_overlay", {}).get("file")
-        raise CxrbenchError(f"cannot load {arch} weights from {where}: {first}") from None
-
-
-def _cfg_input_size(arch: str, tag: str | None = None) -> tuple[tuple, tuple, int]:
-    """Return mean, std and square input size from timm's pretrained config of ``arch[.tag]``."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from timm.models import get_pretrained_cfg
-
-    try:
-        cfg = get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
-    except RuntimeError:
-        cfg = None
-    if cfg is None:
-        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 224
-    size = _DINOV2_INPUT_SIZE if "dinov2" in arch else cfg.input_size[-1]
-    return tuple(cfg.mean), tuple(cfg.std), int(size)
-
-
-def _check_size(input_size: int | None) -> None:
-    if input_size is not None and (not isinstance(input_size, int) or input_size < 16):
-        raise CxrbenchError(f"input_size must be an integer >= 16 or None, got {input_size!r}")
 
 
 def create_encoder(
@@ -134,63 +89,11 @@ def create_encoder(
     input_size: int | None = None,
     seed: int = 0,
 ) -> Encoder:
-    """Return the encoder called ``name`` with its weights and preprocessing, loaded offline.
+    """The encoder called ``name`` with its weights and preprocessing, loaded offline (see
+    ``cxrbench.models.sources`` for the names; ``seed`` fixes a random initialisation)."""
+    from cxrbench.models.sources import resolve_encoder
 
-    ``imagenet``: timm ImageNet weights for ``arch`` (default resnet50 -> ``resnet50.tv_in1k``;
-    ViTs -> ImageNet-21K ``augreg_in21k``; ``arch.tag`` picks a tag). ``dinov2``: ViT-B/14
-    ``vit_base_patch14_dinov2.lvd142m``. ``random``: seeded random init, ImageNet mean/std.
-    ``file:PATH``: a safetensors/.pt state dict (or a directory written by ``save_encoder``).
-    Any other name: ``run_dir/encoders/<name>/`` written by ``pretrain``.
-    """
-    _check_size(input_size)
-    res = resolve(name, arch=arch, run_dir=run_dir)
-    if res.kind == "random":
-        mean, std, size = _cfg_input_size(res.arch)
-        size = input_size or size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            backbone = _build(res.arch, input_size=size, pretrained=False)
-        return _wrap(backbone, name, res.arch, mean, std, size, "random")
-    spec = require_weights(name, arch=arch, run_dir=run_dir)
-    if res.kind == "hub":
-        mean, std, size = _cfg_input_size(res.arch, res.tag)
-        size = input_size or size
-        backbone = _build(
-            f"{res.arch}.{res.tag}",
-            input_size=size,
-            pretrained=True,
-            pretrained_cfg_overlay={"file": spec.location},
-        )
-        return _wrap(backbone, name, res.arch, mean, std, size, spec.source)
-    if res.kind == "run" or (res.kind == "file" and res.path.is_dir()):
-        return _load_saved(res, name, input_size=input_size)
-    mean, std, size = _cfg_input_size(res.arch)
-    size = input_size or size
-    backbone = _build(res.arch, input_size=size, pretrained=False)
-    _load_into(backbone, read_state_dict(res.path), res.path)
-    return _wrap(backbone, name, res.arch, mean, std, size, f"file:{res.path}")
-
-
-def _wrap(backbone, name, arch, mean, std, size, source) -> Encoder:
-    encoder = Encoder(
-        backbone, name=name, arch=arch, mean=mean, std=std, input_size=size, source=source
-    )
-    return encoder.eval()
-
-
-def _load_saved(res: Resolved, name: str, *, input_size: int | None) -> Encoder:
-    meta_path = res.path / ENCODER_META
-    meta = json.loads(meta_path.read_text())
-    try:
-        mean, std = tuple(meta["mean"]), tuple(meta["std"])
-        size = int(meta["input_size"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CxrbenchError(f"{meta_path} lacks a valid field ({exc})") from None
-    size = input_size or size
-    backbone = _build(res.arch, input_size=size, pretrained=False)
-    _load_into(backbone, read_state_dict(res.path / ENCODER_WEIGHTS), res.path / ENCODER_WEIGHTS)
-    source = f"run:{name}" if res.kind == "run" else f"file:{res.path}"
-    return _wrap(backbone, name, res.arch, mean, std, size, source)
+    return resolve_encoder(name, arch=arch, run=run_dir).build(input_size=input_size, seed=seed)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -236,7 +139,7 @@ def _strip_candidates(keys: list[str]) -> list[tuple[str, ...]]:
     return chains
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """Load ``state`` into ``model`` exactly, stripping wrapper prefixes and classifier heads."""
     target = model.state_dict()
     best: dict[str, torch.Tensor] = state
@@ -289,16 +192,8 @@ def save_encoder(encoder: Encoder, out_dir: Path, *, extra: dict | None = None) 
         "extra": extra or {},
     }
     weights, meta_path = out_dir / ENCODER_WEIGHTS, out_dir / ENCODER_META
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".encoder-", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"arch": encoder.arch})
-        os.replace(tmp, weights)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".encoder-", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(meta, fh, indent=2, default=str)
-    os.replace(tmp, meta_path)
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"arch": encoder.arch})
+    with atomic_path(meta_path) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
     return [weights, meta_path]

@@ -8,17 +8,16 @@ import pandas as pd
 
 from cxrbench.console import info
 from cxrbench.errors import CxrbenchError
-from cxrbench.rundir import Manifest, Stage
+from cxrbench.rundir import Manifest, RunLayout, Stage, layout_of, safe_name
 from cxrbench.stages.evaluate import load_metrics, load_predictions, prediction_files
 
-COMPARISONS = "comparisons"
 FORMATS = ("md", "csv", "tex", "html")
 TESTS = ("bootstrap", "delong")
 CORRECTIONS = ("bh", "holm", "none")
 
 
 def compare(
-    run: Path,
+    run: RunLayout | Path,
     *,
     baseline: str = "imagenet",
     n_boot: int = 1000,
@@ -41,18 +40,19 @@ def compare(
     from cxrbench.report.tables import dataset_table, footnote, render, summary_table
     from cxrbench.stats.engine import compare as compare_dataset
 
-    metrics, metrics_manifest = load_metrics(run)
+    layout = layout_of(run)
+    metrics, metrics_manifest = load_metrics(layout)
     settings = {"baseline": baseline, "n_boot": n_boot, "cluster": cluster, "test": test,
                 "correction": correction, "alpha": alpha, "plots": plots}
-    home = Path(run) / COMPARISONS
-    stage = Stage(run, "compare", home / "manifest.json", settings=settings, inputs=[metrics_manifest],
+    home = layout.comparisons
+    stage = Stage(layout, "compare", home / "manifest.json", settings=settings, inputs=[metrics_manifest],
                   seed=seed, what="comparisons")
     with stage.open(force=force) as todo:
         if todo:
             note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha,
                             cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
-            for dataset, preds in load_predictions(prediction_files(run)).items():
+            for dataset, preds in load_predictions(prediction_files(layout)).items():
                 if baseline not in set(preds["encoder"]):
                     info(f"[yellow]skipping {dataset}: no predictions of baseline '{baseline}'[/]")
                     continue
@@ -61,12 +61,12 @@ def compare(
                 for message in notes:
                     info(f"[yellow]warning:[/] {dataset}: {message}")
                 comparisons[dataset] = table
-                stage.write_parquet(home / f"{dataset}.parquet", table)
+                stage.write_parquet(home / f"{safe_name(dataset)}.parquet", table)
                 human = dataset_table(table, metrics[metrics["dataset"] == dataset], dataset=dataset,
                                       baseline=baseline)
                 caption = f"{dataset}: AUC [95% CI] and difference vs {baseline}"
                 for fmt in FORMATS:
-                    stage.write_text(home / f"{dataset}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
+                    stage.write_text(home / f"{safe_name(dataset)}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
                 if plots:
                     for path in _plots(plotting, home / "plots", dataset, preds, table, metrics, baseline=baseline,
                                        seed=seed):
@@ -84,11 +84,12 @@ def compare(
 def _plots(plotting, folder: Path, dataset: str, preds: pd.DataFrame, table: pd.DataFrame,
            metrics: pd.DataFrame, *, baseline: str, seed: int) -> list[Path]:
     """Forest plot, ROC curve per label and label-efficiency curves of one dataset."""
-    written = plotting.plot_forest(table, folder / f"{dataset}-forest", title=f"{dataset}: Δ AUC vs {baseline}")
+    written = plotting.plot_forest(table, folder / safe_name(f"{dataset}-forest"),
+                                   title=f"{dataset}: Δ AUC vs {baseline}")
     test = preds[preds["split"] == "test"]
     for label in sorted(test["label"].unique()):
         written += plotting.plot_roc(test[test["label"] == label], label=label, baseline=baseline,
-                                     out_stem=folder / f"{dataset}-roc-{label}", seed=seed)
+                                     out_stem=folder / safe_name(f"{dataset}-roc-{label}"), seed=seed)
     written += plotting.plot_label_efficiency(metrics, dataset=dataset, baseline=baseline,
-                                              out_stem=folder / f"{dataset}-efficiency")
+                                              out_stem=folder / safe_name(f"{dataset}-efficiency"))
     return written

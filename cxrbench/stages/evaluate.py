@@ -13,15 +13,13 @@ import pandas as pd
 from cxrbench.adapt.predictions import COLUMNS, parse_adaptation
 from cxrbench.console import info
 from cxrbench.errors import CxrbenchError
-from cxrbench.rundir import Manifest, Stage, file_hash, manifest_path_for, read_complete
-
-EVALUATION = "evaluation"
+from cxrbench.rundir import Manifest, RunLayout, Stage, file_hash, layout_of, manifest_path_for, read_complete
 
 
-def prediction_files(run: Path) -> list[Path]:
+def prediction_files(run: RunLayout | Path) -> list[Path]:
     """Finished predictions files ``RUN/predictions/DATASET/ENCODER/ADAPTATION.parquet``, sorted."""
     found = []
-    for path in sorted((Path(run) / "predictions").glob("*/*/*.parquet")):
+    for path in sorted(layout_of(run).predictions_root.glob("*/*/*.parquet")):
         sidecar = manifest_path_for(path)
         if sidecar.exists():
             manifest = Manifest.read(sidecar)
@@ -51,16 +49,17 @@ def load_predictions(files: list[Path]) -> dict[str, pd.DataFrame]:
     return {name: group.drop(columns="dataset") for name, group in frames.groupby("dataset", sort=True)}
 
 
-def evaluate(run: Path, *, n_boot: int = 1000, seed: int = 0, cluster: str = "image",
+def evaluate(run: RunLayout | Path, *, n_boot: int = 1000, seed: int = 0, cluster: str = "image",
              force: bool = False) -> Manifest:
     """Metrics with bootstrap CIs for every model of every dataset (test split; thresholds from val)."""
     from cxrbench.stats.engine import evaluate as evaluate_dataset
 
-    files = prediction_files(run)
+    layout = layout_of(run)
+    files = prediction_files(layout)
     settings = {"n_boot": n_boot, "cluster": cluster}
-    hashes = {p.relative_to(run).as_posix(): file_hash(p) for p in files}
-    home = Path(run) / EVALUATION
-    stage = Stage(run, "evaluate", home / "manifest.json", settings=settings, extra_inputs=hashes, seed=seed,
+    hashes = {layout.relative(p): file_hash(p) for p in files}
+    home = layout.evaluation
+    stage = Stage(layout, "evaluate", home / "manifest.json", settings=settings, extra_inputs=hashes, seed=seed,
                   what="evaluation")
     with stage.open(force=force) as todo:
         if todo:
@@ -71,15 +70,16 @@ def evaluate(run: Path, *, n_boot: int = 1000, seed: int = 0, cluster: str = "im
                 warnings += [f"{dataset}: {n}" for n in notes]
             metrics = pd.concat(tables, ignore_index=True)
             metrics = metrics[["dataset", *[c for c in metrics.columns if c != "dataset"]]]
-            stage.write_parquet(home / "metrics.parquet", metrics)
+            stage.write_parquet(layout.metrics, metrics)
             stage.extra["warnings"] = warnings
             for note in warnings:
                 info(f"[yellow]warning:[/] {note}")
     return stage.manifest
 
 
-def load_metrics(run: Path) -> tuple[pd.DataFrame, Manifest]:
+def load_metrics(run: RunLayout | Path) -> tuple[pd.DataFrame, Manifest]:
     """The evaluation's metrics table, or a one-line error saying to run `cxrbench evaluate`."""
-    manifest = read_complete(run, Path(run) / EVALUATION / "manifest.json", what="evaluation",
+    layout = layout_of(run)
+    manifest = read_complete(layout, layout.evaluation / "manifest.json", what="evaluation",
                              hint="cxrbench evaluate")
-    return pd.read_parquet(Path(run) / EVALUATION / "metrics.parquet"), manifest
+    return pd.read_parquet(layout.metrics), manifest

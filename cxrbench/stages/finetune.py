@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,30 +11,20 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from cxrbench import distributed
 from cxrbench.adapt.finetune import Classifier, Recipe, finetune_loop, predict, recipe
-from cxrbench.adapt.predictions import adaptation_name, predictions_path, predictions_table
+from cxrbench.adapt.predictions import adaptation_name, predictions_table
 from cxrbench.console import progress
 from cxrbench.data.prepared import Prepared, load_prepared
 from cxrbench.data.splits import fraction_patients
+from cxrbench.engine import distributed
+from cxrbench.engine.device import Device, batch_workers
 from cxrbench.errors import CxrbenchError
-from cxrbench.rundir import Manifest, Stage, atomic_path, manifest_path_for
-from cxrbench.stages.encoders import encoder_ref
-from cxrbench.training import Device, batch_workers
-
-
-def checkpoint_dir(run: Path, dataset: str, encoder: str, adaptation: str) -> Path:
-    """``RUN/checkpoints/DATASET/ENCODER/ADAPTATION``: resumable training state."""
-    return Path(run) / "checkpoints" / dataset / encoder / adaptation
-
-
-def finetuned_path(run: Path, dataset: str, encoder: str, adaptation: str) -> Path:
-    """``RUN/finetuned/DATASET/ENCODER/ADAPTATION.safetensors``: the selected model's weights."""
-    return Path(run) / "finetuned" / dataset / encoder / f"{adaptation}.safetensors"
+from cxrbench.models.sources import EncoderSpec, resolve_encoder
+from cxrbench.rundir import Manifest, RunLayout, Stage, atomic_path, clear_tree, layout_of, manifest_path_for
 
 
 def finetune(
-    run: Path,
+    run: RunLayout | Path,
     *,
     dataset: str,
     encoder: str,
@@ -58,36 +47,44 @@ def finetune(
     other ranks whether there is anything to do. ``num_workers``: cache-reading processes (None: 4
     on CUDA, 0 on CPU). The manifest returned on ranks other than 0 is None.
     """
+    layout = layout_of(run)
     chosen = recipe(recipe_name, **(overrides or {}))
     if checkpoint_every < 0:
         raise CxrbenchError(f"--checkpoint-every {checkpoint_every}: must be >= 0")
+    check_fraction(fraction)
     dist, device = distributed.setup(device)
-    prepared = load_prepared(run, dataset)
-    ref = encoder_ref(run, encoder, arch=arch)
+    prepared = load_prepared(layout, dataset)
+    spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()
     input_size = input_size or int(prepared.manifest.settings["image"]["size"])
     adaptation = adaptation_name("finetune", fraction=fraction, seed=seed)
-    out = predictions_path(run, dataset, ref.label, adaptation)
-    settings = {**ref.settings, "recipe": recipe_name, **chosen.to_dict(), "fraction": fraction,
+    out = layout.predictions(dataset, spec.folder, adaptation)
+    settings = {**spec.settings, "recipe": recipe_name, **chosen.to_dict(), "fraction": fraction,
                 "input_size": input_size}
-    stage = Stage(run, "finetune", manifest_path_for(out), settings=settings,
-                  inputs=[prepared.manifest, *ref.inputs], extra_inputs=ref.extra_inputs, seed=seed,
-                  what=f"finetune predictions {ref.label}/{adaptation} on {dataset}")
+    stage = Stage(layout, "finetune", manifest_path_for(out), settings=settings,
+                  inputs=[prepared.manifest, *spec.inputs], extra_inputs=spec.extra_inputs, seed=seed,
+                  what=f"finetune predictions {spec.folder}/{adaptation} on {dataset}")
     hw = Device.choose(device, precision=precision)
-    workers = batch_workers(num_workers, hw)
-    job = _Job(run, dataset, ref, adaptation, out, chosen, fraction, seed, input_size, checkpoint_every,
-               workers, hw, prepared, dist)
+    job = _Job(layout, dataset, spec, adaptation, out, chosen, fraction, seed, input_size, checkpoint_every,
+               batch_workers(num_workers, hw), hw, prepared, dist)
     distributed.stage_on_rank0(dist, stage, force=force, work=lambda: job.train(stage),
                                write=lambda result: job.write(stage, *result))
     return stage.manifest
+
+
+def check_fraction(fraction: float) -> float:
+    """A label fraction in (0, 1], checked before any work or invalidation."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise CxrbenchError(f"--fraction {fraction!r}: must be a number in (0, 1]")
+    return float(fraction)
 
 
 @dataclass
 class _Job:
     """One finetuning run's inputs, shared by the rank that writes and the ranks that only train."""
 
-    run: Path
+    layout: RunLayout
     dataset: str
-    ref: Any
+    spec: EncoderSpec
     adaptation: str
     out: Path
     chosen: Recipe
@@ -106,7 +103,11 @@ class _Job:
     def rows(frame) -> np.ndarray:
         return frame["cache_index"].to_numpy(dtype=np.int64)
 
-    def train(self, stage: Stage) -> tuple[dict[str, torch.Tensor] | None, list[dict[str, float]]]:
+    @property
+    def checkpoints(self) -> Path:
+        return self.layout.checkpoints("finetune", self.dataset, self.spec.folder, self.adaptation)
+
+    def train(self, stage: Stage):
         """Run the loop (resuming from rank 0's checkpoint); rank 0 gets the selected weights."""
         prepared, chosen = self.prepared, self.chosen
         train = prepared.split("train")
@@ -115,37 +116,32 @@ class _Job:
         self.train_frame = train
         val = prepared.split("val")
         torch.manual_seed(self.seed)
-        self.model = Classifier(self.ref.create(self.run, input_size=self.input_size, seed=self.seed),
-                                len(prepared.labels))
-        work = checkpoint_dir(self.run, self.dataset, self.ref.label, self.adaptation) / stage.key[:16]
+        self.model = Classifier(self.spec.build(input_size=self.input_size, seed=self.seed), len(prepared.labels))
         steps = chosen.epochs * -(-len(train) // min(chosen.batch_size, max(len(train), 1)))
-        bar = progress(steps, f"finetune {self.ref.label}/{self.dataset}") if self.dist.is_main else None
+        bar = progress(steps, f"finetune {self.spec.folder}/{self.dataset}") if self.dist.is_main else None
         with bar if bar is not None else contextlib.nullcontext(lambda n=1: None) as advance:
             return finetune_loop(
                 self.model, prepared.images(), (self.rows(train), prepared.targets(train)),
                 (self.rows(val), prepared.targets(val)), recipe=chosen, task=prepared.task, seed=self.seed,
-                device=self.hw, checkpoint_dir=work, checkpoint_every=self.checkpoint_every, advance=advance,
-                num_workers=self.workers, dist=self.dist,
+                device=self.hw, checkpoint_dir=self.checkpoints / stage.key[:16],
+                checkpoint_every=self.checkpoint_every, advance=advance, num_workers=self.workers, dist=self.dist,
             )
 
-    def write(self, stage: Stage, best: dict[str, torch.Tensor], history: list[dict[str, float]]) -> None:
+    def write(self, stage: Stage, best: dict[str, torch.Tensor], history: list[dict[str, float]], log) -> None:
         """Rank 0: predictions on val and test from the selected weights, the weights, the history."""
-        prepared, model = self.prepared, self.model
+        prepared, model, layout = self.prepared, self.model, self.layout
         model.load_state_dict(best)
         scored = prepared.samples[prepared.samples["split"].isin(["val", "test"])]
         scores = predict(model, prepared.images(), self.rows(scored), task=prepared.task, device=self.hw,
                          num_workers=self.workers)
         stage.write_parquet(self.out, predictions_table(scored, prepared.labels, prepared.targets(scored), scores))
-        weights = finetuned_path(self.run, self.dataset, self.ref.label, self.adaptation)
+        weights = layout.finetuned(self.dataset, self.spec.folder, self.adaptation)
         with atomic_path(weights) as tmp:
             save_file({k: v.contiguous() for k, v in best.items()}, str(tmp))
         stage.record(weights)
+        stage.record(log.write(layout.training_log("finetune", self.dataset, self.spec.folder, self.adaptation)))
         stage.extra["history"] = history
         stage.extra["n_train"] = len(self.train_frame)
         stage.extra["world_size"] = self.dist.world_size
         stage.extra["precision"] = self.hw.precision
-        work = checkpoint_dir(self.run, self.dataset, self.ref.label, self.adaptation)
-        shutil.rmtree(work, ignore_errors=True)
-        for parent in (work.parent, work.parent.parent, work.parent.parent.parent):  # ENCODER/, DATASET/, checkpoints/
-            with contextlib.suppress(OSError):
-                parent.rmdir()  # only if empty: other runs may still be checkpointing there
+        clear_tree(layout, self.checkpoints)

@@ -1,7 +1,15 @@
-"""`cxrbench prepare`: an adapter's rows through the generic path into samples + image cache."""
+"""`cxrbench prepare`: an adapter's rows through the generic path into samples + image cache.
+
+Adapters that can make their dataset (``synthetic``) define ``generate(root, **options)``; it runs
+as its own stage into ``RUN/raw/DATASET`` (or ``--root``) before the dataset is read like any other.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,39 +19,85 @@ from cxrbench.console import progress
 from cxrbench.data.adapters import get_adapter
 from cxrbench.data.adapters.base import coerce_options
 from cxrbench.data.cache import build_cache
-from cxrbench.data.prepared import CACHE_DIR, QUARANTINE, SAMPLES, prepared_dir
+from cxrbench.data.prepared import CACHE_DIR, QUARANTINE, SAMPLES
 from cxrbench.data.samples import LabelPolicy, build_samples, prevalence_table
 from cxrbench.data.transforms import Preprocess
 from cxrbench.errors import CxrbenchError
-from cxrbench.rundir import Manifest, Stage
+from cxrbench.rundir import Manifest, RunLayout, Stage, layout_of
 
 
-def prepare_synthetic(
-    run: Path, *, root: Path | None, n_patients: int, size: int, seed: int, force: bool = False
-) -> tuple[Path, Manifest]:
-    """Write the phantom dataset folder (its own stage, so it is generated once per setting)."""
-    from cxrbench.data.synthetic import write_phantoms
+def _option_names(function: Callable) -> set[str]:
+    params = list(inspect.signature(function).parameters.values())[1:]  # the first is the dataset root
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "progress"}
 
-    root = Path(root) if root is not None else Path(run) / "raw" / "synthetic"
-    settings = {"n_patients": n_patients, "size": size, "seed": seed}
-    stage = Stage(run, "phantoms", root / "manifest.json", settings=settings, seed=seed,
-                  what=f"synthetic phantoms in {root}")
+
+def split_options(adapter, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` as (generate options, load options), typed by each function's signature."""
+    generate = getattr(adapter, "generate", None)
+    names = _option_names(generate) if generate is not None else set()
+    unknown = sorted(set(options) - names - _option_names(adapter.load))
+    if unknown:
+        known = ", ".join(sorted(names | _option_names(adapter.load))) or "none"
+        dataset = adapter.__name__.rsplit(".", 1)[-1].replace("_", "-")
+        raise CxrbenchError(f"unknown option '{unknown[0]}' for dataset {dataset} (known: {known})")
+    generated = {k: v for k, v in options.items() if k in names}
+    loaded = {k: v for k, v in options.items() if k not in names}
+    return (coerce_options(generate, generated) if generate is not None else {}), coerce_options(adapter.load, loaded)
+
+
+def generate(layout: RunLayout, dataset: str, adapter, *, root: Path | None, options: dict[str, Any],
+             image: Preprocess, seed: int, force: bool = False) -> tuple[Path, Manifest]:
+    """Make the dataset's files with the adapter's ``generate`` (its own stage: once per setting).
+
+    Options it does not get default to the prepare's image size (``phantom_size``) and seed
+    (``phantom_seed``) where ``generate`` takes them.
+    """
+    root = Path(root) if root is not None else layout.raw(dataset)
+    names = _option_names(adapter.generate)
+    settings = dict(options)
+    if "phantom_size" in names:
+        settings.setdefault("phantom_size", image.size)
+    if "phantom_seed" in names:
+        settings.setdefault("phantom_seed", seed)
+    home = layout if _inside(layout, root) else RunLayout(root)  # a --root elsewhere keeps its own manifest
+    stage = Stage(home, "generate", root / "manifest.json", settings={"dataset": dataset, **settings}, seed=seed,
+                  what=f"{dataset} files in {root}")
     with stage.open(force=force) as todo:
         if todo:
-            with progress(n_patients, "phantoms (patients)") as advance:
+            total = int(settings.get("n_patients", 0)) or None
+            with progress(total, f"generate {dataset}") as advance:
                 done = [0]
 
-                def cumulative(n: int) -> None:  # write_phantoms reports patients finished so far
+                def cumulative(n: int) -> None:  # generate reports what it finished so far
                     advance(n - done[0])
                     done[0] = n
 
-                csv = write_phantoms(root, n_patients=n_patients, size=size, seed=seed, progress=cumulative)
-            stage.record(csv)
+                stage.record(adapter.generate(root, **settings, progress=cumulative))
     return root, stage.manifest
 
 
+def _inside(layout: RunLayout, path: Path) -> bool:
+    try:
+        layout.inside(path)
+        return True
+    except CxrbenchError:
+        return False
+
+
+def files_fingerprint(paths: list[str]) -> str:
+    """Hash of each image file's path, size and modification time (a changed image is decoded again)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
 def prepare(
-    run: Path,
+    run: RunLayout | Path,
     dataset: str,
     *,
     root: Path | None,
@@ -54,16 +108,13 @@ def prepare(
     force: bool = False,
 ) -> Manifest:
     """Prepare ``dataset`` from ``root`` into ``RUN/prepared/DATASET``; reuse it if up to date."""
-    options = dict(options or {})
+    layout = layout_of(run)
     adapter = get_adapter(dataset)
+    generate_options, options = split_options(adapter, dict(options or {}))
     inputs: list[Manifest] = []
-    phantoms = {k: int(options.pop(k)) for k in ("n_patients", "phantom_seed") if dataset == "synthetic" and k in options}
-    options = coerce_options(adapter.load, options)  # text from --option becomes typed; unknown keys fail
-    if dataset == "synthetic":
-        root, written = prepare_synthetic(
-            run, root=root, n_patients=phantoms.get("n_patients", 200), size=image.size,
-            seed=phantoms.get("phantom_seed", policy.seed), force=force,
-        )
+    if hasattr(adapter, "generate"):
+        root, written = generate(layout, dataset, adapter, root=root, options=generate_options, image=image,
+                                 seed=policy.seed, force=force)
         inputs.append(written)
     elif root is None:
         raise CxrbenchError(f"cxrbench prepare {dataset} needs --root (the folder you unpacked {dataset} into)")
@@ -74,15 +125,16 @@ def prepare(
     rows_hash = pd.util.hash_pandas_object(samples, index=False).sum()
     settings = {
         "dataset": dataset,
-        "root": _portable(root, run),
+        "root": _portable(root, layout.root),
         "options": options,
         "labels": policy.to_dict(),
         "image": image.to_dict(),
     }
-    home = prepared_dir(run, dataset)
-    stage = Stage(run, "prepare", home / "manifest.json", settings=settings, inputs=inputs,
-                  extra_inputs={"rows": f"{int(rows_hash) & (2**64 - 1):016x}"}, seed=policy.seed,
-                  what=f"prepared dataset '{dataset}'")
+    home = layout.prepared(dataset)
+    stage = Stage(layout, "prepare", home / "manifest.json", settings=settings, inputs=inputs,
+                  extra_inputs={"rows": f"{int(rows_hash) & (2**64 - 1):016x}",
+                                "files": files_fingerprint(samples["path"].tolist())},
+                  seed=policy.seed, what=f"prepared dataset '{dataset}'")
     with stage.open(force=force) as todo:
         if todo:
             with progress(len(samples), f"decode {dataset}") as advance:

@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cxrbench import distributed
 from cxrbench.console import progress
 from cxrbench.data.prepared import load_prepared
-from cxrbench.models.encoders import create_encoder, save_encoder
+from cxrbench.engine import distributed
+from cxrbench.engine.data import EpochBatches
+from cxrbench.engine.device import Device, batch_workers
+from cxrbench.engine.loop import fit
+from cxrbench.errors import CxrbenchError
+from cxrbench.models.encoders import save_encoder
+from cxrbench.models.sources import builtin_names, is_builtin, resolve_encoder
+from cxrbench.models.sources.base import DEFAULT_ARCH
 from cxrbench.pretrain import get_method
-from cxrbench.pretrain.loop import pretrain_loop
-from cxrbench.rundir import Manifest, Stage
-from cxrbench.training import Device, batch_workers
-
-DEFAULT_ARCH = "resnet50"
+from cxrbench.pretrain.base import PretrainTask, train_config
+from cxrbench.rundir import Manifest, RunLayout, Stage, clear_tree, is_safe_name, layout_of
 
 
-def encoder_dir(run: Path, name: str) -> Path:
-    """``RUN/encoders/NAME``: where a pretrain output lives (encoder.safetensors + encoder.json)."""
-    return Path(run) / "encoders" / name
+def check_name(name: str) -> str:
+    """A pretrain output's name: folder-safe, and not the name of a built-in encoder it would hide."""
+    if not is_safe_name(name) or ":" in name:
+        raise CxrbenchError(f"--name {name!r}: use letters, digits, '.', '_', '+', '=' or '-' (it names a folder)")
+    if is_builtin(name):
+        raise CxrbenchError(f"--name {name!r} is a built-in encoder ({', '.join(builtin_names())}); choose another")
+    return name
 
 
 def pretrain(
-    run: Path,
+    run: RunLayout | Path,
     method: str,
     *,
     dataset: str,
@@ -51,48 +57,57 @@ def pretrain(
     the stage lock and writes checkpoints and the encoder. The manifest returned on other ranks is
     not complete. ``num_workers``: cache-reading processes (None: 4 on CUDA, 0 on CPU).
     """
+    layout = layout_of(run)
     method_cls = get_method(method)
+    name = check_name(name or method)
+    options = dict(options or {})
+    config = train_config(method_cls, {"epochs": epochs, "batch_size": batch_size, "lr": lr})
     dist, device = distributed.setup(device)
     hw = Device.choose(device, precision=precision)
     workers = batch_workers(num_workers, hw)
-    name = name or method
-    options = dict(options or {})
     settings = {
         "method": method, "dataset": dataset, "arch": arch or DEFAULT_ARCH, "init": init,
-        "epochs": epochs or method_cls.defaults["epochs"],
-        "batch_size": batch_size or method_cls.defaults["batch_size"],
-        "lr": lr or method_cls.defaults["lr"], "options": options,
+        "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "options": options,
     }
-    prepared = load_prepared(run, dataset)
-    home = encoder_dir(run, name)
-    stage = Stage(run, "pretrain", home / "manifest.json", settings=settings, inputs=[prepared.manifest],
-                  seed=seed, what=f"pretrained encoder '{name}'")
-    encoder = None
+    prepared = load_prepared(layout, dataset)
+    init_spec = resolve_encoder(init, arch=settings["arch"], run=layout.root).require()
+    home = layout.encoder(name)
+    stage = Stage(layout, "pretrain", home / "manifest.json", settings=settings,
+                  inputs=[prepared.manifest, *init_spec.inputs], extra_inputs=init_spec.extra_inputs, seed=seed,
+                  what=f"pretrained encoder '{name}'")
+    checkpoints = layout.checkpoints("pretrain", name)
+    task: PretrainTask | None = None
 
-    def train() -> list[float]:
-        nonlocal encoder
+    def train():
+        nonlocal task
         size = int(prepared.manifest.settings["image"]["size"])
-        encoder = create_encoder(init, arch=settings["arch"], run_dir=run, input_size=size, seed=seed)
+        encoder = init_spec.build(input_size=size, seed=seed)
         torch.manual_seed(seed)  # the method's own layers (projection head) start the same in every run
-        model = method_cls(encoder, **options)
+        task = PretrainTask(method_cls(encoder, **options))
         rows = prepared.split("train")["cache_index"].to_numpy(dtype=np.int64)
-        steps = settings["epochs"] * (len(rows) // min(settings["batch_size"], len(rows)))
-        bar = progress(steps, f"pretrain {name}") if dist.is_main else None
+        if len(rows) == 0:
+            raise CxrbenchError("pretraining needs images in the train split")
+        batch = min(config.batch_size, len(rows))
+        if dist.enabled and batch < dist.world_size:
+            raise CxrbenchError(f"batch size {batch} is smaller than the {dist.world_size} processes")
+        fields = {f: prepared.split("train")[f].to_numpy() for f in method_cls.fields}
+        data = EpochBatches(prepared.images(), rows, fields, seed=seed, batch_size=batch, epochs=config.epochs,
+                            drop_last=config.drop_last, shard=dist.shard if dist.enabled else None)
+        bar = progress(len(data), f"pretrain {name}") if dist.is_main else None
         with bar if bar is not None else contextlib.nullcontext(lambda n=1: None) as advance:
-            return pretrain_loop(
-                model, prepared.images(), rows, epochs=settings["epochs"], batch_size=settings["batch_size"],
-                lr=settings["lr"], seed=seed, device=hw,
-                checkpoint_dir=home / "checkpoints" / stage.key[:16], advance=advance, dist=dist,
-                num_workers=workers,
-            )
+            return fit(task, data, config, seed=seed, device=hw,
+                       checkpoint_dir=checkpoints / stage.key[:16], advance=advance, dist=dist,
+                       num_workers=workers)
 
-    def write(history: list[float]) -> None:
-        for path in save_encoder(encoder, home, extra={"method": method, "dataset": dataset}):
+    def write(log) -> None:
+        for path in save_encoder(task.model.encoder, home, extra={"method": method, "dataset": dataset}):
             stage.record(path)
-        stage.extra["loss_per_epoch"] = [round(v, 6) for v in history]
+        stage.record(log.write(layout.training_log("pretrain", name)))
+        stage.extra["loss_per_epoch"] = [round(v, 6) for v in task.history]
         stage.extra["world_size"] = dist.world_size
         stage.extra["precision"] = hw.precision
-        shutil.rmtree(home / "checkpoints", ignore_errors=True)
+        clear_tree(layout, checkpoints)
 
     distributed.stage_on_rank0(dist, stage, force=force, work=train, write=write)
     return stage.manifest
+

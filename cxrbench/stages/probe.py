@@ -9,31 +9,33 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cxrbench.adapt.features import extract_features, features_table, read_features
-from cxrbench.adapt.predictions import adaptation_name, predictions_path, predictions_table
+from cxrbench.adapt.predictions import adaptation_name, predictions_table
 from cxrbench.adapt.probe import fit_probe
 from cxrbench.console import progress
 from cxrbench.data.prepared import Prepared, load_prepared
 from cxrbench.data.splits import fraction_patients
-from cxrbench.rundir import Manifest, Stage, manifest_path_for
-from cxrbench.stages.encoders import EncoderRef, encoder_ref
-from cxrbench.training import Device
+from cxrbench.engine.device import Device
+from cxrbench.models.sources import EncoderSpec, resolve_encoder
+from cxrbench.rundir import Manifest, RunLayout, Stage, layout_of, manifest_path_for
+from cxrbench.stages.finetune import check_fraction
 
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
-def features(run: Path, prepared: Prepared, ref: EncoderRef, *, input_size: int | None,
+def features(run: RunLayout | Path, prepared: Prepared, spec: EncoderSpec, *, input_size: int | None,
              batch_size: int = 64, device: str | None = None, force: bool = False) -> tuple[Manifest, Path]:
     """Frozen features of every image, cached at ``RUN/features/DATASET/ENCODER.parquet``."""
-    path = Path(run) / "features" / prepared.name / f"{ref.label}.parquet"
-    settings = {**ref.settings, "input_size": input_size}
-    stage = Stage(run, "features", manifest_path_for(path), settings=settings,
-                  inputs=[prepared.manifest, *ref.inputs], extra_inputs=ref.extra_inputs,
-                  what=f"features of {ref.label} on {prepared.name}")
+    layout = layout_of(run)
+    path = layout.features(prepared.name, spec.folder)
+    settings = {**spec.settings, "input_size": input_size}
+    stage = Stage(layout, "features", manifest_path_for(path), settings=settings,
+                  inputs=[prepared.manifest, *spec.inputs], extra_inputs=spec.extra_inputs,
+                  what=f"features of {spec.folder} on {prepared.name}")
     with stage.open(force=force) as todo:
         if todo:
-            encoder = ref.create(run, input_size=input_size, seed=0)
+            encoder = spec.build(input_size=input_size, seed=0)
             rows = prepared.samples["cache_index"].to_numpy(dtype=np.int64)
-            with progress(len(rows), f"features {ref.label}/{prepared.name}") as advance:
+            with progress(len(rows), f"features {spec.folder}/{prepared.name}") as advance:
                 feats = extract_features(encoder, prepared.images(), rows, batch_size=batch_size,
                                          device=Device.choose(device), advance=advance)
             stage.write_parquet(path, features_table(prepared.samples["sample_id"].tolist(), feats))
@@ -41,7 +43,7 @@ def features(run: Path, prepared: Prepared, ref: EncoderRef, *, input_size: int 
 
 
 def probe(
-    run: Path,
+    run: RunLayout | Path,
     *,
     dataset: str,
     encoder: str,
@@ -55,15 +57,17 @@ def probe(
     force: bool = False,
 ) -> Manifest:
     """Fit the probe on train (or a label fraction of it), choose C on val, predict val and test."""
-    prepared = load_prepared(run, dataset)
-    ref = encoder_ref(run, encoder, arch=arch)
+    layout = layout_of(run)
+    check_fraction(fraction)
+    prepared = load_prepared(layout, dataset)
+    spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()
     input_size = input_size or int(prepared.manifest.settings["image"]["size"])
-    feat_manifest, feat_path = features(run, prepared, ref, input_size=input_size, device=device, force=force)
+    feat_manifest, feat_path = features(layout, prepared, spec, input_size=input_size, device=device, force=force)
     adaptation = adaptation_name("probe", fraction=fraction, seed=seed)
-    out = predictions_path(run, dataset, ref.label, adaptation)
+    out = layout.predictions(dataset, spec.folder, adaptation)
     settings: dict[str, Any] = {"fraction": fraction, "Cs": list(Cs), "max_iter": max_iter}
-    stage = Stage(run, "probe", manifest_path_for(out), settings=settings, inputs=[prepared.manifest, feat_manifest],
-                  seed=seed, what=f"probe predictions {ref.label}/{adaptation} on {dataset}")
+    stage = Stage(layout, "probe", manifest_path_for(out), settings=settings, inputs=[prepared.manifest, feat_manifest],
+                  seed=seed, what=f"probe predictions {spec.folder}/{adaptation} on {dataset}")
     with stage.open(force=force) as todo:
         if todo:
             ids, feats = read_features(pq.read_table(feat_path))

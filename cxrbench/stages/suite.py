@@ -21,7 +21,7 @@ from cxrbench.data.samples import LabelPolicy
 from cxrbench.data.splits import parse_ratios
 from cxrbench.data.transforms import Preprocess
 from cxrbench.errors import CxrbenchError
-from cxrbench.rundir import Manifest, json_hash, write_json
+from cxrbench.rundir import Manifest, RunLayout, json_hash, layout_of, write_json
 
 _POLICY_KEYS = ("uncertain", "min_positives", "views", "split", "seed")
 _IMAGE_KEYS = ("size", "aspect", "equalize")
@@ -40,17 +40,18 @@ def prepare_settings(options: dict[str, Any]) -> tuple[LabelPolicy, Preprocess, 
         raise CxrbenchError(f"bad prepare option: {exc}") from None
 
 
-def run_suite(run: Path, suite: Suite, *, force: bool = False, device: str | None = None,
+def run_suite(run: RunLayout | Path, suite: Suite, *, force: bool = False, device: str | None = None,
               precision: str | None = None) -> dict[str, Manifest]:
     """Run every stage of ``suite``; returns the manifests by a readable stage name."""
     from cxrbench.stages.prepare import prepare
 
+    run = layout_of(run)
     done: dict[str, Manifest] = {}
     for spec in suite.datasets:
         policy, image, options = prepare_settings(spec.options)
         done[f"prepare {spec.name}"] = prepare(run, spec.name, root=spec.root and Path(spec.root), options=options,
                                                 policy=policy, image=image, force=force)
-    record_path = Path(run) / "suites" / f"{suite.name}.json"
+    record_path = run.suite_record(suite.name)
     fingerprint = _fingerprint(suite)
     if not force:
         recorded = _recorded(run, record_path, fingerprint, done)
@@ -102,7 +103,7 @@ def _fingerprint(suite: Suite) -> str:
     return json_hash({"suite": dataclasses.asdict(suite), "version": __version__, "files": files})
 
 
-def _recorded(run: Path, record_path: Path, fingerprint: str, prepared: dict[str, Manifest]) -> dict[str, Manifest] | None:
+def _recorded(run: RunLayout, record_path: Path, fingerprint: str, prepared: dict[str, Manifest]) -> dict[str, Manifest] | None:
     """The manifests of the last finished run of this suite if nothing they depend on changed."""
     try:
         record = json.loads(record_path.read_text())
@@ -112,9 +113,9 @@ def _recorded(run: Path, record_path: Path, fingerprint: str, prepared: dict[str
     if record.get("fingerprint") != fingerprint or any(keys.get(n) != m.key for n, m in prepared.items()):
         return None
     complete = {}
-    for path in Path(run).rglob("*manifest.json"):
+    for path in run.root.rglob("*manifest.json"):
         manifest = Manifest.read(path)
-        if manifest is not None and manifest.complete and all((Path(run) / o).exists() for o in manifest.outputs):
+        if manifest is not None and manifest.complete and manifest.intact(run) is None:
             complete[manifest.key] = manifest
     if not all(key in complete for key in keys.values()):
         return None

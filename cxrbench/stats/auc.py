@@ -51,6 +51,26 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def auc_or_nan(y_true: Any, y_score: Any) -> float:
+    """Return the exact ROC AUC, or NaN when ``y_true`` is empty or holds a single class."""
+    y = np.asarray(y_true)
+    if y.size == 0 or y.min() == y.max():
+        return float("nan")
+    return roc_auc(y, y_score)
+
+
+def mean_auc(y_true: Any, y_score: Any) -> float:
+    """Mean AUC over label columns that have both classes among known (non-NaN) targets; NaN if none."""
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
+    aucs = []
+    for k in range(y_true.shape[1]):
+        known = ~np.isnan(y_true[:, k])
+        auc = auc_or_nan(y_true[known, k], y_score[known, k])
+        if not np.isnan(auc):
+            aucs.append(auc)
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
 def average_precision(y_true: Any, y_score: Any) -> float:
     """Return average precision: sum over score thresholds of (recall step) x precision."""
     y, s = _check_binary(y_true, y_score)

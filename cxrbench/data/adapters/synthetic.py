@@ -1,10 +1,10 @@
-"""Adapter for the phantom dataset that ``cxrbench prepare synthetic`` writes (``metadata.csv``).
-
-It reads the CSV exactly like a real dataset's metadata, so phantoms take the same generic path.
+"""Adapter for synthetic phantom chest X-rays: ``generate`` writes them (PNGs + ``metadata.csv``),
+``load`` reads the CSV exactly like a real dataset's metadata, so phantoms take the same generic path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +12,18 @@ import pandas as pd
 from cxrbench.data.adapters.base import RawDataset, require_file
 from cxrbench.data.synthetic import COLUMNS, FINDINGS
 from cxrbench.errors import CxrbenchError
+
+
+def generate(root: Path, *, n_patients: int = 200, phantom_size: int = 64, phantom_seed: int = 0,
+             progress: Callable[[int], None] | None = None) -> Path:
+    """Write ``n_patients`` patients' phantoms (``phantom_size`` px) under ``root``; return ``metadata.csv``.
+
+    ``cxrbench prepare synthetic`` passes the prepare's ``--size`` and ``--seed`` unless
+    ``--option phantom_size=``/``phantom_seed=`` are given; the same options give the same bytes.
+    """
+    from cxrbench.data.synthetic import write_phantoms
+
+    return write_phantoms(root, n_patients=n_patients, size=phantom_size, seed=phantom_seed, progress=progress)
 
 
 def load(root: Path) -> RawDataset:

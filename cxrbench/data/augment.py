@@ -1,9 +1,9 @@
-"""Batched random views of grey chest X-rays for contrastive methods, computed on the device.
+"""Training augmentations of grey chest X-rays, batched on the device: the random views of
+self-supervised methods and the rotation/flip of finetuning recipes.
 
 Each image in a batch gets its own crop, scale, flip, brightness/contrast and noise, drawn from a
 generator the caller seeds, so views are reproducible and cheap on GPU and CPU alike.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass

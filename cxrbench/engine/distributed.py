@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as td
 
+from cxrbench.engine.device import device_name
 from cxrbench.errors import CxrbenchError
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def setup(device: str | None = None) -> tuple[Dist, str | None]:
     if not td.is_available():
         raise CxrbenchError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     local = _env_int("LOCAL_RANK", 0)
-    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    cuda = device_name(device).startswith("cuda")
     if cuda:
         if local >= torch.cuda.device_count():
             raise CxrbenchError(f"LOCAL_RANK {local}: only {torch.cuda.device_count()} CUDA devices visible")

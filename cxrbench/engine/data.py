@@ -1,5 +1,5 @@
-"""What every training loop shares: device/AMP choice, batches from the image cache, reproducible
-per-step randomness, and checkpoints that make a killed run resume where it stopped.
+"""Batches from the image cache, in an order fixed by (seed, epoch) so any worker count, any number
+of ranks and a resumed run all see the same batches; per-step seeds for reproducible randomness.
 
 Randomness is derived from (seed, epoch, step) rather than carried along, so a run resumed from a
 checkpoint at a step boundary draws exactly what the uninterrupted run would have drawn.
@@ -7,14 +7,9 @@ checkpoint at a step boundary draws exactly what the uninterrupted run would hav
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import math
 import os
-import re
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,41 +17,9 @@ import numpy as np
 import torch
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.rundir import atomic_path
 
-CHECKPOINT = "last.pt"
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class Device:
-    """Where to train and in which precision: ``bf16`` autocast by default on GPU, ``fp32`` on CPU,
-    ``fp16`` autocast with loss scaling for GPUs without fast bf16 (V100, T4)."""
-
-    device: torch.device
-    precision: str = "fp32"
-
-    @classmethod
-    def choose(cls, name: str | None = None, *, precision: str | None = None) -> Device:
-        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-        precision = precision or ("bf16" if device.type == "cuda" else "fp32")
-        if precision not in PRECISIONS:
-            raise CxrbenchError(f"--precision {precision!r}: must be one of {', '.join(PRECISIONS)}")
-        return cls(device, precision)
-
-    @property
-    def amp(self) -> bool:
-        return self.precision != "fp32"
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp:
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            return torch.autocast(device_type=self.device.type, dtype=dtype)
-        return contextlib.nullcontext()
-
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        """Loss scaling against fp16 gradient underflow; a pass-through (disabled) for bf16 and fp32."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+#: one batch: ``images`` (uint8 ``[B, H, W]``) plus any per-row fields (``targets``, ``patient_id``, ...)
+Batch = dict[str, Any]
 
 
 def step_seed(seed: int, *parts: int) -> int:
@@ -122,17 +85,24 @@ class _CacheReader(torch.utils.data.Dataset):
 
 
 class EpochBatches(_CacheReader):
-    """Item ``k``: ``(epoch, step, uint8 images, targets)`` of the ``k``-th step of the whole run.
+    """Item ``k``: ``(epoch, step, batch)`` of the ``k``-th step of the whole run.
 
-    Steps follow ``epoch_order``/``batches`` for (seed, epoch), so iterating items in order is the
-    single-process plan; ``shard(idx)`` (a ``Dist.shard``) keeps this rank's part of each batch.
+    ``batch`` holds the uint8 ``images`` and, for each entry of ``fields`` (per-row arrays such as
+    ``targets``, ``patient_id`` or report text), the values of the batch's rows: numeric arrays as
+    tensors, anything else as a list. Steps follow ``epoch_order``/``batches`` for (seed, epoch), so
+    iterating items in order is the single-process plan; ``shard(idx)`` (a ``Dist.shard``) keeps
+    this rank's part of each batch.
     """
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, targets: np.ndarray | None, *, seed: int,
-                 batch_size: int, epochs: int, drop_last: bool = False,
+    def __init__(self, images: np.ndarray, rows: np.ndarray, fields: Mapping[str, Any] | None = None, *,
+                 seed: int, batch_size: int, epochs: int, drop_last: bool = False,
                  shard: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         super().__init__(images)
-        self.rows, self.targets = np.asarray(rows), targets
+        self.rows = np.asarray(rows)
+        self.fields = {name: values for name, values in (fields or {}).items() if values is not None}
+        for name, values in self.fields.items():
+            if len(values) != len(self.rows):
+                raise CxrbenchError(f"batch field {name!r} has {len(values)} rows for {len(self.rows)} images")
         self.seed, self.batch_size, self.drop_last, self.shard = seed, batch_size, drop_last, shard
         n = len(self.rows)
         per_epoch = (n // batch_size) if drop_last else -(-n // batch_size)
@@ -153,14 +123,18 @@ class EpochBatches(_CacheReader):
             self._plan = (epoch, batches(order, self.batch_size, drop_last=self.drop_last))
         return self._plan[1]
 
-    def __getitem__(self, k: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> tuple[int, int, Batch]:
         epoch, step = divmod(int(k), self.steps_per_epoch)
         idx = self.plan(epoch)[step]
         if self.shard is not None:
             idx = self.shard(idx)
-        images = torch.from_numpy(read_rows(self.images, self.rows[idx]))
-        targets = torch.from_numpy(self.targets[idx]) if self.targets is not None else torch.empty(0)
-        return epoch, step, images, targets
+        batch: Batch = {"images": torch.from_numpy(read_rows(self.images, self.rows[idx]))}
+        for name, values in self.fields.items():
+            if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+                batch[name] = torch.from_numpy(np.ascontiguousarray(values[idx]))
+            else:
+                batch[name] = [values[i] for i in idx]
+        return epoch, step, batch
 
 
 class RowBatches(_CacheReader):
@@ -175,16 +149,6 @@ class RowBatches(_CacheReader):
 
     def __getitem__(self, k: int) -> torch.Tensor:
         return torch.from_numpy(read_rows(self.images, self.rows[k * self.batch_size : (k + 1) * self.batch_size]))
-
-
-def batch_workers(num_workers: int | None, device: Device) -> int:
-    """Processes that read batches from the cache: ``num_workers`` (validated), else 4 on CUDA and
-    0 on CPU, where the main process keeps up and worker start-up would cost more than it saves."""
-    if num_workers is None:
-        return 4 if device.device.type == "cuda" else 0
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise CxrbenchError(f"--num-workers {num_workers!r}: must be an integer >= 0")
-    return num_workers
 
 
 def loader(dataset: torch.utils.data.Dataset, *, start: int = 0, num_workers: int = 0,
@@ -203,43 +167,3 @@ def loader(dataset: torch.utils.data.Dataset, *, start: int = 0, num_workers: in
     )
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, nested dicts) atomically to ``directory/last.pt``."""
-    path = Path(directory) / CHECKPOINT
-    with atomic_path(path) as tmp:
-        torch.save({**state, "torch_rng": torch.get_rng_state()}, tmp)
-    return path
-
-
-def load_checkpoint(directory: Path) -> dict[str, Any] | None:
-    """The last checkpoint, loaded with ``weights_only=True``; None if there is none."""
-    path = Path(directory) / CHECKPOINT
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    torch.set_rng_state(state.pop("torch_rng"))
-    return state
-
-
-def optimizer_step(
-    scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
-) -> None:
-    """Apply the (unscaled) gradients and advance the schedule by one step.
-
-    With fp16 the scaler skips a step whose gradients overflowed (the first ones, while it finds
-    its scale); the schedule still advances, so it stays aligned with the step plan that resuming
-    relies on, and torch's warning about that order is silenced.
-    """
-    scaler.step(optimizer)
-    scaler.update()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
-        scheduler.step()
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine annealing of the learning rate from its initial value to 0 over ``total_steps``."""
-    total = max(total_steps, 1)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-    )

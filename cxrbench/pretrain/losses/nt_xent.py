@@ -1,4 +1,4 @@
-"""Contrastive losses shared by pretraining methods."""
+"""NT-Xent (Chen et al. 2020, SimCLR): normalised-temperature cross entropy over 2B views."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1) -> torch.Tensor:
-    """SimCLR's normalised-temperature cross entropy over 2B views; positives are (z1[i], z2[i])."""
+    """Mean cross entropy of each view against the other 2B-1; positives are (z1[i], z2[i])."""
     if z1.shape != z2.shape:
         raise ValueError(f"view embeddings differ in shape: {tuple(z1.shape)} vs {tuple(z2.shape)}")
     z = F.normalize(torch.cat([z1, z2]), dim=1)

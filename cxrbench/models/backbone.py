@@ -1,0 +1,39 @@
+"""The small interface an Encoder needs of a model, so timm, transformers or 3-D models plug in alike.
+
+A backbone is an ``nn.Module`` with ``num_features`` whose forward maps normalised images to pooled
+features ``[B, D]``; where the model has them, ``forward_features`` gives tokens (ViT patches, CNN
+feature-map cells, word tokens). timm models satisfy it as they are (``num_classes=0``); other
+models get a thin adapter module in their source.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """Pooled features from ``forward``; width ``num_features``; optional ``forward_features``."""
+
+    num_features: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def patch_size(backbone: Backbone) -> int | None:
+    """The side of a ViT patch in pixels, or None for models without patches."""
+    patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
+    return int(patch[0]) if patch is not None else None
+
+
+def tokens(backbone: Backbone, x: torch.Tensor) -> torch.Tensor | None:
+    """Tokens ``[B, N, D]`` of normalised images ``x`` (CNN maps flattened to cells), or None."""
+    forward_features = getattr(backbone, "forward_features", None)
+    if forward_features is None:
+        return None
+    feats = forward_features(x)
+    if feats.ndim == 4:  # [B, C, H, W] -> [B, H*W, C]
+        feats = feats.flatten(2).transpose(1, 2)
+    return feats

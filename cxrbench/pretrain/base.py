@@ -1,0 +1,85 @@
+"""The base class of a pretraining method, and the engine task that trains one.
+
+A method is a small composition, as in lightly and solo-learn: views (``cxrbench.data.augment``),
+heads, and a loss from ``pretrain/losses``. It implements ``loss(batch, step)``; the shared engine
+does the rest (precision, DDP, accumulation, schedule, checkpoints, the per-step log).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from cxrbench.engine.data import Batch
+from cxrbench.engine.loop import Loss, Step, Task, TrainConfig
+from cxrbench.models.encoders import Encoder
+
+
+class Method(nn.Module):
+    """A self-supervised method around ``encoder``; subclasses set ``defaults`` and implement ``loss``.
+
+    ``defaults``: the training settings (epochs, batch_size, lr, optimizer, weight_decay,
+    warmup_steps) a user may override. Keyword arguments of ``__init__`` are the method's own
+    options (``--option temperature=0.2``). ``fields`` names per-image columns the method needs
+    beyond the pixels (``patient_id``, ``report``). ``drop_last``: contrastive losses need full batches.
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {"epochs": 100, "batch_size": 64, "lr": 1e-3, "optimizer": "adamw",
+                                          "weight_decay": 1e-4, "warmup_steps": 0}
+    fields: ClassVar[tuple[str, ...]] = ()
+    drop_last: ClassVar[bool] = True
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def loss(self, batch: Batch, step: Step) -> Loss:
+        """The loss of this rank's part of a batch (``batch['images']``: ``[B, 1, H, W]`` in [0, 1])."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch, step: Step) -> Loss:  # DDP calls forward
+        return self.loss(batch, step)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the optimizer (e.g. no weight decay on norms); default: one group."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def after_step(self, step: Step) -> None:
+        """After each optimizer step: EMA teachers, queues, schedules of the method's own."""
+
+
+class PretrainTask(Task):
+    """Trains a ``Method``; keeps the mean loss of each epoch."""
+
+    def __init__(self, method: Method) -> None:
+        self.model = method
+        self.history: list[float] = []
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return self.model.parameter_groups()
+
+    def loss(self, net: nn.Module, batch: Batch, step: Step) -> Loss:
+        return net(batch, step)
+
+    def after_step(self, step: Step) -> None:
+        self.model.after_step(step)
+
+    def end_epoch(self, epoch: int, *, mean_loss: float, last_loss: float) -> None:
+        self.history.append(mean_loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+
+
+def train_config(method: type[Method], overrides: dict[str, Any]) -> TrainConfig:
+    """The method's defaults with the user's ``overrides`` (None values ignored)."""
+    settings = {**method.defaults, **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(epochs=int(settings["epochs"]), batch_size=int(settings["batch_size"]),
+                       lr=float(settings["lr"]), optimizer=str(settings.get("optimizer", "adamw")),
+                       weight_decay=float(settings.get("weight_decay", 0.0)),
+                       warmup_steps=int(settings.get("warmup_steps", 0)),
+                       accumulate=int(settings.get("accumulate", 1)), drop_last=method.drop_last)
