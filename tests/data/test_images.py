@@ -376,6 +376,7 @@ def _decode_in_fresh_process(path: Path, **env: str) -> tuple[str, float]:
     done = subprocess.run(
         [sys.executable, "-c", _DECODE_PEAK, str(path)],
         env={**os.environ, "PYTHONPATH": repo, **env},
+        cwd=repo,
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
