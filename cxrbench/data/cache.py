@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrbench.data.images import IMAGE_FORMATS, ImageError, read_image
+from cxrbench.data.images import IMAGE_FORMATS, ImageError, pixel_limit, read_image
 from cxrbench.data.transforms import Preprocess, preprocess
 from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import write_text
@@ -49,6 +49,8 @@ def build_cache(
     ``workers``: None for ``os.cpu_count()``, 0 or 1 to work in-process. At most ``2 * workers``
     chunks of ``chunk_size`` images are in flight. ``progress(n)`` is called with the number of
     rows finished since the last call (rows already done by an earlier run come first).
+    An image declaring more pixels than ``pixel_limit()`` ($CXRBENCH_MAX_PIXELS, which the workers
+    inherit) is quarantined with that reason before it is decoded.
     """
     if not isinstance(settings, Preprocess):
         raise CxrbenchError(f"settings must be a Preprocess, got {type(settings).__name__}")
@@ -62,6 +64,7 @@ def build_cache(
         raise CxrbenchError(f"workers must be None or an integer >= 0, got {workers!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise CxrbenchError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    pixel_limit()  # a bad $CXRBENCH_MAX_PIXELS stops here, not as a reason on every image
     paths = [os.fspath(p) for p in paths]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

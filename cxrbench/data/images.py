@@ -2,12 +2,17 @@
 
 Grey levels come out as a radiologist would see them (higher = brighter), so that every dataset
 enters preprocessing the same way; anything undecodable raises ``ImageError`` with a short reason.
+Pixel dimensions are bounded from the headers before any pixel data is inflated or decoded, so a
+small file declaring a huge image (a decompression bomb) is refused without the memory.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,9 @@ JSRT_BYTES = JSRT_SIDE * JSRT_SIDE * 2
 JSRT_MAX = 4095  # 12 bits used of 16
 MIN_SIDE = 4  # smaller images are "wrong shape", e.g. a 1xN strip
 MAX_ASPECT = 8.0  # longer side / shorter side; chest films are at most ~1.5
+MAX_PIXELS = 100_000_000  # rows x columns x frames; a chest film is at most ~4300 x 4300 = 18 Mpx
+PIXELS_ENV = "CXRBENCH_MAX_PIXELS"  # overrides MAX_PIXELS
+_DEFLATED_HEADER_BYTES = 16 << 20  # a deflated DICOM's elements before its pixel data, at most
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -39,7 +47,25 @@ class ImageError(CxrbenchError):
         super().__init__(message)
 
 
-def read_image(path: str | Path, *, image_format: str | None = None) -> np.ndarray:
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """Return the bound on an image's pixels (rows x columns x frames): ``max_pixels``, else the
+    environment variable ``CXRBENCH_MAX_PIXELS``, else ``MAX_PIXELS``."""
+    name = "max_pixels"
+    if max_pixels is None:
+        text = os.environ.get(PIXELS_ENV, "").strip()
+        if not text:
+            return MAX_PIXELS
+        name = PIXELS_ENV
+        try:
+            max_pixels = int(text)
+        except ValueError:
+            raise CxrbenchError(f"{PIXELS_ENV} must be a positive integer (pixels), got {text!r}") from None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise CxrbenchError(f"{name} must be a positive integer (pixels), got {max_pixels!r}")
+    return max_pixels
+
+
+def read_image(path: str | Path, *, image_format: str | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Return the image at ``path`` as 2-D float32 grey levels as displayed (higher = brighter).
 
     DICOM: Modality LUT (rescale slope/intercept or LUT sequence), then VOI LUT sequence or window
@@ -49,7 +75,12 @@ def read_image(path: str | Path, *, image_format: str | None = None) -> np.ndarr
 
     ``image_format`` is one of ``IMAGE_FORMATS`` or None to detect it from magic bytes / suffix
     (a ``.img`` file of exactly 2048*2048*2 bytes is taken as JSRT raw).
+
+    An image whose header declares more pixels (rows x columns x frames) than ``pixel_limit
+    (max_pixels)`` raises ``ImageError`` before its pixel data is decoded; for PNG, JPEG and TIFF,
+    Pillow's own decompression-bomb error (2 x ``PIL.Image.MAX_IMAGE_PIXELS``) also applies.
     """
+    limit = pixel_limit(max_pixels)
     if image_format is not None and image_format not in IMAGE_FORMATS:
         raise CxrbenchError(
             f"image_format must be one of {', '.join(IMAGE_FORMATS)} or None, got {image_format!r}"
@@ -68,11 +99,11 @@ def read_image(path: str | Path, *, image_format: str | None = None) -> np.ndarr
     fmt = image_format or _detect_format(path, size)
     try:
         if fmt == "dicom":
-            image = _read_dicom(path)
+            image = _read_dicom(path, limit)
         elif fmt == "jsrt-raw":
             image = _read_jsrt(path, size)
         else:
-            image = _read_pillow(path, fmt)
+            image = _read_pillow(path, fmt, limit)
     except ImageError as exc:
         if exc.path is None:
             raise ImageError(exc.reason, path) from None
@@ -118,6 +149,14 @@ def _check_shape(image: np.ndarray, path: Path) -> None:
         raise ImageError("non-finite pixel values (NaN or inf)", path)
 
 
+def _check_pixels(fmt: str, rows: int, cols: int, frames: int, limit: int) -> None:
+    """Raise ``ImageError`` when the declared rows x cols x frames exceed ``limit``."""
+    total = rows * cols * frames
+    if total > limit:
+        what = f"{rows}x{cols} pixels" if frames == 1 else f"{frames} frames of {rows}x{cols} pixels"
+        raise ImageError(f"{fmt} declares {what} ({total / 1e6:.3g} Mpx) > limit {limit / 1e6:.3g} Mpx")
+
+
 def _to_grey(arr: np.ndarray) -> np.ndarray:
     """Colour (H, W, 3|4) -> float grey with BT.601 weights (alpha dropped); grey passes through."""
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -128,14 +167,17 @@ def _to_grey(arr: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- Pillow: PNG, JPEG, TIFF
-def _read_pillow(path: Path, fmt: str) -> np.ndarray:
+def _read_pillow(path: Path, fmt: str, limit: int) -> np.ndarray:
     from PIL import Image
 
     name = fmt.upper()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            # our limit decides; Pillow's warning threshold (half its error threshold) would not
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                width, height = img.size
+                _check_pixels(name, height, width, 1, limit)  # load() decodes the first frame only
                 img.load()
                 if img.mode in ("P", "PA"):
                     img = img.convert("RGBA")
@@ -144,8 +186,9 @@ def _read_pillow(path: Path, fmt: str) -> np.ndarray:
                 elif img.mode == "CMYK":
                     img = img.convert("RGB")
                 arr = np.asarray(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name} too large ({exc})") from None
+    except Image.DecompressionBombError:
+        pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageError(f"{name} declares over {pillow_limit / 1e6:.3g} Mpx, Pillow's decompression-bomb limit") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc)
         if "truncated" in text or isinstance(exc, EOFError) or "broken data stream" in text:
@@ -157,16 +200,15 @@ def _read_pillow(path: Path, fmt: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- DICOM
-def _read_dicom(path: Path) -> np.ndarray:
-    import pydicom
+def _read_dicom(path: Path, limit: int) -> np.ndarray:
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, force=path.suffix.lower() in _DICOM_SUFFIXES)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+            ds = _dcmread(path, force=path.suffix.lower() in _DICOM_SUFFIXES, limit=limit)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, zlib.error) as exc:
         raise ImageError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     cut_short = any("end of file" in str(w.message).lower() for w in caught)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -190,7 +232,7 @@ def _read_dicom(path: Path) -> np.ndarray:
             if little
             else ExplicitVRBigEndian
         )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _check_dicom_pixels(ds, limit)
     if frames > 1:
         raise ImageError(f"wrong shape: DICOM volume with {frames} frames, expected one 2-D image")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -230,6 +272,77 @@ def _read_dicom(path: Path) -> np.ndarray:
     if photometric == "MONOCHROME1":
         out = (lo + hi) - out
     return out.astype(np.float32)
+
+
+def _dcmread(path: Path, *, force: bool, limit: int):
+    """Return ``pydicom.dcmread(path, force=force)``, except that a deflated dataset (Deflated
+    Explicit VR Little Endian, which pydicom inflates whole before reading a single element) is
+    inflated here in two bounded steps: the elements before the pixel data, checked against
+    ``limit``, then the rest, at most what the declared pixels need. It comes back as a dataset
+    in the explicit VR little endian it inflates to."""
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    with open(path, "rb") as fh:
+        read_preamble(fh, force)  # raises InvalidDicomError without the DICM prefix, unless force
+        meta = _read_file_meta_info(fh)
+        deflated = meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+        if deflated:
+            ds = _read_deflated(fh, limit)
+    if not deflated:
+        return pydicom.dcmread(path, force=force)
+    ds.file_meta = meta
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what the dataset now is
+    return ds
+
+
+def _read_deflated(fh, limit: int):
+    """Return the dataset deflated in ``fh`` from its position on, read as a bare dataset."""
+    import pydicom
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    chunks: list[bytes] = []
+    _inflate(fh, inflater, chunks, _DEFLATED_HEADER_BYTES)
+    head = pydicom.dcmread(io.BytesIO(b"".join(chunks)), force=True, stop_before_pixels=True)
+    frames = max(1, _check_dicom_pixels(head, limit))
+    if "Rows" not in head and not inflater.eof:
+        raise ImageError(f"deflated DICOM declares no image size in its first {_DEFLATED_HEADER_BYTES >> 20} MiB")
+    bits = int(head.get("BitsAllocated", 16) or 16) * int(head.get("SamplesPerPixel", 1) or 1)
+    pixel_bytes = math.ceil(int(head.get("Rows", 0) or 0) * int(head.get("Columns", 0) or 0) * frames * bits / 8)
+    need = _DEFLATED_HEADER_BYTES + pixel_bytes
+    _inflate(fh, inflater, chunks, need + 1)
+    if sum(map(len, chunks)) > need:
+        raise ImageError("deflated DICOM inflates to more data than its declared pixels need")
+    data = b"".join(chunks)
+    del chunks
+    return pydicom.dcmread(io.BytesIO(data), force=True)
+
+
+def _inflate(fh, inflater, chunks: list[bytes], upto: int) -> bool:
+    """Inflate the raw deflate stream in ``fh`` onto ``chunks`` until they hold ``upto`` bytes;
+    return whether the stream ended (also when the file ends first: a truncated stream)."""
+    have = sum(map(len, chunks))
+    while have < upto and not inflater.eof:
+        data = inflater.unconsumed_tail or fh.read(1 << 16)
+        if not data:
+            return True
+        out = inflater.decompress(data, upto - have)
+        chunks.append(out)
+        have += len(out)
+    return inflater.eof
+
+
+def _check_dicom_pixels(ds, limit: int) -> int:
+    """Raise ``ImageError`` when the dataset declares more pixels than ``limit``; return its
+    number of frames."""
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise ImageError(f"invalid DICOM image dimensions ({exc})") from None
+    _check_pixels("DICOM", rows, cols, max(frames, 1), limit)
+    return frames
 
 
 def window(

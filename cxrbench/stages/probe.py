@@ -88,6 +88,6 @@ def probe(
             table = predictions_table(scored, prepared.labels, prepared.targets(scored),
                                       model.predict_proba(x(scored)))
             stage.write_parquet(out, table)
-            stage.extra["chosen_C"] = dict(zip(prepared.labels, map(float, np.atleast_1d(model.C)), strict=True))
+            stage.extra["chosen_C"] = dict(zip(prepared.labels, map(float, np.atleast_1d(model.C_)), strict=True))
             stage.extra["n_train"] = len(train)
     return stage.manifest

@@ -17,6 +17,9 @@ from cxrbench.errors import CxrbenchError
 
 __all__ = [
     "roc_auc",
+    "auc_or_nan",
+    "label_aucs",
+    "mean_auc",
     "average_precision",
     "macro_auc_ovr",
     "ScoreLayout",
@@ -53,22 +56,30 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
 
 def auc_or_nan(y_true: Any, y_score: Any) -> float:
     """Return the exact ROC AUC, or NaN when ``y_true`` is empty or holds a single class."""
-    y = np.asarray(y_true)
+    y = np.asarray(y_true, dtype=float).ravel()
     if y.size == 0 or y.min() == y.max():
         return float("nan")
     return roc_auc(y, y_score)
 
 
-def mean_auc(y_true: Any, y_score: Any) -> float:
-    """Mean AUC over label columns that have both classes among known (non-NaN) targets; NaN if none."""
-    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
-    aucs = []
-    for k in range(y_true.shape[1]):
-        known = ~np.isnan(y_true[:, k])
-        auc = auc_or_nan(y_true[known, k], y_score[known, k])
-        if not np.isnan(auc):
-            aucs.append(auc)
-    return float(np.mean(aucs)) if aucs else float("nan")
+def label_aucs(Y: Any, S: Any) -> np.ndarray:
+    """Return the AUC of each label column of scores S [N, L] against targets Y [N, L] (NaN =
+    unknown, left out): [L], NaN where a column's known targets hold a single class."""
+    Y, S = np.asarray(Y, dtype=float), np.asarray(S, dtype=float)
+    if Y.ndim != 2 or Y.shape != S.shape:
+        raise CxrbenchError(f"targets and scores must be 2-D arrays of one shape; got {Y.shape} and {S.shape}")
+    out = np.empty(Y.shape[1])
+    for j in range(Y.shape[1]):
+        known = ~np.isnan(Y[:, j])
+        out[j] = auc_or_nan(Y[known, j], S[known, j])
+    return out
+
+
+def mean_auc(Y: Any, S: Any) -> float:
+    """Return the mean of ``label_aucs(Y, S)`` over the labels where it is defined; NaN if none is."""
+    aucs = label_aucs(Y, S)
+    aucs = aucs[~np.isnan(aucs)]
+    return float(aucs.mean()) if aucs.size else float("nan")
 
 
 def average_precision(y_true: Any, y_score: Any) -> float:

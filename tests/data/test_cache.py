@@ -57,6 +57,18 @@ def test_in_process_equals_serial_and_quarantines(tmp_path):
     assert not images[3:6].any()  # quarantined rows are zeros
 
 
+def test_images_over_the_pixel_limit_are_quarantined_with_the_reason(tmp_path, monkeypatch):
+    paths = make_pngs(tmp_path, 3)  # 20-39 pixels a side
+    big = tmp_path / "big.png"
+    Image.fromarray(np.arange(60 * 50, dtype=np.uint16).reshape(60, 50)).save(big)
+    monkeypatch.setenv("CXRBENCH_MAX_PIXELS", "2000")  # spawned workers inherit it
+    reasons = build_cache([*paths, str(big)], tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=2)
+    assert reasons == [None, None, None, "PNG declares 60x50 pixels (0.003 Mpx) > limit 0.002 Mpx"]
+    monkeypatch.setenv("CXRBENCH_MAX_PIXELS", "-1")
+    with pytest.raises(CxrbenchError, match="CXRBENCH_MAX_PIXELS must be a positive integer"):
+        build_cache(paths, tmp_path / "d", settings=SETTINGS, workers=0)
+
+
 def test_parallel_processes_equal_serial(tmp_path):
     paths = make_pngs(tmp_path, 8)
     reasons = build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=3)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +16,10 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from cxrbench.data.images import JSRT_BYTES, ImageError, read_image, window
 from cxrbench.errors import CxrbenchError
@@ -338,3 +347,159 @@ def test_real_siim_jpeg_baseline_and_flipped_photometric(realdata):
 def test_real_nih_png(realdata):
     path = realdata / "nih" / "images" / "00000001_000.png"
     np.testing.assert_array_equal(read_image(path), np.asarray(Image.open(path)))
+
+
+# ------------------------------------------------------------------ pixel bombs
+# Small files declaring huge images: refused from their headers, before any pixel data is
+# inflated or decoded. Peak memory is measured in a fresh process (ru_maxrss, which also sees
+# Pillow's and zlib's C allocations) as the rise over the process after its imports.
+_DECODE_PEAK = textwrap.dedent(
+    """
+    import resource, sys
+    import PIL.Image, PIL.PngImagePlugin, PIL.JpegImagePlugin, pydicom, pydicom.pixels
+    from cxrbench.data.images import ImageError, read_image
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        read_image(sys.argv[1])
+        print("decoded")
+    except ImageError as exc:
+        print(exc.reason)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)  # KiB -> MiB
+    """
+)
+
+
+def _decode_in_fresh_process(path: Path, **env: str) -> tuple[str, float]:
+    """Return (the ImageError reason or "decoded", the rise in peak RSS in MiB) of read_image(path)."""
+    repo = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", _DECODE_PEAK, str(path)],
+        env={**os.environ, "PYTHONPATH": repo, **env},
+        cwd=repo,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    reason, mib = done.stdout.strip().splitlines()[-2:]
+    return reason, float(mib)
+
+
+def _deflate_zeros(out, n: int, head: bytes = b"", *, wbits: int = -zlib.MAX_WBITS) -> None:
+    """Write ``head`` then ``n`` zero bytes through deflate to ``out``, a block at a time."""
+    z = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    out.write(z.compress(head))
+    block = bytes(1 << 20)
+    for start in range(0, n, len(block)):
+        out.write(z.compress(block[: min(len(block), n - start)]))
+    out.write(z.flush())
+
+
+def deflated_dicom(path: Path, rows: int, cols: int, *, frames: int = 1, pixel_bytes: int | None = None) -> Path:
+    """A Deflated Explicit VR Little Endian DICOM declaring rows x cols x frames 8-bit pixels, all
+    zero, so that it deflates ~1000:1; ``pixel_bytes`` overrides the pixel data's length."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_dataset(head, ds)
+    n = rows * cols * frames if pixel_bytes is None else pixel_bytes
+    pixel_header = struct.pack("<HH2s2xI", 0x7FE0, 0x0010, b"OB", n)
+    file_meta = DicomBytesIO()
+    file_meta.is_little_endian, file_meta.is_implicit_VR = True, False
+    write_file_meta_info(file_meta, meta)
+    with open(path, "wb") as out:
+        out.write(b"\0" * 128 + b"DICM" + file_meta.getvalue())
+        _deflate_zeros(out, n, head.getvalue() + pixel_header)
+    return path
+
+
+def png_of_zeros(path: Path, height: int, width: int) -> Path:
+    """A valid 8-bit grey PNG of zeros, written row block by row block (never held whole)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    idat = io.BytesIO()
+    _deflate_zeros(idat, height * (width + 1), wbits=zlib.MAX_WBITS)  # filter byte 0 + zeros per row
+    with open(path, "wb") as out:
+        out.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
+        out.write(chunk(b"IDAT", idat.getvalue()) + chunk(b"IEND", b""))
+    return path
+
+
+def jpeg_declaring(path: Path, height: int, width: int) -> Path:
+    """A 16x16 JPEG whose frame header (SOF0) is patched to declare height x width."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_deflated_dicom_bomb_is_refused_from_its_header_without_inflating(tmp_path):
+    path = deflated_dicom(tmp_path / "bomb.dcm", 15000, 15000)
+    assert path.stat().st_size < 400_000  # 225 MB of pixels in a few hundred KB
+    reason, mib = _decode_in_fresh_process(path)
+    assert reason == "DICOM declares 15000x15000 pixels (225 Mpx) > limit 100 Mpx"
+    assert mib < 200, f"peak memory rose by {mib:.0f} MiB"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_png_and_jpeg_bombs_are_refused_from_their_headers(tmp_path):
+    png = png_of_zeros(tmp_path / "bomb.png", 11000, 11000)
+    assert png.stat().st_size < 400_000
+    jpeg = jpeg_declaring(tmp_path / "bomb.jpg", 11000, 11000)
+    for path, name in ((png, "PNG"), (jpeg, "JPEG")):
+        reason, mib = _decode_in_fresh_process(path)
+        assert reason == f"{name} declares 11000x11000 pixels (121 Mpx) > limit 100 Mpx"
+        assert mib < 200, f"{name}: peak memory rose by {mib:.0f} MiB"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_pixel_limit_from_the_environment_refuses_before_decoding(tmp_path):
+    # 64 Mpx is under Pillow's own limits, so only ours can stop it (decoded, it takes ~320 MB)
+    png = png_of_zeros(tmp_path / "big.png", 8000, 8000)
+    reason, mib = _decode_in_fresh_process(png, CXRBENCH_MAX_PIXELS="50_000_000")
+    assert reason == "PNG declares 8000x8000 pixels (64 Mpx) > limit 50 Mpx"
+    assert mib < 200, f"peak memory rose by {mib:.0f} MiB"
+    frames = deflated_dicom(tmp_path / "frames.dcm", 300, 200, frames=3)
+    reason, _ = _decode_in_fresh_process(frames, CXRBENCH_MAX_PIXELS="100000")
+    assert reason == "DICOM declares 3 frames of 300x200 pixels (0.18 Mpx) > limit 0.1 Mpx"
+
+
+def test_pixel_limit_parameter_and_bad_values(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    Image.fromarray(RNG.integers(0, 256, (40, 30), dtype=np.uint8)).save(path)
+    assert read_image(path, max_pixels=1200).shape == (40, 30)  # the limit itself is allowed
+    with pytest.raises(ImageError, match=r"PNG declares 40x30 pixels \(0.0012 Mpx\) > limit 0.0011 Mpx"):
+        read_image(path, max_pixels=1100)
+    with pytest.raises(CxrbenchError, match="max_pixels must be a positive integer"):
+        read_image(path, max_pixels=0)
+    monkeypatch.setenv("CXRBENCH_MAX_PIXELS", "lots")
+    with pytest.raises(CxrbenchError, match="CXRBENCH_MAX_PIXELS must be a positive integer.*'lots'"):
+        read_image(path)
+
+
+def test_deflated_dicom_decodes_and_may_not_inflate_past_its_declared_pixels(tmp_path):
+    arr = RNG.integers(0, 4096, (24, 20), dtype=np.uint16)
+    path = write_dicom(tmp_path / "small.dcm", arr)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    np.testing.assert_array_equal(read_image(tmp_path / "deflated.dcm"), arr.astype(np.float32))
+    # 64x64 declared, but 40 MB of pixel data follows: refused once past what 64x64 can need
+    stuffed = deflated_dicom(tmp_path / "stuffed.dcm", 64, 64, pixel_bytes=40 << 20)
+    with pytest.raises(ImageError, match="inflates to more data than its declared pixels need"):
+        read_image(stuffed)

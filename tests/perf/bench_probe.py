@@ -107,7 +107,7 @@ def main() -> None:
     p_torch = probe.predict_proba(Xte)
     print(
         f"torch L-BFGS on {args.device}, all {args.labels} labels at C={args.C}: {t_torch:.2f}s, "
-        f"iterations per label {probe.n_iter[0].tolist()}"
+        f"iterations per label {probe.n_iter_[0].tolist()}"
     )
 
     # the reference standardises once for all labels, as fit_probe does inside its timed call
@@ -153,7 +153,7 @@ def main() -> None:
         print(
             f"torch grid of {len(Cs)} C x {args.labels} labels with val-AUC choice: "
             f"{t_grid:.1f}s; iterations per C (max over labels): "
-            f"{probe.n_iter.max(1).tolist()}"
+            f"{probe.n_iter_.max(1).tolist()}"
         )
         Zva = scaler.transform(Xva)
         t_sk, deltas = 0.0, []
@@ -178,7 +178,7 @@ def main() -> None:
                 deltas.append(abs(auc_sk - auc_torch))
                 print(
                     f"  label {j}: sklearn iterations per C {iters}, chosen C sklearn "
-                    f"{best[1]} torch {probe.C[j]}; test AUC sklearn {auc_sk:.4f} "
+                    f"{best[1]} torch {probe.C_[j]}; test AUC sklearn {auc_sk:.4f} "
                     f"torch {auc_torch:.4f}"
                 )
         scaled = t_scale + t_sk * args.labels / k

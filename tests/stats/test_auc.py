@@ -7,7 +7,16 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.stats.auc import ScoreLayout, average_precision, macro_auc_ovr, replicate_metrics, roc_auc
+from cxrbench.stats.auc import (
+    ScoreLayout,
+    auc_or_nan,
+    average_precision,
+    label_aucs,
+    macro_auc_ovr,
+    mean_auc,
+    replicate_metrics,
+    roc_auc,
+)
 from cxrbench.stats.bootstrap import bootstrap_counts
 
 
@@ -108,3 +117,22 @@ def test_macro_auc_ovr_equals_sklearn():
 def test_degenerate_inputs_raise_clear_errors(y, s, match):
     with pytest.raises(CxrbenchError, match=match):
         roc_auc(y, s)
+
+
+def test_auc_or_nan_label_aucs_and_mean_auc_skip_unknowns_and_single_class_labels():
+    rng = np.random.default_rng(4)
+    Y = rng.integers(0, 2, (60, 3)).astype(float)
+    S = rng.normal(size=(60, 3))
+    Y[::7, 0] = np.nan  # unknown targets are left out of that label only
+    Y[:, 1] = 1.0  # a single class: NaN, and left out of the mean
+    Y[:5, 1] = np.nan
+    assert np.isnan(auc_or_nan([], [])) and np.isnan(auc_or_nan([1, 1], [0.2, 0.3]))
+    known = ~np.isnan(Y[:, 0])
+    ref0 = roc_auc_score(Y[known, 0], S[known, 0])
+    ref2 = roc_auc_score(Y[:, 2], S[:, 2])
+    got = label_aucs(Y, S)
+    assert got[0] == pytest.approx(ref0) and np.isnan(got[1]) and got[2] == pytest.approx(ref2)
+    assert mean_auc(Y, S) == pytest.approx((ref0 + ref2) / 2)
+    assert np.isnan(mean_auc(Y[:, 1:2], S[:, 1:2]))
+    with pytest.raises(CxrbenchError, match="one shape"):
+        label_aucs(Y, S[:, :2])

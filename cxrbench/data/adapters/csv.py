@@ -1,10 +1,13 @@
 """Generic adapter for any dataset described by one CSV: a path column, a patient column, label columns.
 
-Values are normalised with the shared helpers in ``base`` (view, sex, age, split).
+Values are normalised with the shared helpers in ``base`` (view, sex, age, split). The table is
+not trusted: image paths are normalised and must stay inside the dataset root.
 """
 
 from __future__ import annotations
 
+import codecs
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,38 +50,97 @@ def _column(name: str, columns: list[str], *, parameter: str, source: Path) -> s
     )
 
 
+def _required(value: str | None, option: str, what: str) -> str:
+    """Return ``value``, or a one-line error saying which ``--option`` to give."""
+    if value is None or not isinstance(value, str) or not value.strip():
+        raise CxrbenchError(f"csv adapter: give {what} with --option {option}")
+    return value
+
+
+def _read_table(source: Path, *, sep: str, encoding: str) -> pd.DataFrame:
+    """Return the CSV as strings (blank cells NaN); unreadable text is a one-line error."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise CxrbenchError(f"csv adapter: unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+    try:
+        return pd.read_csv(source, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=name)
+    except UnicodeDecodeError as exc:
+        raise CxrbenchError(
+            f"{source}: not {encoding} text (it holds byte 0x{exc.object[exc.start]:02x}); "
+            "give its encoding, e.g. --option encoding=latin-1"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CxrbenchError(
+            f"{source}: cannot be read as CSV with sep={sep!r} ({str(exc).splitlines()[0]})"
+        ) from exc
+
+
+def _stripped(frame: pd.DataFrame, col: str, *, name: str, source: Path) -> pd.Series:
+    """Return the column with surrounding whitespace removed; a blank cell is a one-line error."""
+    values = frame[col].str.strip()
+    blank = values.isna() | (values == "")
+    if blank.any():
+        line = int(np.flatnonzero(blank)[0]) + 2
+        raise CxrbenchError(f"{source.name}: blank {name!r} on line {line}")
+    return values
+
+
+def _image_paths(values: pd.Series, root: Path, *, source: Path) -> list[str]:
+    """Return the image paths under ``root`` (as resolved), normalised so that one image has one
+    path (``a/../b`` is ``b``; an absolute path under ``root`` as given or as resolved is the
+    same file); a path leading outside ``root`` is a one-line error."""
+    given = Path(os.path.abspath(root))
+    resolved = given.resolve()
+    out, outside = [], []
+    for line, value in enumerate(values, start=2):
+        path = Path(os.path.normpath(resolved / value))  # an absolute value replaces the root
+        if not path.is_relative_to(resolved):
+            if path.is_relative_to(given):
+                path = resolved / path.relative_to(given)
+            else:
+                outside.append((line, value))
+        out.append(str(path))
+    if outside:
+        line, value = outside[0]
+        more = f" ({len(outside)} rows do)" if len(outside) > 1 else ""
+        raise CxrbenchError(
+            f"{source.name} line {line}: image path {value!r} leads outside the dataset root {resolved}{more}"
+        )
+    return out
+
+
 def load(
     root: Path,
     *,
-    csv: str,
-    path_column: str,
-    patient_column: str,
+    csv: str | None = None,
+    path_column: str | None = None,
+    patient_column: str | None = None,
     label_columns: list[str] | None = None,
     view_column: str | None = None,
     split_column: str | None = None,
     sep: str = ",",
+    encoding: str = "utf-8",
 ) -> RawDataset:
     """Return the rows of ``root/csv`` as a RawDataset (one row per image, labels 1/0/-1/blank).
 
-    Relative image paths are taken relative to ``root``. ``label_columns=None`` takes every other
-    column whose non-blank values are all 1, 0 or -1 (a comma-separated string is also accepted). Columns named exactly ``study_id``, ``sex``,
-    ``age`` or ``report`` are passed through (sex → M/F, age → years); the split column accepts
+    ``csv``, ``path_column`` and ``patient_column`` are required (a one-line error names the
+    ``--option`` to give). Image paths are taken relative to ``root`` and normalised; one that
+    leads outside ``root`` (``../x.png``, an absolute path elsewhere) is an error. A blank or
+    whitespace-only path or patient id is an error. ``label_columns=None`` takes every other
+    column whose non-blank values are all 1, 0 or -1 (a comma-separated string is also
+    accepted). Columns named exactly ``study_id``, ``sex``, ``age`` or ``report`` are passed
+    through (sex → M/F, age → years); the split column accepts
     train/val/valid/validation/test/trainval (any case) or blank (generic patient-level split).
+    ``encoding`` is the table's text encoding (public metadata is often ``latin-1``).
     """
-    if not isinstance(csv, str) or not csv:
-        raise CxrbenchError(
-            "csv adapter: option 'csv' must name the CSV file (relative to the dataset root)"
-        )
+    csv = _required(csv, "csv=FILE", "the metadata table (relative to --root)")
+    path_column = _required(path_column, "path_column=COL", "the image path column")
+    patient_column = _required(patient_column, "patient_column=COL", "the patient id column")
     if not sep:
         raise CxrbenchError("csv adapter: option 'sep' must be a non-empty separator")
-    root = Path(root).resolve()
-    source = require_file(root, csv)
-    try:
-        frame = pd.read_csv(source, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise CxrbenchError(
-            f"{source}: cannot be read as CSV with sep={sep!r} ({str(exc).splitlines()[0]})"
-        ) from exc
+    source = require_file(Path(root).resolve(), csv)
+    frame = _read_table(source, sep=sep, encoding=encoding)
     columns = list(frame.columns)
     path_col = _column(path_column, columns, parameter="path_column", source=source)
     patient_col = _column(patient_column, columns, parameter="patient_column", source=source)
@@ -95,12 +157,8 @@ def load(
     used = {path_col, patient_col, view_col, split_col} - {None}
     passthrough = {c.strip(): c for c in columns if c.strip() in _PASSTHROUGH and c not in used}
 
-    if frame[path_col].isna().any():
-        row = int(np.flatnonzero(frame[path_col].isna())[0]) + 2
-        raise CxrbenchError(f"{source.name}: blank {path_column!r} on line {row}")
-    if frame[patient_col].isna().any():
-        row = int(np.flatnonzero(frame[patient_col].isna())[0]) + 2
-        raise CxrbenchError(f"{source.name}: blank {patient_column!r} on line {row}")
+    paths = _image_paths(_stripped(frame, path_col, name=path_column, source=source), Path(root), source=source)
+    patients = _stripped(frame, patient_col, name=patient_column, source=source)
 
     labels: dict[str, pd.Series] = {}
     if label_columns is None:
@@ -138,13 +196,10 @@ def load(
                 )
             labels[col] = as_label
 
-    paths = [
-        str(p) if Path(p).is_absolute() else str(root / p) for p in frame[path_col].str.strip()
-    ]
     out = pd.DataFrame(
         {
             "path": paths,
-            "patient_id": frame[patient_col].str.strip().to_numpy(),
+            "patient_id": patients.to_numpy(),
             "view": [normalise_view(v) for v in frame[view_col]] if view_col else None,
         }
     )
