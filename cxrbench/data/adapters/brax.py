@@ -75,6 +75,7 @@ def load(root: Path) -> RawDataset:
     out = pd.DataFrame(
         {
             "path": _paths(root, rel),
+            "sample_id": df["PngPath"].str.strip(),
             "patient_id": df["PatientID"].str.strip(),
             "study_id": rel.str.extract(r"(Study_[^/]+)", expand=False),
             "view": view,

@@ -102,6 +102,7 @@ def _read(csv: Path, base: Path, split: str) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "path": str(base) + os.sep + parts["rel"],
+            "sample_id": df["Path"].str.strip(),
             "patient_id": parts["patient"],
             "study_id": parts["patient"] + "/" + parts["study"],
             "view": view,

@@ -129,6 +129,7 @@ def load(root: Path) -> RawDataset:
     out = pd.DataFrame(
         {
             "path": frame["path"],
+            "sample_id": frame["relpath"],
             "patient_id": patients.astype(str),
             "view": None,
             "split": frame["split"],

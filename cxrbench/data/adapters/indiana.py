@@ -104,6 +104,7 @@ def load(root: Path, *, top: int | None = 20, read_headers: bool = True) -> RawD
     frame = pd.DataFrame(
         {
             "path": [str(build(image)) for image, *_ in rows],
+            "sample_id": [image for image, *_ in rows],
             "patient_id": [uid for _, uid, *_ in rows],
             "view": None,
             "study_id": [uid for _, uid, *_ in rows],

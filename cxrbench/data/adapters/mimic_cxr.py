@@ -140,6 +140,7 @@ def load(root: Path, *, labeler: str = "chexpert") -> RawDataset:
     out = pd.DataFrame(
         {
             "path": image_paths(root, frame["subject_id"], frame["study_id"], frame["dicom_id"]),
+            "sample_id": frame["dicom_id"],
             "patient_id": frame["subject_id"],
             "study_id": frame["study_id"],
             "view": frame["ViewPosition"].map(normalise_view),

@@ -121,6 +121,7 @@ def load(root: Path, *, labels: str = "ssl13") -> RawDataset:
     out = pd.DataFrame(
         {
             "path": _image_paths(root, df["ImageID"].str.strip(), df["ImageDir"]),
+            "sample_id": df["ImageID"].str.strip(),
             "patient_id": df["PatientID"].str.strip(),
             "study_id": df["StudyID"].str.strip() if "StudyID" in df else None,
             "view": view,

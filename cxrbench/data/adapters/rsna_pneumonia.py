@@ -50,7 +50,12 @@ def load(root: Path, *, labels: str = "target", read_headers: bool = True) -> Ra
     ids = per_image.index.to_list()
     image_dir = root / IMAGE_DIR
     frame = pd.DataFrame(
-        {"path": [str(image_dir / f"{pid}.dcm") for pid in ids], "patient_id": ids, "view": None}
+        {
+            "path": [str(image_dir / f"{pid}.dcm") for pid in ids],
+            "sample_id": ids,
+            "patient_id": ids,
+            "view": None,
+        }
     )
     frame["split"] = None
     if read_headers and image_dir.is_dir():

@@ -72,6 +72,7 @@ def tb_frame(names: list[str], image_dir: Path, sex: list, age: list, *, view: s
     frame = pd.DataFrame(
         {
             "path": [str(image_dir / n) for n in names],
+            "sample_id": [Path(n).stem for n in names],
             "patient_id": [p for p, _ in parsed],
             "view": view,
             "sex": sex,

@@ -51,7 +51,7 @@ def load(root: Path, *, read_headers: bool = True) -> RawDataset:
     image_dir = root / IMAGE_DIR
     found = {p.stem: p for p in image_dir.rglob("*.dcm")} if image_dir.is_dir() else {}
     paths = [str(found.get(i, image_dir / f"{i}.dcm")) for i in ids]
-    frame = pd.DataFrame({"path": paths, "patient_id": ids, "view": None})
+    frame = pd.DataFrame({"path": paths, "sample_id": ids, "patient_id": ids, "view": None})
     frame["split"] = None
     if read_headers and found:
         headers = dicom_headers(paths)

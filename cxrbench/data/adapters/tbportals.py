@@ -194,6 +194,7 @@ def load(
     out = pd.DataFrame(
         {
             "path": [str(base / r) for r in rel],
+            "sample_id": rel.to_numpy(),
             "patient_id": patient.to_numpy(),
             "view": None,
             "study_id": (

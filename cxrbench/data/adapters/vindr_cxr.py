@@ -50,6 +50,7 @@ def _frame(root: Path, labels: pd.DataFrame, split: str | None, folder: str) -> 
     out = pd.DataFrame(
         {
             "path": str(root / folder) + os.sep + ids + ".dicom",
+            "sample_id": ids,
             "patient_id": ids,
             "view": "PA",
             "sex": None,

@@ -54,6 +54,7 @@ def test_labels_views_ages(tmp_path: Path) -> None:
     assert f["patient_id"].tolist() == ["1a2b", "1a2b", "9f9f", "9f9f"]
     assert f["study_id"].iloc[0] == "Study_1.2.3"
     assert f["path"].iloc[0] == str(tmp_path / P1)
+    assert f["sample_id"].tolist() == [P1, P2, P3, P3]  # PngPath as written
     assert f["split"].isna().all()
 
 

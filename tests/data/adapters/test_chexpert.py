@@ -54,6 +54,8 @@ def test_labels_views_splits(tmp_path: Path) -> None:
     assert f.loc[5, "Cardiomegaly"] == 1.0 and f.loc[5, "No Finding"] == 0.0
     assert f["sex"].iloc[:3].tolist() == ["F", "F", "F"] and pd.isna(f["sex"].iloc[3])
     assert f["age"].iloc[0] == 68.0 and pd.isna(f["age"].iloc[3])
+    # the Path column as written, so ids match other tools whatever the folder is called
+    assert f["sample_id"].tolist() == [r.split(",")[0] for r in TRAIN + VALID]
 
 
 def test_root_is_parent_or_dataset_folder(tmp_path: Path) -> None:

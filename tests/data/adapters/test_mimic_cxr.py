@@ -80,6 +80,7 @@ def test_join_labels_views_split_paths(tmp_path: Path) -> None:
     assert f.loc[3, "Pneumonia"] == -1.0
     # a study missing from the label file: unknown everywhere, not negative
     assert f.loc[4, list(mimic_cxr.LABELS)].isna().all()
+    assert f["sample_id"].iloc[0] == "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"
     assert f["path"].iloc[0] == str(
         tmp_path / "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"
     )
