@@ -19,7 +19,7 @@ from cxrbench.errors import CxrbenchError
 
 LABEL_PREFIX = "label:"
 UNCERTAIN_POLICIES = ("negative", "positive", "ignore")
-#: ``frontal``: PA/AP only (images whose view is unknown are left out, and counted);
+#: ``frontal``: PA/AP (or FRONTAL, projection unrecorded) only (images whose view is unknown are left out, and counted);
 #: ``frontal+unknown``: PA/AP and images whose dataset records no view; ``all``: every image.
 VIEW_FILTERS = ("frontal", "frontal+unknown", "all")
 #: columns of samples.parquet besides the label columns, in order

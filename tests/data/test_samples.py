@@ -172,6 +172,12 @@ def test_frontal_filter_leaves_out_unknown_views_and_counts_them():
     )
 
 
+def test_frontal_without_projection_counts_as_frontal():
+    raw = _raw([_row(i, view=v, Edema=1.0) for i, v in enumerate(["FRONTAL", "LATERAL"])], ["Edema"])
+    samples, summary = build_samples(raw, LabelPolicy(views="frontal"), root=ROOT)
+    assert samples["view"].tolist() == ["FRONTAL"] and summary["excluded_non_frontal"] == 1
+
+
 def test_only_lateral_images_with_frontal_filter_is_an_error():
     raw = _raw([_row(0, view="LATERAL", Edema=1.0)], ["Edema"])
     with pytest.raises(CxrbenchError, match="--views all"):

@@ -28,8 +28,9 @@ REQUIRED_COLUMNS = ("path", "patient_id", "view")
 OPTIONAL_COLUMNS = ("sample_id", "study_id", "sex", "age", "split", "report")
 #: Label values adapters emit: positive, negative, uncertain (policy applied later), NaN = unknown.
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
-#: Normalised view names; anything else is kept upper-cased.
-FRONTAL_VIEWS = frozenset({"PA", "AP"})
+#: Normalised frontal views; ``FRONTAL`` is a frontal image whose projection (PA or AP) the
+#: dataset does not record (Indiana's ``Frontal``). Anything else is kept upper-cased.
+FRONTAL_VIEWS = frozenset({"PA", "AP", "FRONTAL"})
 
 
 @dataclass
