@@ -26,7 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrbench.data.adapters.base import RawDataset, fill_no_finding, normalise_view, require_file
+from cxrbench.data.adapters.base import (
+    RawDataset,
+    fill_no_finding,
+    normalise_view,
+    preview,
+    require_file,
+)
 from cxrbench.errors import CxrbenchError
 
 LABELS = (
@@ -131,7 +137,7 @@ def load(root: Path, *, labeler: str = "chexpert") -> RawDataset:
         unknown = sorted(set(sp["split"].dropna()) - set(_SPLITS))
         if unknown:
             raise CxrbenchError(
-                f"{split_path}: unknown split values {unknown}; expected train, validate, test"
+                f"{split_path}: unknown split values {preview(unknown)}; expected train, validate, test"
             )
         frame["split"] = frame["dicom_id"].map(sp.set_index("dicom_id")["split"].map(_SPLITS))
     else:

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrbench.data.adapters.base import RawDataset, normalise_sex, parse_age, require_file
+from cxrbench.data.adapters.base import (
+    RawDataset,
+    normalise_sex,
+    parse_age,
+    preview,
+    require_file,
+)
 from cxrbench.errors import CxrbenchError
 
 LABEL = "Tuberculosis"
@@ -95,7 +101,7 @@ def load(root: Path) -> RawDataset:
         missing = [c for c in ("study_id", "sex", "age") if c not in table.columns]
         if missing:
             raise CxrbenchError(
-                f"{source}: lacks column(s) {', '.join(missing)} (has {', '.join(table.columns)})"
+                f"{source}: lacks column(s) {', '.join(missing)} (has {preview(table.columns, 5)})"
             )
         names = table["study_id"].str.strip().to_list()
         image_dir = _image_dir(root, ("images/images", "images", "CXR_png"), names[:5])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrbench.data.adapters.base import RawDataset, dicom_headers, require_file
+from cxrbench.data.adapters.base import RawDataset, dicom_headers, preview, require_file
 from cxrbench.errors import CxrbenchError
 
 LABEL = "Pneumothorax"
@@ -40,7 +40,7 @@ def load(root: Path, *, read_headers: bool = True) -> RawDataset:
     missing = [c for c in ("ImageId", "EncodedPixels") if c not in rle.columns]
     if missing:
         raise CxrbenchError(
-            f"{source}: lacks column(s) {', '.join(missing)} (has {', '.join(rle.columns)})"
+            f"{source}: lacks column(s) {', '.join(missing)} (has {preview(rle.columns, 5)})"
         )
     rle["ImageId"] = rle["ImageId"].str.strip()
     mask = rle["EncodedPixels"].fillna("-1").str.strip()
