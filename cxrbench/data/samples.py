@@ -6,7 +6,6 @@ policy, the view filter, patient-level splits and rare-label dropping happen onc
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,13 +13,15 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from cxrbench.data.adapters.base import FRONTAL_VIEWS, UNCERTAIN, RawDataset
+from cxrbench.data.adapters.base import FRONTAL_VIEWS, UNCERTAIN, RawDataset, label_key, preview
 from cxrbench.data.splits import SPLITS, assign_splits
 from cxrbench.errors import CxrbenchError
 
 LABEL_PREFIX = "label:"
 UNCERTAIN_POLICIES = ("negative", "positive", "ignore")
-VIEW_FILTERS = ("frontal", "all")
+#: ``frontal``: PA/AP (or FRONTAL, projection unrecorded) only (images whose view is unknown are left out, and counted);
+#: ``frontal+unknown``: PA/AP and images whose dataset records no view; ``all``: every image.
+VIEW_FILTERS = ("frontal", "frontal+unknown", "all")
 #: columns of samples.parquet besides the label columns, in order
 BASE_COLUMNS = ("sample_id", "patient_id", "study_id", "split", "view", "sex", "age", "path", "report")
 
@@ -31,7 +32,7 @@ class LabelPolicy:
 
     uncertain: Literal["negative", "positive", "ignore"] = "negative"
     min_positives: int = 0
-    views: Literal["frontal", "all"] = "frontal"
+    views: Literal["frontal", "frontal+unknown", "all"] = "frontal"
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 0
 
@@ -49,7 +50,7 @@ class LabelPolicy:
 
 def normalise_label(name: str) -> str:
     """``"Pleural Effusion"`` -> ``pleural_effusion``; ``"Support Devices"`` -> ``support_devices``."""
-    text = re.sub(r"[^0-9a-zA-Z]+", "_", str(name).strip()).strip("_").lower()
+    text = label_key(name)
     if not text:
         raise CxrbenchError(f"label name {name!r} has no letters or digits")
     return text
@@ -69,15 +70,8 @@ def build_samples(raw: RawDataset, policy: LabelPolicy, *, root: Path) -> tuple[
     if frame.empty:
         raise CxrbenchError(f"no images found under {root}")
     mapping = {name: normalise_label(name) for name in raw.labels}
-    if len(set(mapping.values())) != len(mapping):
-        raise CxrbenchError(f"label names collide after normalisation: {mapping}")
-
-    if policy.views == "frontal" and "view" in frame:
-        views = frame["view"]
-        keep = views.isna() | views.isin(sorted(FRONTAL_VIEWS))
-        frame = frame[keep]
-        if frame.empty:
-            raise CxrbenchError("no frontal images left after --views frontal (try --views all)")
+    _check_no_collisions(mapping)
+    frame, view_counts = _filter_views(frame, policy.views)
 
     labels = {}
     for name, new in mapping.items():
@@ -100,7 +94,7 @@ def build_samples(raw: RawDataset, policy: LabelPolicy, *, root: Path) -> tuple[
     prefix = str(Path(root).absolute()).rstrip("/") + "/"
     out = pd.DataFrame(
         {
-            "sample_id": [_sample_id(str(p), prefix) for p in frame["path"]],
+            "sample_id": _sample_ids(frame, prefix),
             "patient_id": frame["patient_id"].astype(str).to_numpy(),
             "study_id": _optional(frame, "study_id", str),
             "split": splits,
@@ -111,17 +105,22 @@ def build_samples(raw: RawDataset, policy: LabelPolicy, *, root: Path) -> tuple[
             "report": _optional(frame, "report", str),
         }
     )
-    for column, values in labels.items():
-        out[column] = values
-    if out["sample_id"].duplicated().any():
-        dup = out.loc[out["sample_id"].duplicated(), "sample_id"].iloc[0]
-        raise CxrbenchError(f"image {dup} is listed more than once by the adapter")
+    # one concat, not one insert per label: hundreds of labels (Indiana's MeSH headings) would
+    # fragment the frame and make pandas warn once per insert
+    out = pd.concat([out, pd.DataFrame(labels, index=out.index)], axis=1)
+    duplicated = out["sample_id"].duplicated(keep=False)
+    if duplicated.any():
+        ids = pd.unique(out.loc[duplicated, "sample_id"])
+        raise CxrbenchError(
+            f"{len(ids)} sample id(s) are listed more than once by the adapter, e.g. {preview(ids, 2)}"
+        )
     out, dropped = drop_rare_labels(out, policy.min_positives)
     summary = {
         "label_mapping": {k: v for k, v in mapping.items() if LABEL_PREFIX + v in out},
         "dropped_labels": dropped,
         "task": raw.task,
         "image_format": raw.image_format,
+        **view_counts,
     }
     return out.reset_index(drop=True), summary
 
@@ -153,8 +152,56 @@ def prevalence_table(samples: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _sample_id(path: str, root_prefix: str) -> str:
-    """A stable id: the image path relative to the dataset root (the path itself if outside it)."""
+def _check_no_collisions(mapping: dict[str, str]) -> None:
+    """One-line error naming the first few labels whose normalised names coincide."""
+    groups: dict[str, list[str]] = {}
+    for name, new in mapping.items():
+        groups.setdefault(new, []).append(name)
+    clashes = [names for names in groups.values() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(preview(names, 3) for names in clashes[:3])
+        more = f" (and {len(clashes) - 3} more groups)" if len(clashes) > 3 else ""
+        raise CxrbenchError(f"label names collide after normalisation: {shown}{more}")
+
+
+def _filter_views(frame: pd.DataFrame, views: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Apply ``--views``; return the kept rows and the counts left out (for the prepare summary).
+
+    The counts are ``excluded_non_frontal`` (a known view other than PA/AP) and
+    ``excluded_unknown_view`` (no view recorded: under ``frontal`` they are left out, since half
+    of a mixed collection such as Indiana is lateral; ``frontal+unknown`` keeps them).
+    """
+    counts = {"excluded_non_frontal": 0, "excluded_unknown_view": 0}
+    if views == "all" or "view" not in frame:
+        return frame, counts
+    view = frame["view"]
+    unknown = view.isna().to_numpy()
+    frontal = view.isin(sorted(FRONTAL_VIEWS)).to_numpy()
+    keep = frontal | unknown if views == "frontal+unknown" else frontal
+    counts["excluded_non_frontal"] = int((~frontal & ~unknown).sum())
+    counts["excluded_unknown_view"] = int((unknown & ~keep).sum())
+    if not keep.any():
+        hint = (
+            f"; {counts['excluded_unknown_view']} image(s) have no recorded view: "
+            "keep them with --views frontal+unknown"
+            if counts["excluded_unknown_view"]
+            else ""
+        )
+        raise CxrbenchError(f"no frontal images left after --views {views} (try --views all){hint}")
+    return frame[keep], counts
+
+
+def _sample_ids(frame: pd.DataFrame, root_prefix: str) -> list[str]:
+    """The adapter's ``sample_id`` (the dataset's own image id) where given, else the path relative to the root."""
+    given = frame["sample_id"] if "sample_id" in frame else pd.Series(None, index=frame.index)
+    return [
+        str(sid) if not pd.isna(sid) else _relative(str(path), root_prefix)
+        for sid, path in zip(given, frame["path"], strict=True)
+    ]
+
+
+def _relative(path: str, root_prefix: str) -> str:
+    """The image path relative to the dataset root (the path itself if outside it)."""
     return path[len(root_prefix):] if path.startswith(root_prefix) else path
 
 

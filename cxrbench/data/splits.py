@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from cxrbench.data.adapters.base import preview
 from cxrbench.errors import CxrbenchError
 
 SPLITS = ("train", "val", "test")
@@ -64,7 +65,9 @@ def assign_splits(
     off = np.asarray([None if _missing(s) else str(s) for s in official], dtype=object)
     bad = {s for s in off if s is not None and s not in OFFICIAL}
     if bad:
-        raise CxrbenchError(f"unknown official split values {sorted(bad)} (allowed: {sorted(OFFICIAL)})")
+        raise CxrbenchError(
+            f"unknown official split values {preview(sorted(bad))} (allowed: {', '.join(sorted(OFFICIAL))})"
+        )
     trainval_cut = train / (train + val) if train + val > 0 else 1.0
     trainval = np.where(u < trainval_cut, "train", "val").astype(object)
     result = np.where(off == None, by_hash, off)  # noqa: E711 (element-wise)

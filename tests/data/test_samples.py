@@ -84,6 +84,25 @@ def test_colliding_label_names_are_an_error():
         build_samples(raw, LabelPolicy(), root=ROOT)
 
 
+def test_collision_message_names_only_the_colliding_labels():
+    names = [f"Finding number {i}" for i in range(300)] + ["Lung  Opacity", "lung opacity"]
+    raw = _raw([_row(0, **dict.fromkeys(names, 1.0))], names)
+    with pytest.raises(CxrbenchError) as info:
+        build_samples(raw, LabelPolicy(), root=ROOT)
+    assert info.value.message == "label names collide after normalisation: 'Lung  Opacity', 'lung opacity'"
+
+
+def test_hundreds_of_labels_without_pandas_warnings():
+    import warnings
+
+    names = [f"Heading {i}" for i in range(300)]
+    raw = _raw([_row(i, **dict.fromkeys(names, float(i % 2))) for i in range(4)], names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samples, _ = build_samples(raw, LabelPolicy(), root=ROOT)
+    assert len(label_columns(samples)) == 300
+
+
 # --- uncertain policy: blanks stay unknown ------------------------------------------------------
 
 RAW_VALUES = [1.0, 0.0, -1.0, NAN, 1.0, -1.0]
@@ -124,6 +143,7 @@ def test_label_values_outside_the_code_are_named():
     [
         ("uncertain", "maybe", "--uncertain 'maybe'"),
         ("views", "lateral", "--views 'lateral'"),
+        ("views", "unknown", "--views 'unknown'"),
         ("min_positives", -1, "--min-positives -1"),
     ],
 )
@@ -136,22 +156,42 @@ def test_policy_rejects_bad_options(field, value, named):
 # --- views -----------------------------------------------------------------------------------
 
 
-def test_frontal_filter_keeps_pa_ap_and_unknown_views():
+def test_frontal_filter_leaves_out_unknown_views_and_counts_them():
     views = ["PA", "AP", "LATERAL", "LL", None]
     raw = _raw([_row(i, view=v, Edema=1.0) for i, v in enumerate(views)], ["Edema"])
-    frontal, _ = build_samples(raw, LabelPolicy(views="frontal"), root=ROOT)
-    assert frontal["sample_id"].tolist() == ["img/0.png", "img/1.png", "img/4.png"]
-    everything, _ = build_samples(raw, LabelPolicy(views="all"), root=ROOT)
-    assert len(everything) == 5
+    frontal, summary = build_samples(raw, LabelPolicy(views="frontal"), root=ROOT)
+    assert frontal["sample_id"].tolist() == ["img/0.png", "img/1.png"]
+    assert summary["excluded_unknown_view"] == 1 and summary["excluded_non_frontal"] == 2
+    kept, summary = build_samples(raw, LabelPolicy(views="frontal+unknown"), root=ROOT)
+    assert kept["sample_id"].tolist() == ["img/0.png", "img/1.png", "img/4.png"]
+    assert summary["excluded_unknown_view"] == 0 and summary["excluded_non_frontal"] == 2
+    everything, summary = build_samples(raw, LabelPolicy(views="all"), root=ROOT)
+    assert len(everything) == 5 and summary["excluded_unknown_view"] == 0
     assert (
         pa.Table.from_pandas(everything, preserve_index=False).column("view").to_pylist() == views
     )
+
+
+def test_frontal_without_projection_counts_as_frontal():
+    raw = _raw([_row(i, view=v, Edema=1.0) for i, v in enumerate(["FRONTAL", "LATERAL"])], ["Edema"])
+    samples, summary = build_samples(raw, LabelPolicy(views="frontal"), root=ROOT)
+    assert samples["view"].tolist() == ["FRONTAL"] and summary["excluded_non_frontal"] == 1
 
 
 def test_only_lateral_images_with_frontal_filter_is_an_error():
     raw = _raw([_row(0, view="LATERAL", Edema=1.0)], ["Edema"])
     with pytest.raises(CxrbenchError, match="--views all"):
         build_samples(raw, LabelPolicy(), root=ROOT)
+
+
+def test_dataset_without_views_needs_frontal_plus_unknown():
+    raw = _raw([_row(i, view=None, Edema=1.0) for i in range(3)], ["Edema"])
+    with pytest.raises(CxrbenchError) as info:
+        build_samples(raw, LabelPolicy(), root=ROOT)
+    assert "3 image(s) have no recorded view" in info.value.message
+    assert "--views frontal+unknown" in info.value.message
+    samples, _ = build_samples(raw, LabelPolicy(views="frontal+unknown"), root=ROOT)
+    assert len(samples) == 3
 
 
 # --- splits and ids ----------------------------------------------------------------------------
@@ -186,6 +226,22 @@ def test_sample_ids_relative_to_root_and_duplicates_rejected():
         build_samples(
             _raw([_row(0, Edema=1.0), _row(0, Edema=0.0)], ["Edema"]), LabelPolicy(), root=ROOT
         )
+
+
+def test_adapter_sample_ids_win_over_paths():
+    rows = [dict(_row(i, Edema=1.0), sample_id=sid) for i, sid in enumerate(["00000001_000.png", None])]
+    samples, _ = build_samples(_raw(rows, ["Edema"]), LabelPolicy(), root=ROOT)
+    assert samples["sample_id"].tolist() == ["00000001_000.png", "img/1.png"]
+    assert samples["path"].tolist() == [f"{ROOT}/img/0.png", f"{ROOT}/img/1.png"]
+
+
+def test_duplicate_adapter_ids_are_one_short_line_naming_two():
+    rows = [dict(_row(i, Edema=1.0), sample_id=f"id{i % 40}") for i in range(200)]
+    with pytest.raises(CxrbenchError) as info:
+        build_samples(_raw(rows, ["Edema"]), LabelPolicy(), root=ROOT)
+    message = info.value.message
+    assert message.startswith("40 sample id(s) are listed more than once")
+    assert "'id0', 'id1' and 38 more" in message and "\n" not in message and len(message) < 200
 
 
 def test_empty_dataset_names_the_root():

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -25,11 +25,12 @@ from cxrbench.errors import CxrbenchError
 #: Columns every adapter frame has (``None``/NaN where the dataset does not record it).
 REQUIRED_COLUMNS = ("path", "patient_id", "view")
 #: Optional columns the generic path understands.
-OPTIONAL_COLUMNS = ("study_id", "sex", "age", "split", "report")
+OPTIONAL_COLUMNS = ("sample_id", "study_id", "sex", "age", "split", "report")
 #: Label values adapters emit: positive, negative, uncertain (policy applied later), NaN = unknown.
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
-#: Normalised view names; anything else is kept upper-cased.
-FRONTAL_VIEWS = frozenset({"PA", "AP"})
+#: Normalised frontal views; ``FRONTAL`` is a frontal image whose projection (PA or AP) the
+#: dataset does not record (Indiana's ``Frontal``). Anything else is kept upper-cased.
+FRONTAL_VIEWS = frozenset({"PA", "AP", "FRONTAL"})
 
 
 @dataclass
@@ -40,6 +41,11 @@ class RawDataset:
 
     - ``path`` (str): absolute path of the image file (it need not exist yet; missing files are
       quarantined by the generic path).
+    - ``sample_id`` (str, optional but emitted by every dataset adapter): the image's id as the
+      dataset itself names it (NIH ``Image Index``, MIMIC ``dicom_id``, CheXpert ``Path`` as
+      written in its CSV, the file stem where the dataset has nothing else), so ids do not change
+      with the folder layout and predictions made elsewhere join on them. Unique per dataset.
+      Rows without one get the image path relative to the dataset root.
     - ``patient_id`` (str), ``view`` (str or None: ``PA``, ``AP``, ``LATERAL``, ``LL``, ... upper-case).
     - optional ``study_id`` (str), ``sex`` (``M``/``F``/None), ``age`` (float years, NaN unknown),
       ``split`` (``train``/``val``/``test``/None: the official split; None rows get a seeded
@@ -60,7 +66,54 @@ class RawDataset:
     def __post_init__(self) -> None:
         missing = [c for c in (*REQUIRED_COLUMNS, *self.labels) if c not in self.frame.columns]
         if missing:
-            raise ValueError(f"adapter frame lacks columns {missing}")
+            raise ValueError(f"adapter frame lacks columns {preview(missing)}")
+
+
+def preview(values: Iterable[object], limit: int = 3) -> str:
+    """Return the first ``limit`` values quoted and the rest counted: ``'a', 'b', 'c' and 12 more``.
+
+    Every error message that names values read from a file goes through this, so a message stays
+    one short line however many values are wrong.
+    """
+    items = list(values)
+    shown = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in items[:limit])
+    rest = len(items) - limit
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def label_key(name: object) -> str:
+    """Return the comparison key of a label name: lower case, runs of non-alphanumerics as one ``_``.
+
+    ``"Pleural Effusion"``, ``"pleural  effusion"`` and ``"Pleural_Effusion"`` share the key
+    ``pleural_effusion``; the generic path names label columns by it (empty for names without
+    letters or digits).
+    """
+    return re.sub(r"[^0-9a-zA-Z]+", "_", str(name).strip()).strip("_").lower()
+
+
+#: The CheXpert labeler's "no finding" column, and the one finding that does not contradict it.
+NO_FINDING = "No Finding"
+SUPPORT_DEVICES = "Support Devices"
+
+
+def fill_no_finding(frame: pd.DataFrame, findings: Sequence[str]) -> int:
+    """Set a blank ``No Finding`` to 0.0 where another finding of the row is positive or uncertain.
+
+    The CheXpert labeler (CheXpert, MIMIC-CXR-JPG, BRAX) writes ``No Finding`` only as 1.0 or
+    blank: blank when some finding is positive or uncertain (then "no finding" is false), and also
+    blank when nothing is positive but the report never says it is normal. The first case becomes
+    0.0; the second stays NaN (unknown), as do rows whose only positive is ``Support Devices``
+    (devices do not contradict "no finding": the real CheXpert train.csv has 8,808 rows with both
+    ``No Finding`` and ``Support Devices`` at 1.0). Returns how many rows were set to 0.0.
+    """
+    others = [f for f in findings if f not in (NO_FINDING, SUPPORT_DEVICES) and f in frame]
+    if NO_FINDING not in frame or not others:
+        return 0
+    values = frame[others].to_numpy(dtype=float)
+    contradicted = ((values == POSITIVE) | (values == UNCERTAIN)).any(axis=1)
+    blank = frame[NO_FINDING].isna().to_numpy()
+    frame.loc[blank & contradicted, NO_FINDING] = NEGATIVE
+    return int((blank & contradicted).sum())
 
 
 def require_file(root: Path, *candidates: str) -> Path:

@@ -3,7 +3,8 @@
 BRAX (Reis et al., Scientific Data 2022; PhysioNet ``brax`` 1.1.0) is 40,967 images of 19,351
 patients from Hospital Israelita Albert Einstein, labelled from Portuguese reports with the 14
 CheXpert observations: ``1`` positive, ``0`` negative, ``-1`` uncertain, blank not mentioned (kept
-as unknown).
+as unknown). As with CheXpert, a blank ``No Finding`` becomes 0.0 where another finding (not
+``Support Devices``) is positive or uncertain (``base.fill_no_finding``).
 
 File read (in ``root``): ``master_spreadsheet_update.csv`` (or the 1.0.0 ``master_spreadsheet.csv``),
 columns ``PatientID``, ``PngPath`` (relative to ``root``:
@@ -27,6 +28,7 @@ import pandas as pd
 
 from cxrbench.data.adapters.base import (
     RawDataset,
+    fill_no_finding,
     normalise_sex,
     normalise_view,
     parse_age,
@@ -75,6 +77,7 @@ def load(root: Path) -> RawDataset:
     out = pd.DataFrame(
         {
             "path": _paths(root, rel),
+            "sample_id": df["PngPath"].str.strip(),
             "patient_id": df["PatientID"].str.strip(),
             "study_id": rel.str.extract(r"(Study_[^/]+)", expand=False),
             "view": view,
@@ -85,4 +88,5 @@ def load(root: Path) -> RawDataset:
     )
     for label in LABELS:
         out[label] = read_labels(df[label], source=path, column=label)
+    fill_no_finding(out, LABELS)
     return RawDataset(frame=out, labels=list(LABELS))

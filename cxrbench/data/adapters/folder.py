@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrbench.data.adapters.base import RawDataset
+from cxrbench.data.adapters.base import RawDataset, preview
 from cxrbench.errors import CxrbenchError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"})
@@ -59,7 +59,7 @@ def _patient_map(root: Path) -> dict[str, str] | None:
     missing = [c for c in ("file", "patient_id") if c not in table.columns]
     if missing:
         raise CxrbenchError(
-            f"{source}: lacks column(s) {', '.join(missing)} (needs file,patient_id; has {', '.join(table.columns)})"
+            f"{source}: lacks column(s) {', '.join(missing)} (needs file,patient_id; has {preview(table.columns, 5)})"
         )
     files = table["file"].str.strip().str.replace("\\", "/", regex=False)
     return dict(zip(files, table["patient_id"].str.strip(), strict=True))
@@ -77,7 +77,7 @@ def load(root: Path) -> RawDataset:
         if others:
             raise CxrbenchError(
                 f"{root}: mixes split folders ({', '.join(d.name for d in split_dirs)}) with other folders "
-                f"({', '.join(others)}); put every class folder under train/val/test, or use no split folders"
+                f"({preview(others)}); put every class folder under train/val/test, or use no split folders"
             )
         groups = [(_SPLIT_FOLDERS[d.name.lower()], d) for d in split_dirs]
     else:
@@ -129,6 +129,7 @@ def load(root: Path) -> RawDataset:
     out = pd.DataFrame(
         {
             "path": frame["path"],
+            "sample_id": frame["relpath"],
             "patient_id": patients.astype(str),
             "view": None,
             "split": frame["split"],

@@ -116,6 +116,7 @@ def load(root: Path, *, labels: str = "subtlety") -> RawDataset:
     frame = pd.DataFrame(
         {
             "path": [str(folder / f"{n}{suffix}") for n in table["name"]],
+            "sample_id": table["name"].to_numpy(),
             "patient_id": table["name"].to_numpy(),
             "view": "PA",
             "sex": [normalise_sex(s) for s in table["sex"]],

@@ -4,7 +4,8 @@ MIMIC-CXR-JPG (Johnson et al., PhysioNet 2019, v2.0.0/2.1.0) is 377,110 JPEGs fr
 of 65,379 patients at Beth Israel Deaconess. Labels come per *study* from the CheXpert (default) or
 NegBio labeler run on the report: ``1.0``, ``0.0``, ``-1.0`` (uncertain) or blank (not mentioned);
 every image of a study gets its study's labels; images of studies absent from the label file get
-NaN for every label.
+NaN for every label. Both labelers write ``No Finding`` only as 1.0 or blank: a blank becomes 0.0
+where another finding (not ``Support Devices``) is positive or uncertain (``base.fill_no_finding``).
 
 Files read from ``root`` (``.csv.gz`` as distributed, or unpacked ``.csv``):
 ``mimic-cxr-2.0.0-metadata.csv`` (``dicom_id,subject_id,study_id,...,ViewPosition,...``),
@@ -25,7 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrbench.data.adapters.base import RawDataset, normalise_view, require_file
+from cxrbench.data.adapters.base import (
+    RawDataset,
+    fill_no_finding,
+    normalise_view,
+    preview,
+    require_file,
+)
 from cxrbench.errors import CxrbenchError
 
 LABELS = (
@@ -130,7 +137,7 @@ def load(root: Path, *, labeler: str = "chexpert") -> RawDataset:
         unknown = sorted(set(sp["split"].dropna()) - set(_SPLITS))
         if unknown:
             raise CxrbenchError(
-                f"{split_path}: unknown split values {unknown}; expected train, validate, test"
+                f"{split_path}: unknown split values {preview(unknown)}; expected train, validate, test"
             )
         frame["split"] = frame["dicom_id"].map(sp.set_index("dicom_id")["split"].map(_SPLITS))
     else:
@@ -140,6 +147,7 @@ def load(root: Path, *, labeler: str = "chexpert") -> RawDataset:
     out = pd.DataFrame(
         {
             "path": image_paths(root, frame["subject_id"], frame["study_id"], frame["dicom_id"]),
+            "sample_id": frame["dicom_id"],
             "patient_id": frame["subject_id"],
             "study_id": frame["study_id"],
             "view": frame["ViewPosition"].map(normalise_view),
@@ -150,4 +158,5 @@ def load(root: Path, *, labeler: str = "chexpert") -> RawDataset:
     )
     for label in LABELS:
         out[label] = frame[label].to_numpy(dtype=float)
+    fill_no_finding(out, LABELS)
     return RawDataset(frame=out, labels=list(LABELS), notes=notes)

@@ -80,6 +80,7 @@ def load(root: Path, *, mimic_root: Path | None = None) -> RawDataset:
             "path": mimic_cxr.image_paths(
                 mimic_root, images["subject_id"], images["study_id"], images["dicom_id"]
             ),
+            "sample_id": images["dicom_id"].astype(str),
             "patient_id": images["subject_id"].astype(str),
             "study_id": images["study_id"].astype(str),
             "view": images["ViewPosition"].map(normalise_view),

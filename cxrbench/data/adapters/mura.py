@@ -55,12 +55,13 @@ def load(root: Path) -> RawDataset:
             rows.append(
                 (
                     str(folder / rel),
+                    line,
                     match.group("patient"),
                     f"{match.group('part')}/{match.group('patient')}/{match.group('study')}",
                     SPLITS[match.group("split")],
                     1.0 if match.group("label") == "positive" else 0.0,
                 )
             )
-    frame = pd.DataFrame(rows, columns=["path", "patient_id", "study_id", "split", LABEL])
-    frame.insert(2, "view", None)
+    frame = pd.DataFrame(rows, columns=["path", "sample_id", "patient_id", "study_id", "split", LABEL])
+    frame.insert(3, "view", None)
     return RawDataset(frame=frame, labels=[LABEL], notes={"source": str(folder)})

@@ -15,6 +15,7 @@ Files read (relative to ``root``; ``.gz`` variants accepted):
 
 Labels: the 14 findings, spelled as in the file (``Pleural_Thickening`` with an underscore);
 ``No Finding`` too when ``no_finding=True``. NLP labels carry no uncertainty: every image is 1/0.
+``sample_id`` is the ``Image Index``, the same in every layout.
 Images: ``images/<Image Index>`` (box release, all tarballs unpacked into one folder) or the Kaggle
 layout ``images_001/images/<Image Index>`` … ``images_012/…``. Patient ids are unpadded integers as
 strings so both CSV versions agree. Layout source: ``shared/realdata/LAYOUTS.md`` and the NIH README.
@@ -34,6 +35,7 @@ from cxrbench.data.adapters.base import (
     normalise_view,
     parse_age,
     parse_bool,
+    preview,
     require_file,
 )
 from cxrbench.errors import CxrbenchError
@@ -77,6 +79,49 @@ def _image_folders(root: Path, probe: list[str]) -> dict[str, Path] | Path:
     return where
 
 
+#: Columns every NIH table keyed by image has (Data_Entry_2017*.csv, the Google relabels).
+IMAGE_COLUMNS = ("Image Index", "Patient ID", "Patient Age", "Patient Gender", "View Position")
+
+
+def read_table(path: Path, needed: tuple[str, ...], *, what: str) -> pd.DataFrame:
+    """Return an NIH CSV as stripped text (header names stripped); a one-line error names missing columns."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise CxrbenchError(f"{path} lacks columns {missing}: not {what}")
+    return df
+
+
+def image_frame(root: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """Return ``path``, ``sample_id``, ``patient_id``, ``view``, ``sex``, ``age`` from the per-image columns.
+
+    ``sample_id`` is the ``Image Index`` (``00000001_000.png``), whatever the image layout; the path
+    is ``root/images/<name>`` or the Kaggle ``root/images_NNN/images/<name>``. Patient ids are
+    unpadded integers as text, so the 2017 (``00000001``) and 2020 (``1``) files agree.
+    """
+    names = df["Image Index"].str.strip()
+    folders = _image_folders(Path(root), names.head(3).tolist())
+    if isinstance(folders, Path):
+        paths = [str(folders / n) for n in names]
+    else:
+        default = Path(root) / "images"
+        paths = [str(folders.get(n, default) / n) for n in names]
+    return pd.DataFrame(
+        {
+            "path": paths,
+            "sample_id": names.to_numpy(),
+            "patient_id": df["Patient ID"]
+            .str.strip()
+            .map(lambda s: str(int(s)) if s.isdigit() else s)
+            .to_numpy(),
+            "view": df["View Position"].map(normalise_view).to_numpy(),
+            "sex": df["Patient Gender"].map(normalise_sex).to_numpy(),
+            "age": df["Patient Age"].map(parse_age).astype(float).to_numpy(),
+        }
+    )
+
+
 def load(root: Path, *, no_finding: bool = False) -> RawDataset:
     """Return ChestX-ray14 as one row per image with the 14 findings (and ``No Finding`` if asked).
 
@@ -91,19 +136,7 @@ def load(root: Path, *, no_finding: bool = False) -> RawDataset:
         "Data_Entry_2017.csv",
         "Data_Entry_2017.csv.gz",
     )
-    df = pd.read_csv(entry, dtype=str, keep_default_na=False)
-    df.columns = [c.strip() for c in df.columns]
-    needed = [
-        "Image Index",
-        "Finding Labels",
-        "Patient ID",
-        "Patient Age",
-        "Patient Gender",
-        "View Position",
-    ]
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise CxrbenchError(f"{entry} lacks columns {missing}: not a ChestX-ray14 Data_Entry file")
+    df = read_table(entry, (*IMAGE_COLUMNS, "Finding Labels"), what="a ChestX-ray14 Data_Entry file")
     names = df["Image Index"].str.strip()
 
     dummies = (
@@ -114,21 +147,12 @@ def load(root: Path, *, no_finding: bool = False) -> RawDataset:
     )
     unknown = sorted(set(dummies.columns) - set(FINDINGS) - {NO_FINDING})
     if unknown:
-        raise CxrbenchError(f"{entry}: unknown finding labels {unknown[:5]} in 'Finding Labels'")
+        raise CxrbenchError(f"{entry}: unknown finding labels {preview(unknown)} in 'Finding Labels'")
     labels = list(FINDINGS) + ([NO_FINDING] if no_finding else [])
 
-    out = pd.DataFrame(
-        {
-            "patient_id": df["Patient ID"]
-            .str.strip()
-            .map(lambda s: str(int(s)) if s.isdigit() else s),
-            "view": df["View Position"].map(normalise_view),
-            "sex": df["Patient Gender"].map(normalise_sex),
-            "age": df["Patient Age"].map(parse_age).astype(float),
-        }
-    )
+    out = image_frame(root, df)
     for label in labels:
-        out[label] = dummies[label].astype(float) if label in dummies else 0.0
+        out[label] = dummies[label].astype(float).to_numpy() if label in dummies else 0.0
 
     test_file = root / "test_list.txt" if (root / "test_list.txt").exists() else None
     trainval_file = root / "train_val_list.txt"
@@ -143,12 +167,4 @@ def load(root: Path, *, no_finding: bool = False) -> RawDataset:
     else:
         notes["split"] = "test_list.txt not found: no official split"
     out["split"] = split
-
-    folders = _image_folders(root, names.head(3).tolist())
-    if isinstance(folders, Path):
-        paths = [str(folders / n) for n in names]
-    else:
-        default = root / "images"
-        paths = [str(folders.get(n, default) / n) for n in names]
-    out.insert(0, "path", paths)
     return RawDataset(frame=out, labels=labels, notes=notes)

@@ -121,6 +121,7 @@ def load(root: Path, *, labels: str = "ssl13") -> RawDataset:
     out = pd.DataFrame(
         {
             "path": _image_paths(root, df["ImageID"].str.strip(), df["ImageDir"]),
+            "sample_id": df["ImageID"].str.strip(),
             "patient_id": df["PatientID"].str.strip(),
             "study_id": df["StudyID"].str.strip() if "StudyID" in df else None,
             "view": view,
@@ -131,7 +132,10 @@ def load(root: Path, *, labels: str = "ssl13") -> RawDataset:
     )
     if "Report" in df:
         out["report"] = df["Report"].where(df["Report"].notna(), None)
-    for name in names:
-        col = present[name].to_numpy() if name in present else np.zeros(len(df))
-        out[name] = np.where(known, (col > 0).astype(float), np.nan)
+    columns = {
+        name: np.where(known, (present[name].to_numpy() > 0 if name in present else False), np.nan)
+        for name in names
+    }
+    # one concat: labels="all" has 193 labels, and one insert each makes pandas warn per insert
+    out = pd.concat([out, pd.DataFrame(columns, index=out.index, dtype=float)], axis=1)
     return RawDataset(frame=out, labels=names, notes={"label_set": labels})

@@ -75,13 +75,16 @@ def load(root: Path, *, labels: str = "binary") -> RawDataset:
                 patient = patient_from_name(image.stem)
                 if folder == "test":
                     patient = f"test/{patient}"
-                rows.append((str(image), patient, split, cls, _subtype(cls, image.stem)))
+                rel = image.relative_to(base).as_posix()  # train/NORMAL/IM-0115-0001.jpeg
+                rows.append((str(image), rel, patient, split, cls, _subtype(cls, image.stem)))
     if not rows:
         raise CxrbenchError(
             f"{base}: no images in {{train,val,test}}/{{NORMAL,PNEUMONIA}}/ (is this the chest_xray folder?)"
         )
-    table = pd.DataFrame(rows, columns=["path", "patient_id", "split", "class", "subtype"])
-    frame = table[["path", "patient_id"]].copy()
+    table = pd.DataFrame(
+        rows, columns=["path", "sample_id", "patient_id", "split", "class", "subtype"]
+    )
+    frame = table[["path", "sample_id", "patient_id"]].copy()
     frame["view"] = "AP"
     frame["split"] = table["split"]
     if labels == "binary":

@@ -53,6 +53,7 @@ def load(root: Path) -> RawDataset:
     frame = pd.DataFrame(
         {
             "path": [str(root / "train" / f"{u}.jpg") for u in uid],
+            "sample_id": uid.to_numpy(),
             "patient_id": table["PatientID"].str.strip().to_numpy(),
             "view": None,
             "study_id": uid.to_numpy(),

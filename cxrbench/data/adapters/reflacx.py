@@ -146,6 +146,7 @@ def load(root: Path, *, labels: str = "ssl13", mimic_root: Path | None = None) -
             "path": mimic_cxr.image_paths(
                 mimic_root, first["subject_id"], first["study_id"], dicom
             ),
+            "sample_id": dicom,
             "patient_id": first["subject_id"],
             "study_id": first["study_id"],
             "view": view,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrbench.data.adapters.base import RawDataset, dicom_headers, require_file
+from cxrbench.data.adapters.base import RawDataset, dicom_headers, preview, require_file
 from cxrbench.errors import CxrbenchError
 
 TARGET_LABEL = "Lung Opacity"
@@ -42,7 +42,7 @@ def load(root: Path, *, labels: str = "target", read_headers: bool = True) -> Ra
     missing = [c for c in ("patientId", "Target") if c not in boxes.columns]
     if missing:
         raise CxrbenchError(
-            f"{source}: lacks column(s) {', '.join(missing)} (has {', '.join(boxes.columns)})"
+            f"{source}: lacks column(s) {', '.join(missing)} (has {preview(boxes.columns, 5)})"
         )
     boxes["patientId"] = boxes["patientId"].str.strip()
     per_image = boxes.groupby("patientId", sort=False)["Target"].max()
@@ -50,7 +50,12 @@ def load(root: Path, *, labels: str = "target", read_headers: bool = True) -> Ra
     ids = per_image.index.to_list()
     image_dir = root / IMAGE_DIR
     frame = pd.DataFrame(
-        {"path": [str(image_dir / f"{pid}.dcm") for pid in ids], "patient_id": ids, "view": None}
+        {
+            "path": [str(image_dir / f"{pid}.dcm") for pid in ids],
+            "sample_id": ids,
+            "patient_id": ids,
+            "view": None,
+        }
     )
     frame["split"] = None
     if read_headers and image_dir.is_dir():

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrbench.data.adapters.base import RawDataset, normalise_sex, parse_age, require_file
+from cxrbench.data.adapters.base import (
+    RawDataset,
+    normalise_sex,
+    parse_age,
+    preview,
+    require_file,
+)
 from cxrbench.errors import CxrbenchError
 
 LABEL = "Tuberculosis"
@@ -72,6 +78,7 @@ def tb_frame(names: list[str], image_dir: Path, sex: list, age: list, *, view: s
     frame = pd.DataFrame(
         {
             "path": [str(image_dir / n) for n in names],
+            "sample_id": [Path(n).stem for n in names],
             "patient_id": [p for p, _ in parsed],
             "view": view,
             "sex": sex,
@@ -94,7 +101,7 @@ def load(root: Path) -> RawDataset:
         missing = [c for c in ("study_id", "sex", "age") if c not in table.columns]
         if missing:
             raise CxrbenchError(
-                f"{source}: lacks column(s) {', '.join(missing)} (has {', '.join(table.columns)})"
+                f"{source}: lacks column(s) {', '.join(missing)} (has {preview(table.columns, 5)})"
             )
         names = table["study_id"].str.strip().to_list()
         image_dir = _image_dir(root, ("images/images", "images", "CXR_png"), names[:5])

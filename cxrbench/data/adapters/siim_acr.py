@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrbench.data.adapters.base import RawDataset, dicom_headers, require_file
+from cxrbench.data.adapters.base import RawDataset, dicom_headers, preview, require_file
 from cxrbench.errors import CxrbenchError
 
 LABEL = "Pneumothorax"
@@ -40,7 +40,7 @@ def load(root: Path, *, read_headers: bool = True) -> RawDataset:
     missing = [c for c in ("ImageId", "EncodedPixels") if c not in rle.columns]
     if missing:
         raise CxrbenchError(
-            f"{source}: lacks column(s) {', '.join(missing)} (has {', '.join(rle.columns)})"
+            f"{source}: lacks column(s) {', '.join(missing)} (has {preview(rle.columns, 5)})"
         )
     rle["ImageId"] = rle["ImageId"].str.strip()
     mask = rle["EncodedPixels"].fillna("-1").str.strip()
@@ -51,7 +51,7 @@ def load(root: Path, *, read_headers: bool = True) -> RawDataset:
     image_dir = root / IMAGE_DIR
     found = {p.stem: p for p in image_dir.rglob("*.dcm")} if image_dir.is_dir() else {}
     paths = [str(found.get(i, image_dir / f"{i}.dcm")) for i in ids]
-    frame = pd.DataFrame({"path": paths, "patient_id": ids, "view": None})
+    frame = pd.DataFrame({"path": paths, "sample_id": ids, "patient_id": ids, "view": None})
     frame["split"] = None
     if read_headers and found:
         headers = dicom_headers(paths)

@@ -44,6 +44,7 @@ from cxrbench.data.adapters.base import (
     dicom_headers,
     normalise_sex,
     parse_age,
+    preview,
     require_file,
 )
 from cxrbench.errors import CxrbenchError
@@ -86,7 +87,7 @@ def _table(root: Path, kind: str, release: str | None) -> Path:
             "from the TB Portals published data): not found"
         )
     if len(found) > 1:
-        names = ", ".join(p.name for p in found)
+        names = preview([p.name for p in found])
         raise CxrbenchError(
             f"{root}: several TB Portals {kind} tables ({names}); choose one with --option release=..."
         )
@@ -194,6 +195,7 @@ def load(
     out = pd.DataFrame(
         {
             "path": [str(base / r) for r in rel],
+            "sample_id": rel.to_numpy(),
             "patient_id": patient.to_numpy(),
             "view": None,
             "study_id": (

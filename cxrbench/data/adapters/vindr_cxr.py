@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrbench.data.adapters.base import RawDataset, require_file
+from cxrbench.data.adapters.base import RawDataset, preview, require_file
 from cxrbench.errors import CxrbenchError
 
 PHYSIONET_TRAIN = ("annotations/image_labels_train.csv", "image_labels_train.csv")
@@ -50,6 +50,7 @@ def _frame(root: Path, labels: pd.DataFrame, split: str | None, folder: str) -> 
     out = pd.DataFrame(
         {
             "path": str(root / folder) + os.sep + ids + ".dicom",
+            "sample_id": ids,
             "patient_id": ids,
             "view": "PA",
             "sex": None,
@@ -83,7 +84,7 @@ def _load_physionet(root: Path, train_path: Path) -> RawDataset:
     labels = [c for c in train.columns if c not in ("image_id", "rad_id")]
     missing = [c for c in labels if c not in test.columns]
     if missing:
-        raise CxrbenchError(f"{test_path} lacks label columns {missing} that {train_path.name} has")
+        raise CxrbenchError(f"{test_path} lacks label columns {preview(missing)} that {train_path.name} has")
     train_votes = majority(_check_votes(train, labels, train_path), train["image_id"].str.strip())
     test_votes = majority(_check_votes(test, labels, test_path), test["image_id"].str.strip())
     frame = pd.concat(

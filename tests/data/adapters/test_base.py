@@ -209,3 +209,30 @@ def test_load_dataset_coerces_then_loads(tmp_path: Path):
     with pytest.raises(CxrbenchError, match="unknown option 'bogus' for dataset csv"):
         adapters.load_dataset("csv", tmp_path, {"bogus": "1"})
     assert base.MAX_AGE_YEARS == 120.0
+
+
+def test_preview_bounds_lists():
+    assert base.preview(["a", "b"]) == "'a', 'b'"
+    assert base.preview([f"c{i}" for i in range(500)]) == "'c0', 'c1', 'c2' and 497 more"
+    assert base.preview([1.5, 2.0], 1) == "1.5 and 1 more"
+
+
+@pytest.mark.parametrize(
+    ("module", "file_name"),
+    [("rsna_pneumonia", "stage_2_train_labels.csv"), ("shenzhen", "shenzhen_metadata.csv"),
+     ("siim_acr", "train-rle.csv")],
+)
+def test_wrong_wide_file_is_a_short_error(tmp_path, module, file_name):
+    # a 2,000-column file given by mistake: the message names a few columns, not all of them
+    (tmp_path / file_name).write_text(",".join(f"column_{i}" for i in range(2000)) + "\n" + "1," * 1999 + "1\n")
+    with pytest.raises(CxrbenchError) as info:
+        adapters.get_adapter(module.replace("_", "-")).load(tmp_path)
+    assert len(info.value.message) < 300 and "and 1995 more" in info.value.message
+
+
+def test_unknown_official_splits_are_named_briefly():
+    from cxrbench.data.splits import assign_splits
+
+    with pytest.raises(CxrbenchError) as info:
+        assign_splits([f"p{i}" for i in range(300)], [f"fold{i}" for i in range(300)])
+    assert "and 297 more" in info.value.message and len(info.value.message) < 200

@@ -48,12 +48,14 @@ def test_labels_views_ages(tmp_path: Path) -> None:
     assert f["view"].iloc[:3].tolist() == ["PA", "LATERAL", "AP"] and pd.isna(f["view"].iloc[3])
     assert f.loc[0, "No Finding"] == 1.0 and pd.isna(f.loc[0, "Cardiomegaly"])
     assert f.loc[1, "Cardiomegaly"] == -1.0 and f.loc[1, "Edema"] == 0.0
-    assert f.loc[3, list(LABELS)].isna().all()
+    assert f.loc[3, list(LABELS)].isna().all()  # nothing mentioned: No Finding stays unknown
+    assert f["No Finding"].iloc[1:3].tolist() == [0.0, 0.0]  # uncertain / positive finding
     assert f["age"].iloc[:3].tolist() == [45.0, 45.0, 85.0] and pd.isna(f["age"].iloc[3])
     assert f["sex"].iloc[:3].tolist() == ["F", "F", "M"] and pd.isna(f["sex"].iloc[3])
     assert f["patient_id"].tolist() == ["1a2b", "1a2b", "9f9f", "9f9f"]
     assert f["study_id"].iloc[0] == "Study_1.2.3"
     assert f["path"].iloc[0] == str(tmp_path / P1)
+    assert f["sample_id"].tolist() == [P1, P2, P3, P3]  # PngPath as written
     assert f["split"].isna().all()
 
 

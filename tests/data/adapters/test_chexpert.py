@@ -49,11 +49,39 @@ def test_labels_views_splits(tmp_path: Path) -> None:
     # row 2: uncertain, positive, blank (unknown, not negative)
     assert f.loc[1, "Cardiomegaly"] == -1.0
     assert f.loc[1, "Lung Opacity"] == 1.0
-    assert pd.isna(f.loc[1, "Lung Lesion"]) and pd.isna(f.loc[1, "No Finding"])
+    assert pd.isna(f.loc[1, "Lung Lesion"])
+    # blank No Finding: 0 where another finding is positive/uncertain, else unknown
+    assert f["No Finding"].iloc[:4].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert pd.isna(f.loc[4, "No Finding"])
     assert f.loc[0, "Pneumothorax"] == 0.0 and f.loc[0, "Support Devices"] == 1.0
     assert f.loc[5, "Cardiomegaly"] == 1.0 and f.loc[5, "No Finding"] == 0.0
     assert f["sex"].iloc[:3].tolist() == ["F", "F", "F"] and pd.isna(f["sex"].iloc[3])
     assert f["age"].iloc[0] == 68.0 and pd.isna(f["age"].iloc[3])
+    # the Path column as written, so ids match other tools whatever the folder is called
+    assert f["sample_id"].tolist() == [r.split(",")[0] for r in TRAIN + VALID]
+
+
+def test_blank_no_finding_rule(tmp_path: Path) -> None:
+    # one finding at a time: positive, uncertain, negative, Support Devices only, nothing at all
+    def row(i: int, **codes: str) -> str:
+        values = [codes.get(label.replace(" ", "_"), "") for label in chexpert.LABELS]
+        return f"train/patient{i:05d}/study1/view1_frontal.jpg,Male,50,Frontal,PA," + ",".join(values)
+
+    rows = [
+        row(1, Edema="1.0"),
+        row(2, Pleural_Other="-1.0"),
+        row(3, Edema="0.0", Fracture="0.0"),
+        row(4, Support_Devices="1.0"),
+        row(5, Support_Devices="-1.0", Cardiomegaly="0.0"),
+        row(6),
+        row(7, No_Finding="1.0", Support_Devices="1.0"),
+    ]
+    (tmp_path / "train.csv").write_text("\n".join([HEADER, *rows]) + "\n")
+    (tmp_path / "valid.csv").write_text("\n".join([HEADER, *VALID]) + "\n")
+    no_finding = chexpert.load(tmp_path).frame["No Finding"].iloc[:7].tolist()
+    assert no_finding[:2] == [0.0, 0.0]
+    assert all(pd.isna(v) for v in no_finding[2:6])  # nothing contradicts "no finding": unknown
+    assert no_finding[6] == 1.0
 
 
 def test_root_is_parent_or_dataset_folder(tmp_path: Path) -> None:
@@ -106,11 +134,19 @@ def test_real_train_csv(realdata: Path, tmp_path: Path) -> None:
     train = f[f["split"] == "trainval"]
     assert len(train) == len(rows) == 223_414
     assert (f["split"] == "test").sum() == 234
-    for label in ("Edema", "Pleural Effusion", "No Finding"):
+    for label in ("Edema", "Pleural Effusion"):
         for code, value in (("1.0", 1.0), ("0.0", 0.0), ("-1.0", -1.0)):
             assert (train[label] == value).sum() == (rows[label] == code).sum(), (label, code)
         assert train[label].isna().sum() == (rows[label] == "").sum()
+    # No Finding is 1.0 or blank in the file; blank is negative where a finding other than
+    # Support Devices is 1.0 or -1.0, and stays unknown where none is
+    findings = [c for c in chexpert.LABELS if c not in ("No Finding", "Support Devices")]
+    contradicted = rows[findings].isin(["1.0", "-1.0"]).any(axis=1).to_numpy()
+    blank = (rows["No Finding"] == "").to_numpy()
+    assert set(rows["No Finding"]) == {"1.0", ""}
     assert (train["No Finding"] == 1.0).sum() == 22_381
+    assert (train["No Finding"] == 0.0).sum() == (blank & contradicted).sum() == 194_934
+    assert train["No Finding"].isna().sum() == (blank & ~contradicted).sum() == 6_099
     assert (train["view"] == "LATERAL").sum() == 32_387
     assert (train["view"] == "AP").sum() == 161_590 and (train["view"] == "PA").sum() == 29_420
     assert train["sex"].isna().sum() == 1

@@ -33,6 +33,7 @@ def test_class_folders_without_splits(tmp_path):
         ["tb", "c.jpeg"],
     ]
     assert list(f["patient_id"]) == ["a", "b", "c"]
+    assert list(f["sample_id"]) == ["normal/a.png", "normal/sub/b.JPG", "tb/c.jpeg"]
     np.testing.assert_array_equal(f[["normal", "tb"]].to_numpy(), [[1, 0], [1, 0], [0, 1]])
     assert (f[ds.labels].sum(axis=1) == 1).all()
     assert f["split"].isna().all() and f["view"].isna().all()

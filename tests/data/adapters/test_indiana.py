@@ -7,6 +7,7 @@ import re
 import tarfile
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxrbench.data.adapters import indiana
@@ -130,3 +131,93 @@ def test_real_reports_full(realdata, tmp_path):
     assert len(ds.labels) == 20 and ds.labels[0] == "normal"
     assert ds.frame["normal"].sum() == normal_images
     assert ds.frame["patient_id"].nunique() == n_reports == 3955 - 104
+
+
+def _folder(root, reports):
+    folder = root / "ecgen-radiology"
+    folder.mkdir(parents=True)
+    for name, text in reports.items():
+        (folder / name).write_text(text)
+
+
+def test_views_from_kaggle_projections_refined_by_dicom_metadata(tmp_path):
+    _folder(tmp_path, REPORTS)
+    images = tmp_path / "images" / "images_normalized"
+    images.mkdir(parents=True)
+    # Kaggle names drop report 1's repeated number: CXR1_1_IM-0001-3001 -> 1_IM-0001-3001.dcm.png
+    (images / "1_IM-0001-3001.dcm.png").write_bytes(b"")
+    (tmp_path / "indiana_projections.csv").write_text(
+        "uid,filename,projection\n"
+        "1,1_IM-0001-3001.dcm.png,Frontal\n"
+        "1,1_IM-0001-4001.dcm.png,Lateral\n"
+        "2,2_1_IM-0652-1001.dcm.png,Frontal\n"
+    )
+    ds = indiana.load(tmp_path)
+    f = ds.frame.set_index("sample_id")
+    assert f.loc["CXR1_1_IM-0001-3001", "path"] == str(images.resolve() / "1_IM-0001-3001.dcm.png")
+    views = f["view"].to_dict()
+    assert views["CXR1_1_IM-0001-3001"] == "FRONTAL" and views["CXR1_1_IM-0001-4001"] == "LATERAL"
+    assert views["CXR2_1_IM-0652-1001"] == "FRONTAL" and pd.isna(views["CXR3_1_IM-1384-1001"])
+    assert ds.notes["views"] == "indiana_projections.csv"
+    # the DICOM header table says which frontal is PA/AP; the projections table wins on lateral
+    (tmp_path / "nlmcxr_dicom_metadata.csv").write_text(
+        'imageid,View Position,filename\nCXR1_IM-0001-3001,PA,./1_IM-0001-3001.dcm\n'
+        'CXR1_IM-0001-4001,PA,./1_IM-0001-4001.dcm\nCXR3_1_IM-1384-1001,LL,./3_1_IM-1384-1001.dcm\n'
+    )
+    views = indiana.load(tmp_path).frame.set_index("sample_id")["view"].to_dict()
+    assert views["CXR1_1_IM-0001-3001"] == "PA" and views["CXR1_1_IM-0001-4001"] == "LATERAL"
+    assert views["CXR2_1_IM-0652-1001"] == "FRONTAL" and views["CXR3_1_IM-1384-1001"] == "LL"
+
+
+def test_frontal_filter_counts_images_without_a_view(tmp_path):
+    from cxrbench.data.samples import LabelPolicy, build_samples
+
+    _folder(tmp_path, REPORTS)
+    ds = indiana.load(tmp_path, top=None)  # PNG layout, no view source: every view unknown
+    with pytest.raises(CxrbenchError, match=r"4 image\(s\) have no recorded view.*frontal\+unknown"):
+        build_samples(ds, LabelPolicy(views="frontal"), root=tmp_path)
+    samples, summary = build_samples(ds, LabelPolicy(views="frontal+unknown"), root=tmp_path)
+    assert len(samples) == 4 and summary["excluded_unknown_view"] == 0
+
+
+def test_headings_differing_by_case_or_spacing_are_one_label(tmp_path):
+    reports = {
+        "1.xml": _xml("CXR1", ["Thoracic Vertebrae/degenerative"], ["CXR1_IM-1"]),
+        "2.xml": _xml("CXR2", ["Thoracic Vertebrae", "Lymph Nodes"], ["CXR2_IM-1"]),
+        "3.xml": _xml("CXR3", ["Thoracic vertebrae/mild", "Subcutaneous  Emphysema"], ["CXR3_IM-1"]),
+        "4.xml": _xml("CXR4", ["Lymph nodes", "Subcutaneous Emphysema"], ["CXR4_IM-1"]),
+        "5.xml": _xml("CXR5", ["Subcutaneous Emphysema", "Lymph Nodes", "lymph  nodes"], ["CXR5_IM-1"]),
+    }
+    _folder(tmp_path, reports)
+    ds = indiana.load(tmp_path, top=None)
+    assert ds.labels == ["Lymph Nodes", "Subcutaneous Emphysema", "Thoracic Vertebrae"]
+    f = ds.frame.set_index("sample_id")
+    assert f["Thoracic Vertebrae"].tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert f["Lymph Nodes"].tolist() == [0.0, 1.0, 0.0, 1.0, 1.0]
+
+
+def _link_real(realdata, tmp_path, *names):
+    for name in names:
+        (tmp_path / name).symlink_to(realdata / "openi" / name)
+    return tmp_path
+
+
+def test_real_reports_all_headings_prepare_cleanly(realdata, tmp_path):
+    import warnings
+
+    from cxrbench.data.samples import LabelPolicy, build_samples
+
+    root = _link_real(realdata, tmp_path, "NLMCXR_reports.tgz", "nlmcxr_dicom_metadata.csv.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = indiana.load(root, top=None)
+        samples, summary = build_samples(ds, LabelPolicy(views="frontal"), root=root)
+    # 121 spellings: 3 pairs differ only by case or spacing, and "No Indexing" is no label
+    assert len(ds.labels) == 117
+    assert "Thoracic Vertebrae" in ds.labels and "Thoracic vertebrae" not in ds.labels
+    assert ds.frame["sample_id"].is_unique and len(ds.frame) == 7470
+    # views from the DICOM header table: PA 3,593, AP 423, blank 2,586 (+1 image it lacks)
+    assert ds.notes["views"] == "nlmcxr_dicom_metadata.csv.gz"
+    assert len(samples) == 3593 + 423
+    assert summary["excluded_unknown_view"] == 2586 + 1
+    assert summary["excluded_non_frontal"] == 717 + 119 + 29 + 2  # LL, LATERAL, RL, LARGE LATERAL

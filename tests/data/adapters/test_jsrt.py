@@ -38,6 +38,7 @@ def test_table_subtlety_classes(tmp_path):
     )
     assert list(f["patient_id"]) == ["JPCLN001", "JPCLN106", "JPCNN001"]
     assert f["path"].iloc[2] == str(tmp_path.resolve() / "All247images" / "JPCNN001.IMG")
+    assert list(f["sample_id"]) == ["JPCLN001", "JPCLN106", "JPCNN001"]
     assert list(f["sex"]) == ["M", "M", "F"]
     assert f["age"].iloc[0] == 53.0 and math.isnan(f["age"].iloc[1])
     assert (f["view"] == "PA").all() and f["split"].isna().all()

@@ -78,8 +78,11 @@ def test_join_labels_views_split_paths(tmp_path: Path) -> None:
     assert f.loc[2, "Atelectasis"] == -1.0 and f.loc[2, "Cardiomegaly"] == 1.0
     assert f.loc[2, "Consolidation"] == 0.0 and pd.isna(f.loc[2, "Edema"])
     assert f.loc[3, "Pneumonia"] == -1.0
+    # blank No Finding next to a positive or uncertain finding is negative
+    assert f["No Finding"].iloc[2:4].tolist() == [0.0, 0.0]
     # a study missing from the label file: unknown everywhere, not negative
     assert f.loc[4, list(mimic_cxr.LABELS)].isna().all()
+    assert f["sample_id"].iloc[0] == "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"
     assert f["path"].iloc[0] == str(
         tmp_path / "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"
     )

@@ -58,6 +58,7 @@ def test_priority_and_one_hot(tmp_path: Path) -> None:
     assert f.loc["d2", "view"] == "LATERAL" and f.loc["d3", "view"] == "AP"
     assert f.loc["d6", "patient_id"] == "10000004"
     assert f.loc["d1", "path"] == str(tmp_path / "files/p10/p10000001/s50000001/d1.jpg")
+    assert (f["sample_id"] == f.index).all()  # the dicom_id
     assert f["split"].isna().all()
 
 

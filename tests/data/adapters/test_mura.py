@@ -33,6 +33,7 @@ def test_labels_split_ids_paths(root):
     assert list(f["split"]) == ["trainval"] * 4 + ["test"]
     assert list(f["patient_id"]) == ["patient00001"] * 3 + ["patient00147", "patient11185"]
     assert f["study_id"].iloc[2] == "XR_HUMERUS/patient00001/study2"
+    assert f["sample_id"].iloc[2].startswith("MURA-v1.1/train/XR_HUMERUS/patient00001/study2_")
     assert f["path"].iloc[4] == str(
         root.resolve()
         / "MURA-v1.1"

@@ -54,6 +54,7 @@ def test_2017_layout_labels_ages_ids(tmp_path: Path) -> None:
     assert not f[list(nih.FINDINGS)].isna().any().any()
     assert f["split"].isna().all()
     assert f["path"].iloc[0] == str(tmp_path / "images" / "00000001_000.png")
+    assert f["sample_id"].tolist() == [r.split(",")[0] for r in ROWS_2017]
 
 
 def test_no_finding_option_and_gz_v2020(tmp_path: Path) -> None:
@@ -83,6 +84,20 @@ def test_kaggle_image_folders(tmp_path: Path) -> None:
     paths = nih.load(tmp_path).frame["path"].tolist()
     assert paths[0] == str(tmp_path / "images_001" / "images" / "00000001_000.png")
     assert paths[3] == str(tmp_path / "images_002" / "images" / "00000003_000.png")
+
+
+def test_sample_id_is_the_image_index_in_every_layout(tmp_path: Path) -> None:
+    from cxrbench.data.samples import LabelPolicy, build_samples
+
+    ids = {}
+    for i, layout in enumerate(("images", "images_001/images")):
+        root = tmp_path / f"variant{i}"
+        (root / layout).mkdir(parents=True)
+        _write_2017(root)
+        (root / layout / "00000001_000.png").write_bytes(b"")
+        samples, _ = build_samples(nih.load(root), LabelPolicy(views="all"), root=root)
+        ids[layout] = samples["sample_id"].tolist()
+    assert ids["images"] == ids["images_001/images"] == [r.split(",")[0] for r in ROWS_2017]
 
 
 def test_parse_age_units() -> None:

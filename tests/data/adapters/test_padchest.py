@@ -113,6 +113,7 @@ def test_labels_views_ages(tmp_path: Path) -> None:
     assert f["split"].isna().all()
     assert f["report"].iloc[0] == "sin hallazg patolog edad pacient ."
     assert f["path"].iloc[2] == str(tmp_path / "13" / ROWS[2][0])
+    assert f["sample_id"].iloc[2] == ROWS[2][0]
 
 
 def test_all_labels_option(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ def test_labels_patients_splits(tmp_path, nesting):
     }
     assert f["patient_id"].to_dict() == expected_patients
     assert f.loc["person1_virus_6.jpeg", "split"] == "test"
+    # the path inside chest_xray/, whatever folder holds chest_xray
+    assert f.loc["person1_virus_6.jpeg", "sample_id"] == "test/PNEUMONIA/person1_virus_6.jpeg"
     assert f.loc["person1946_bacteria_4874.jpeg", "split"] == "trainval"
     assert f.loc["IM-0115-0001.jpeg", "split"] == "trainval"
     assert f["Pneumonia"].sum() == 4 and f.loc["IM-0001-0001.jpeg", "Pneumonia"] == 0.0

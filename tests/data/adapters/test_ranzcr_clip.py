@@ -32,6 +32,7 @@ def test_labels_patients_paths(tmp_path):
     assert f.loc[1, "NGT - Incompletely Imaged"] == 1.0 and f.loc[2, "CVC - Borderline"] == 1.0
     assert list(f["patient_id"]) == ["ec89415d1", "bf4c6da3c", "ec89415d1"]
     assert f["path"].iloc[0] == str(tmp_path.resolve() / "train" / f"{U1}.jpg")
+    assert f["sample_id"].iloc[0] == U1 and f["sample_id"].iloc[2] == U3
     assert f["study_id"].iloc[2] == U3 and f["split"].isna().all() and f["view"].isna().all()
 
 

@@ -61,6 +61,7 @@ def test_majority_certainty_and_split(tmp_path: Path) -> None:
     assert f["split"].tolist() == ["test", "train", "val"]
     assert f["patient_id"].iloc[0] == "18004941" and f["study_id"].iloc[0] == "58821758"
     assert f.loc[D1, "path"] == str(tmp_path / f"files/p18/p18004941/s58821758/{D1}.jpg")
+    assert f.loc[D1, "sample_id"] == D1
     assert f["view"].isna().all()
 
 

@@ -52,6 +52,7 @@ def test_one_row_per_image_with_max_target(tmp_path):
     assert list(f["patient_id"]) == [A, B, C]
     assert list(f["Lung Opacity"]) == [0.0, 1.0, 0.0]
     assert f["path"].iloc[1] == str(tmp_path.resolve() / "stage_2_train_images" / f"{B}.dcm")
+    assert list(f["sample_id"]) == [A, B, C]
     assert f["split"].isna().all() and f["view"].isna().all()
 
 

@@ -30,6 +30,7 @@ def test_kaggle_table(tmp_path):
     assert list(f["sex"]) == ["M", "F", "M"]
     assert f["age"].iloc[1] == 3.0 and math.isnan(f["age"].iloc[2])
     assert f["path"].iloc[2] == str(tmp_path.resolve() / "images" / "images" / "CHNCXR_0400_1.png")
+    assert list(f["sample_id"]) == ["CHNCXR_0001_0", "CHNCXR_0327_1", "CHNCXR_0400_1"]
     assert (f["view"] == "PA").all() and f["split"].isna().all()
 
 

@@ -30,6 +30,7 @@ def test_labels_paths_and_fallback_ids(tmp_path):
     assert list(f["patient_id"]) == [REAL_ID, POS_ID, NEG_ID]  # no images: ImageId stands in
     assert list(f["Pneumothorax"]) == [0.0, 1.0, 0.0]
     assert f["path"].iloc[1] == str(tmp_path.resolve() / "dicom-images-train" / f"{POS_ID}.dcm")
+    assert list(f["sample_id"]) == [REAL_ID, POS_ID, NEG_ID]
     assert f["split"].isna().all()
 
 

@@ -66,6 +66,7 @@ def test_smear_labels_ids_demographics(tmp_path: Path) -> None:
     )  # 130: impossible
     assert f["split"].isna().all() and f["view"].isna().all()
     assert f["path"].iloc[0] == str(tmp_path.resolve() / "p1/st1/se1/i1.dcm")
+    assert f["sample_id"].iloc[0] == "p1/st1/se1/i1.dcm"
     assert raw.notes["dropped_outliers"] == "1"
 
 

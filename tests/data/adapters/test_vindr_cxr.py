@@ -44,6 +44,7 @@ def test_kaggle_majority_and_ties(tmp_path: Path) -> None:
     assert f.loc[C, "Cardiomegaly"] == 0.0
     assert (f["view"] == "PA").all() and f["split"].isna().all()
     assert f.loc[A, "path"] == str(tmp_path / "train" / f"{A}.dicom")
+    assert f.loc[A, "sample_id"] == A
 
 
 def _physionet(root: Path) -> None:
