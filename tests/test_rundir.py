@@ -344,3 +344,97 @@ def test_lock_is_released_after_use(tmp_path):
         pass
     with stage_lock(lock, what="demo"):
         pass
+
+
+# --- the layout: folder-safe names, nothing outside the run ------------------------------------
+
+
+@pytest.mark.parametrize("name", ["imagenet", "simclr", "Pleural Effusion", "finetune-f0.10-s1", "a_b+c=d.e"])
+def test_safe_names_stay_as_they_are(name):
+    assert rundir.safe_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["file:/w/enc.safetensors", "hf:org/model", "../../x", "/../../../../x", "..",
+                                  ".hidden", "a/b", "x" * 200, "trailing.", "tab\there"])
+def test_unsafe_names_become_one_path_component(name, tmp_path):
+    safe = rundir.safe_name(name)
+    assert rundir.is_safe_name(safe) and "/" not in safe and ":" not in safe and ".." not in safe
+    assert rundir.safe_name(name) == safe  # deterministic
+    assert rundir.safe_name(safe) == safe  # idempotent
+    layout = rundir.RunLayout(tmp_path)
+    assert layout.predictions("ds", name, "probe").parent.parent.parent == layout.predictions_root
+
+
+def test_different_unsafe_names_never_share_a_folder():
+    names = ["file:/a/enc.pt", "file:/b/enc.pt", "hf:org/enc", "hf:org-enc", "a/b", "a:b", "a b/"]
+    assert len({rundir.safe_name(n) for n in names}) == len(names)
+    assert rundir.safe_name("file:/a/enc.pt", readable="file-enc").startswith("file-enc-")
+
+
+def test_layout_refuses_paths_outside_the_run(tmp_path):
+    layout = rundir.RunLayout(tmp_path / "run")
+    assert layout.inside("comparisons/x.md") == tmp_path / "run" / "comparisons" / "x.md"
+    for bad in ("../x", tmp_path / "elsewhere", "comparisons/../../x"):
+        with pytest.raises(CxrbenchError, match="outside the run directory"):
+            layout.inside(bad)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "link").symlink_to(tmp_path)
+    with pytest.raises(CxrbenchError, match="outside the run directory"):
+        layout.inside("link/x")
+
+
+def test_stage_refuses_to_write_record_or_delete_outside_the_run(tmp_path):
+    run = tmp_path / "run"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    stage = Stage(run, "compare", run / "comparisons" / "manifest.json", settings={})
+    with pytest.raises(CxrbenchError, match="outside the run"):
+        with stage.open() as todo:
+            assert todo
+            stage.write_text(run / "comparisons" / ".." / ".." / "x.png", "no")
+    assert not (tmp_path / "x.png").exists()
+    with pytest.raises(CxrbenchError, match="outside the run"):
+        stage.record(victim)
+    # a manifest that lists an outside file (tampered, or written by an old version) never deletes it
+    Manifest(stage="compare", key="old", settings={}, outputs={"../victim.txt": "0"}, complete=True).write(
+        run / "comparisons" / "manifest.json")
+    with pytest.raises(CxrbenchError, match="outside the run"):
+        with Stage(run, "compare", run / "comparisons" / "manifest.json", settings={"n": 2}).open():
+            pass
+    assert victim.read_text() == "keep me"
+
+
+def test_a_truncated_output_is_not_up_to_date_and_is_redone(tmp_path):
+    run = tmp_path / "run"
+    out = run / "predictions" / "ds" / "enc" / "probe.parquet"
+
+    def write():
+        stage = Stage(run, "probe", manifest_path_for(out), settings={"a": 1})
+        with stage.open() as todo:
+            if todo:
+                stage.write_parquet(out, pd.DataFrame({"x": range(1000)}))
+        return stage
+
+    assert not write().skipped
+    assert write().skipped
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 2])  # truncated by a full disk, a bad copy, ...
+    with pytest.raises(CxrbenchError, match=r"has \d+ bytes, \d+ were written; rerun `cxrbench probe --force`"):
+        read_complete(run, manifest_path_for(out), what="predictions", hint="cxrbench probe")
+    again = write()
+    assert not again.skipped and pd.read_parquet(out)["x"].tolist() == list(range(1000))
+    out.write_bytes(data[:-8] + b"XXXXXXXX")  # same size, other bytes at the end
+    assert "changed after it was written" in Manifest.read(manifest_path_for(out)).intact(run)
+
+
+def test_clear_tree_removes_empty_parents_up_to_the_run(tmp_path):
+    layout = rundir.RunLayout(tmp_path / "run")
+    a = layout.checkpoints("finetune", "ds", "enc", "probe") / "key"
+    b = layout.checkpoints("finetune", "ds", "other", "probe") / "key"
+    for d in (a, b):
+        d.mkdir(parents=True)
+        (d / "last.pt").write_text("x")
+    rundir.clear_tree(layout, a.parent)
+    assert not a.parent.exists() and b.exists()
+    rundir.clear_tree(layout, b.parent)
+    assert not (tmp_path / "run" / "checkpoints").exists() and (tmp_path / "run").exists()

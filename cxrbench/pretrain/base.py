@@ -7,12 +7,19 @@ does the rest (precision, DDP, accumulation, schedule, checkpoints, the per-step
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from torch import nn
 
-from cxrbench.engine.data import Batch
-from cxrbench.engine.loop import Loss, Step, Task, TrainConfig
+from cxrbench.engine.data import Batch, EpochBatches
+from cxrbench.engine.device import Device
+from cxrbench.engine.distributed import Dist
+from cxrbench.engine.log import StepLog
+from cxrbench.engine.loop import Loss, Step, Task, TrainConfig, fit
+from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import Encoder
 
 
@@ -83,3 +90,35 @@ def train_config(method: type[Method], overrides: dict[str, Any]) -> TrainConfig
                        weight_decay=float(settings.get("weight_decay", 0.0)),
                        warmup_steps=int(settings.get("warmup_steps", 0)),
                        accumulate=int(settings.get("accumulate", 1)), drop_last=method.drop_last)
+
+
+def pretrain_loop(
+    method: Method,
+    images: np.ndarray,
+    rows: np.ndarray,
+    config: TrainConfig,
+    *,
+    seed: int,
+    device: Device,
+    checkpoint_dir: Path,
+    fields: Mapping[str, Any] | None = None,
+    checkpoint_every: int = 0,
+    advance: Callable[[int], None] = lambda n=1: None,
+    dist: Dist | None = None,
+    num_workers: int = 0,
+) -> tuple[list[float], StepLog]:
+    """Train ``method`` on cached ``images[rows]`` (plus per-row ``fields``); returns the mean loss
+    per epoch and the per-step log. Resumes from ``checkpoint_dir``; under DDP each rank holds its
+    slice of every batch (``Method.loss`` gathers what the loss needs from the whole batch)."""
+    dist = dist or Dist()
+    if len(rows) == 0:
+        raise CxrbenchError("pretraining needs images in the train split")
+    batch_size = min(config.batch_size, len(rows))
+    if dist.enabled and batch_size < dist.world_size:
+        raise CxrbenchError(f"batch size {batch_size} is smaller than the {dist.world_size} processes")
+    data = EpochBatches(images, rows, fields, seed=seed, batch_size=batch_size, epochs=config.epochs,
+                        drop_last=config.drop_last, shard=dist.shard if dist.enabled else None)
+    task = PretrainTask(method)
+    log = fit(task, data, config, seed=seed, device=device, checkpoint_dir=checkpoint_dir,
+              checkpoint_every=checkpoint_every, advance=advance, dist=dist, num_workers=num_workers)
+    return task.history, log

@@ -12,15 +12,13 @@ import torch
 from cxrbench.console import progress
 from cxrbench.data.prepared import load_prepared
 from cxrbench.engine import distributed
-from cxrbench.engine.data import EpochBatches
 from cxrbench.engine.device import Device, batch_workers
-from cxrbench.engine.loop import fit
 from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import save_encoder
 from cxrbench.models.sources import builtin_names, is_builtin, resolve_encoder
 from cxrbench.models.sources.base import DEFAULT_ARCH
 from cxrbench.pretrain import get_method
-from cxrbench.pretrain.base import PretrainTask, train_config
+from cxrbench.pretrain.base import pretrain_loop, train_config
 from cxrbench.rundir import Manifest, RunLayout, Stage, clear_tree, is_safe_name, layout_of
 
 
@@ -58,7 +56,7 @@ def pretrain(
     not complete. ``num_workers``: cache-reading processes (None: 4 on CUDA, 0 on CPU).
     """
     layout = layout_of(run)
-    method_cls = get_method(method)
+    method_name, method_cls = method, get_method(method)
     name = check_name(name or method)
     options = dict(options or {})
     config = train_config(method_cls, {"epochs": epochs, "batch_size": batch_size, "lr": lr})
@@ -66,7 +64,7 @@ def pretrain(
     hw = Device.choose(device, precision=precision)
     workers = batch_workers(num_workers, hw)
     settings = {
-        "method": method, "dataset": dataset, "arch": arch or DEFAULT_ARCH, "init": init,
+        "method": method_name, "dataset": dataset, "arch": arch or DEFAULT_ARCH, "init": init,
         "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "options": options,
     }
     prepared = load_prepared(layout, dataset)
@@ -76,34 +74,29 @@ def pretrain(
                   inputs=[prepared.manifest, *init_spec.inputs], extra_inputs=init_spec.extra_inputs, seed=seed,
                   what=f"pretrained encoder '{name}'")
     checkpoints = layout.checkpoints("pretrain", name)
-    task: PretrainTask | None = None
+    method: Any = None
 
     def train():
-        nonlocal task
+        nonlocal method
         size = int(prepared.manifest.settings["image"]["size"])
         encoder = init_spec.build(input_size=size, seed=seed)
         torch.manual_seed(seed)  # the method's own layers (projection head) start the same in every run
-        task = PretrainTask(method_cls(encoder, **options))
-        rows = prepared.split("train")["cache_index"].to_numpy(dtype=np.int64)
-        if len(rows) == 0:
-            raise CxrbenchError("pretraining needs images in the train split")
-        batch = min(config.batch_size, len(rows))
-        if dist.enabled and batch < dist.world_size:
-            raise CxrbenchError(f"batch size {batch} is smaller than the {dist.world_size} processes")
-        fields = {f: prepared.split("train")[f].to_numpy() for f in method_cls.fields}
-        data = EpochBatches(prepared.images(), rows, fields, seed=seed, batch_size=batch, epochs=config.epochs,
-                            drop_last=config.drop_last, shard=dist.shard if dist.enabled else None)
-        bar = progress(len(data), f"pretrain {name}") if dist.is_main else None
+        method = method_cls(encoder, **options)
+        train_rows = prepared.split("train")
+        rows = train_rows["cache_index"].to_numpy(dtype=np.int64)
+        steps = config.epochs * (len(rows) // max(min(config.batch_size, len(rows)), 1))
+        bar = progress(steps, f"pretrain {name}") if dist.is_main else None
         with bar if bar is not None else contextlib.nullcontext(lambda n=1: None) as advance:
-            return fit(task, data, config, seed=seed, device=hw,
-                       checkpoint_dir=checkpoints / stage.key[:16], advance=advance, dist=dist,
-                       num_workers=workers)
+            return pretrain_loop(method, prepared.images(), rows, config, seed=seed, device=hw,
+                                 checkpoint_dir=checkpoints / stage.key[:16], advance=advance, dist=dist,
+                                 num_workers=workers, fields={f: train_rows[f].to_numpy() for f in method_cls.fields})
 
-    def write(log) -> None:
-        for path in save_encoder(task.model.encoder, home, extra={"method": method, "dataset": dataset}):
+    def write(result) -> None:
+        history, log = result
+        for path in save_encoder(method.encoder, home, extra={"method": method_name, "dataset": dataset}):
             stage.record(path)
         stage.record(log.write(layout.training_log("pretrain", name)))
-        stage.extra["loss_per_epoch"] = [round(v, 6) for v in task.history]
+        stage.extra["loss_per_epoch"] = [round(v, 6) for v in history]
         stage.extra["world_size"] = dist.world_size
         stage.extra["precision"] = hw.precision
         clear_tree(layout, checkpoints)

@@ -12,16 +12,10 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from cxrbench.adapt.finetune import (
-    RECIPES,
-    _loss,
-    finetune_loop,
-    mean_auc,
-    positive_weights,
-    recipe,
-)
+from cxrbench.adapt.finetune import RECIPES, _loss, finetune_loop, positive_weights, recipe
+from cxrbench.engine.device import Device
 from cxrbench.errors import CxrbenchError
-from cxrbench.training import Device, EpochBatches, RowBatches, batches, epoch_order, loader
+from cxrbench.stats.auc import mean_auc
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -131,7 +125,7 @@ def _run(tmp_path: Path, targets: np.ndarray, *, task: str, **settings):
 def test_early_stopping_stops_patience_epochs_after_the_best(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     targets = (rng.random((48, 2)) < 0.5).astype(np.float32)  # noise: val AUC peaks early
-    best, history = _run(tmp_path, targets, task="multilabel", epochs=30, patience=2)
+    best, history, _ = _run(tmp_path, targets, task="multilabel", epochs=30, patience=2)
     aucs = [h["val_auc"] for h in history]
     best_epoch = int(np.argmax(aucs))  # first maximum, as selection keeps the earlier epoch on ties
     assert len(history) < 30
@@ -145,7 +139,7 @@ def test_multiclass_path_trains_and_predicts_softmax(tmp_path: Path) -> None:
 
     classes = np.arange(48) % 3
     targets = np.eye(3, dtype=np.float32)[classes]
-    best, history = _run(tmp_path, targets, task="multiclass", epochs=2, weighted_loss=True)
+    best, history, _ = _run(tmp_path, targets, task="multiclass", epochs=2, weighted_loss=True)
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
     model = _model(3)
     model.load_state_dict(best)
@@ -154,66 +148,7 @@ def test_multiclass_path_trains_and_predicts_softmax(tmp_path: Path) -> None:
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 
-# ------------------------------------------------------------------ batch loading
-def test_epoch_batches_follow_the_plan_and_workers_do_not_change_them(tmp_path: Path) -> None:
-    images = _images(30, 8)
-    path = tmp_path / "images.npy"
-    np.save(path, images)
-    mm = np.load(path, mmap_mode="r")
-    rows = np.arange(29, -1, -1)
-    targets = np.random.default_rng(1).random((30, 2)).astype(np.float32)
-    data = EpochBatches(images, rows, targets, seed=5, batch_size=7, epochs=2)
-    assert len(data) == 2 * 5
-    plan = [batches(epoch_order(30, seed=5, epoch=e), 7) for e in range(2)]
-    got = list(loader(data, start=3))
-    assert [(e, s) for e, s, _, _ in got] == [(e, s) for e in range(2) for s in range(5)][3:]
-    for epoch, step, block, tgt in got:
-        idx = plan[epoch][step]
-        np.testing.assert_array_equal(block.numpy(), images[rows[idx]])
-        np.testing.assert_array_equal(tgt.numpy(), targets[idx])
-    data_mm = EpochBatches(mm, rows, targets, seed=5, batch_size=7, epochs=2)
-    assert data_mm._cache_dir == tmp_path  # reopened in workers, never pickled
-    assert data_mm.__getstate__()["_images"] is None
-    rows_only = RowBatches(images, rows, batch_size=4)
-    assert [b.shape[0] for b in loader(rows_only)] == [4] * 7 + [2]
-
-
-def test_two_workers_give_the_same_batches_as_none(tmp_path: Path) -> None:
-    from cxrbench.data.cache import STATE_FILE, open_cache
-
-    images = _images(40, 8)
-    np.save(tmp_path / "images.npy", images)
-    np.save(tmp_path / "done.npy", np.ones(40, np.uint8))
-    (tmp_path / STATE_FILE).write_text("{}")
-    mm = open_cache(tmp_path)
-    data = EpochBatches(mm, np.arange(40), np.zeros((40, 1), np.float32), seed=2, batch_size=6, epochs=2)
-    serial = [(e, s, b.numpy().copy()) for e, s, b, _ in loader(data, start=2)]
-    parallel = [(e, s, b.numpy().copy()) for e, s, b, _ in loader(data, start=2, num_workers=2)]
-    assert [x[:2] for x in serial] == [x[:2] for x in parallel]
-    for (_, _, a), (_, _, b) in zip(serial, parallel, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_num_workers_is_validated() -> None:
-    with pytest.raises(CxrbenchError, match="num_workers"):
-        loader(RowBatches(_images(4), np.arange(4), batch_size=2), num_workers=-1)
-
-
-# ------------------------------------------------------------------ precision and loss scaling
-def test_precision_defaults_and_errors() -> None:
-    from cxrbench.errors import CxrbenchError
-
-    cpu = Device.choose("cpu")
-    assert (cpu.precision, cpu.amp, cpu.grad_scaler().is_enabled()) == ("fp32", False, False)
-    half = Device.choose("cpu", precision="fp16")
-    assert half.amp and half.grad_scaler().is_enabled()
-    with half.autocast():
-        assert nn.Linear(4, 2)(torch.ones(1, 4)).dtype == torch.float16
-    assert not Device.choose("cpu", precision="bf16").grad_scaler().is_enabled()  # bf16 needs no scaling
-    with pytest.raises(CxrbenchError, match="must be one of fp32, bf16, fp16"):
-        Device.choose("cpu", precision="fp8")
-
-
+# ------------------------------------------------------------------ loss scaling on resume
 class _Stop(Exception):
     pass
 
@@ -236,7 +171,7 @@ def test_fp16_run_interrupted_after_a_checkpoint_resumes_to_the_same_weights(
                              task="multilabel", seed=0, device=half, checkpoint_dir=directory, checkpoint_every=3,
                              advance=advance)
 
-    reference, _ = run(tmp_path / "whole")
+    reference, _, _ = run(tmp_path / "whole")
     calls = []
 
     def kill_after_step_3(n: int = 1) -> None:
@@ -248,7 +183,7 @@ def test_fp16_run_interrupted_after_a_checkpoint_resumes_to_the_same_weights(
         run(tmp_path / "cut", kill_after_step_3)
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert saved["step"] == 3 and set(saved["scaler"]) >= {"scale", "_growth_tracker"}
-    resumed, _ = run(tmp_path / "cut")
+    resumed, _, _ = run(tmp_path / "cut")
     final = [torch.load(tmp_path / d / "last.pt", weights_only=True)["scaler"] for d in ("whole", "cut")]
     assert final[0] == final[1] and final[0]["scale"] > 2.0**4
     assert resumed.keys() == reference.keys()

@@ -187,7 +187,7 @@ def test_vit_round_trip_keeps_input_size(tmp_path):
 def test_unknown_run_output_lists_choices(tmp_path):
     with pytest.raises(CxrbenchError, match="no pretrain output") as err:
         create_encoder("byol", run_dir=tmp_path)
-    assert "imagenet, dinov2, random" in err.value.message
+    assert "dinov2, imagenet, random" in err.value.message
     with pytest.raises(CxrbenchError, match="input_size"):
         create_encoder("random", input_size=0)
 

@@ -202,7 +202,7 @@ def main() -> None:
     import torch
 
     from cxrbench.models.encoders import create_encoder
-    from cxrbench.training import Device
+    from cxrbench.engine.device import Device
 
     torch.set_num_threads(args.threads)
     if args.device not in (None, "cpu") and not args.device.startswith("cuda"):

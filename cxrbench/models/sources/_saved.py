@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.models.sources.base import EncoderSpec, WeightSpec, build_timm, split_arch
+from cxrbench.models.sources.base import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, WeightSpec, build_timm, split_arch
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,11 @@ def saved_spec(name: str, directory: Path, *, arch: str | None, source: str, wei
     meta_path = directory / ENCODER_META
     try:
         meta = json.loads(meta_path.read_text())
-        recorded, mean, std = str(meta["arch"]), tuple(meta["mean"]), tuple(meta["std"])
-        size = int(meta["input_size"])
+        recorded = str(meta["arch"])
+        if weights.present:  # without weights the spec only says what is missing (weights check)
+            mean, std, size = tuple(meta["mean"]), tuple(meta["std"]), int(meta["input_size"])
+        else:
+            mean, std, size = IMAGENET_MEAN, IMAGENET_STD, 224
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise CxrbenchError(f"{meta_path} is not a valid encoder description ({exc})") from None
     bare, _ = split_arch(arch or recorded)

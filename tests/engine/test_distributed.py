@@ -1,5 +1,5 @@
 """DDP finetuning on CPU (gloo, 2 processes under torchrun) against a single-process run, and the
-rank bookkeeping of ``cxrbench.distributed``."""
+rank bookkeeping of ``cxrbench.engine.distributed``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cxrbench.distributed import Dist, setup
+from cxrbench.engine.distributed import Dist, setup
 from cxrbench.rundir import Manifest
 from tests.stages.conftest import cli, phantom_run, run_copy  # noqa: F401  (fixtures)
 
@@ -60,7 +60,8 @@ def _torchrun_and_single(run: Path, single: Path, args: list[str]) -> None:
            "-m", "cxrbench", *args, "--device", "cpu"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("wrote ") == 1  # rank 0 alone reports (and writes) the result
+    wrote = [line for line in done.stdout.splitlines() if line.startswith("wrote ")]
+    assert wrote and len(wrote) == len(set(wrote))  # rank 0 alone reports (and writes) the result
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -74,8 +75,8 @@ def test_torchrun_two_cpu_ranks_equal_single_process(run_copy: Path, tmp_path: P
     _torchrun_and_single(run_copy, single, ARGS)
     manifest = Manifest.read(run_copy / MANIFEST)
     assert manifest.complete and manifest.extra["world_size"] == 2
-    assert set(manifest.outputs) == {OUT, WEIGHTS}
-    assert not (run_copy / "checkpoints/synthetic/random/finetune").exists()
+    assert set(manifest.outputs) == {OUT, WEIGHTS, "logs/finetune/synthetic/random/finetune-f0.25-s0.parquet"}
+    assert not (run_copy / "checkpoints").exists()
     assert not list(run_copy.rglob(".*.tmp-*"))
 
     reference = Manifest.read(single / MANIFEST)
@@ -101,7 +102,7 @@ def test_torchrun_two_cpu_ranks_pretrain_equals_single_process(run_copy: Path, t
     _torchrun_and_single(run_copy, single, PRETRAIN)
     manifest = Manifest.read(run_copy / "encoders/ddp-simclr/manifest.json")
     assert manifest.complete and manifest.extra["world_size"] == 2
-    assert not (run_copy / "encoders/ddp-simclr/checkpoints").exists()
+    assert not (run_copy / "checkpoints").exists()
     reference = Manifest.read(single / "encoders/ddp-simclr/manifest.json")
     assert reference.key == manifest.key
     assert manifest.extra["loss_per_epoch"] == pytest.approx(reference.extra["loss_per_epoch"], rel=1e-4)

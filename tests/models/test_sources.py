@@ -1,11 +1,24 @@
-"""Offline weight resolution: names -> hub repos, cache presence, fetch commands, clear errors."""
+"""The encoder-source registry: names -> sources and hub repos, offline weight presence, fetch
+commands, folder names and stage identity, clear one-line errors."""
 
 from __future__ import annotations
 
 import pytest
+from cxrbench.models.sources import builtin_names, check_weights, is_builtin, resolve_encoder
+
+
+def resolve(name, arch=None, run_dir=None):
+    return resolve_encoder(name, arch=arch, run=run_dir)
+
+
+def weight_spec(name, arch=None, run_dir=None):
+    return resolve_encoder(name, arch=arch, run=run_dir).weights
+
+
+def require_weights(name, arch=None, run_dir=None):
+    return resolve_encoder(name, arch=arch, run=run_dir).require().weights
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.models.weights import check_weights, require_weights, resolve, weight_spec
 
 
 def test_default_sources_resolve_to_documented_hub_repos():
@@ -17,7 +30,7 @@ def test_default_sources_resolve_to_documented_hub_repos():
     )
     assert resolve("imagenet", arch="resnet50.a1_in1k").hub_repo == "timm/resnet50.a1_in1k"
     assert resolve("dinov2").hub_repo == "timm/vit_base_patch14_dinov2.lvd142m"
-    assert resolve("random").kind == "random" and resolve("random").arch == "resnet50"
+    assert resolve("random").source == "random" and resolve("random").arch == "resnet50"
 
 
 def test_missing_weights_name_the_fetch_command(hub_cache):
@@ -84,4 +97,53 @@ def test_bad_names_are_one_line_errors(name, arch, match, tmp_path):
 def test_check_weights_dedupes_in_order(hub_cache):
     hub_cache("resnet18.tv_in1k")
     specs = check_weights([("imagenet", "resnet18"), ("random", None), ("imagenet", "resnet18")])
+    assert len(specs) == 2
     assert [(s.encoder, s.present) for s in specs] == [("imagenet", True), ("random", True)]
+
+
+def test_each_source_claims_its_names_and_the_run_is_the_fallback(tmp_path):
+    assert builtin_names() == ["dinov2", "imagenet", "random"]
+    assert is_builtin("imagenet") and is_builtin("file:/w/x.pt") and not is_builtin("simclr")
+    with pytest.raises(CxrbenchError, match="unknown encoder 'simclr': no pretrain output"):
+        resolve("simclr", run_dir=tmp_path)
+
+
+def test_input_size_and_normalisation_come_from_the_source():
+    dino = resolve("dinov2")
+    assert dino.input_size == 224  # the paper's resolution, stated by the dinov2 source (timm says 518)
+    vit = resolve("imagenet", arch="vit_base_patch16_224")
+    assert (vit.mean, vit.std, vit.input_size) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 224)
+    assert resolve("random", arch="resnet18").mean == (0.485, 0.456, 0.406)
+
+
+def test_folder_names_are_folder_safe_and_distinct(tmp_path):
+    a, b = tmp_path / "a" / "enc.safetensors", tmp_path / "b" / "enc.safetensors"
+    fa, fb = resolve(f"file:{a}").folder, resolve(f"file:{b}").folder
+    assert fa != fb and fa.startswith("file-enc-") and "/" not in fa and ":" not in fa
+    assert resolve("imagenet").folder == "imagenet"
+
+
+def test_file_identity_follows_the_weights_content(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"one")
+    first = resolve(f"file:{path}", arch="resnet18")
+    path.write_bytes(b"two")
+    second = resolve(f"file:{path}", arch="resnet18")
+    assert first.settings == second.settings and first.extra_inputs != second.extra_inputs
+
+
+def test_a_run_output_is_keyed_on_its_pretrain_manifest(tmp_path):
+    from cxrbench.rundir import Stage
+
+    run = tmp_path / "run"
+    home = run / "encoders" / "moco"
+    stage = Stage(run, "pretrain", home / "manifest.json", settings={"x": 1})
+    with stage.open() as todo:
+        assert todo
+        for name, text in (("encoder.json", '{"arch": "resnet18", "mean": [0.5, 0.5, 0.5], '
+                                            '"std": [0.5, 0.5, 0.5], "input_size": 32}'),
+                           ("encoder.safetensors", "x")):
+            stage.write_text(home / name, text)
+    spec = resolve("moco", run_dir=run)
+    assert spec.weights.present and spec.input_size == 32 and spec.mean == (0.5, 0.5, 0.5)
+    assert spec.inputs[0].key == stage.manifest.key
