@@ -9,7 +9,7 @@ import pandas as pd
 from cxrbench.console import info
 from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import Manifest, Stage
-from cxrbench.stages.evaluate import load_metrics, load_predictions, prediction_files
+from cxrbench.stages.evaluate import EVALUATION, REPLICATES, load_metrics, load_predictions, prediction_files
 
 COMPARISONS = "comparisons"
 FORMATS = ("md", "csv", "tex", "html")
@@ -53,11 +53,12 @@ def compare(
                             cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
             for dataset, preds in load_predictions(prediction_files(run)).items():
-                if baseline not in set(preds["encoder"]):
+                if baseline not in set(preds["encoder"].unique()):
                     info(f"[yellow]skipping {dataset}: no predictions of baseline '{baseline}'[/]")
                     continue
                 table, notes = compare_dataset(preds, baseline=baseline, n_boot=n_boot, seed=seed,
-                                               cluster=cluster, test=test, correction=correction, alpha=alpha)
+                                               cluster=cluster, test=test, correction=correction, alpha=alpha,
+                                               cache=Path(run) / EVALUATION / REPLICATES / dataset)
                 for message in notes:
                     info(f"[yellow]warning:[/] {dataset}: {message}")
                 comparisons[dataset] = table

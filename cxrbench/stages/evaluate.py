@@ -16,6 +16,7 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import Manifest, Stage, file_hash, manifest_path_for, read_complete
 
 EVALUATION = "evaluation"
+REPLICATES = "replicates"  # RUN/evaluation/replicates/DATASET/<key>.npz: bootstrap cache shared with compare
 
 
 def prediction_files(run: Path) -> list[Path]:
@@ -66,7 +67,8 @@ def evaluate(run: Path, *, n_boot: int = 1000, seed: int = 0, cluster: str = "im
         if todo:
             tables, warnings = [], []
             for dataset, preds in load_predictions(files).items():
-                metrics, notes = evaluate_dataset(preds, n_boot=n_boot, seed=seed, cluster=cluster)
+                metrics, notes = evaluate_dataset(preds, n_boot=n_boot, seed=seed, cluster=cluster,
+                                                  cache=home / REPLICATES / dataset)
                 tables.append(metrics.assign(dataset=dataset))
                 warnings += [f"{dataset}: {n}" for n in notes]
             metrics = pd.concat(tables, ignore_index=True)
