@@ -6,6 +6,7 @@ and returns the paths; the numerical parts (weighted ROC, ROC band) are plain nu
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,10 +28,11 @@ from cxrbench.report.tables import (  # noqa: E402
     fmt_ci,
     require_columns,
 )
+from cxrbench.stats.auc import ScoreLayout  # noqa: E402
 
 PREDS_COLUMNS = ("encoder", "adaptation", "label", "y_true", "y_score")
 BASELINE_COLOR = "0.25"
-_CHUNK = 64  # bootstrap replicates processed at once (bounds memory at _CHUNK x n floats)
+_CHUNK = 64  # bootstrap replicates drawn at once (bounds the int64 draws at _CHUNK x n)
 
 
 # --------------------------------------------------------------------------- numerics
@@ -92,19 +94,88 @@ def _tpr_on_grid(fpr: np.ndarray, tpr: np.ndarray, grid: np.ndarray) -> np.ndarr
     return tpr[idx] + slope * (grid - fpr[idx])
 
 
-def _bootstrap_weights(
-    rng: np.random.Generator, n_boot: int, groups: np.ndarray | None, n: int
-) -> np.ndarray:
-    """Return (n_boot, n) resampling counts; with ``groups`` whole groups are drawn together."""
+_WEIGHTS: dict[str, object] = {}  # the last replicate weights made, reused by the next band
+
+
+def _groups_digest(groups: np.ndarray | None) -> str | None:
+    """Return a content hash of the group labels (None without groups)."""
+    if groups is None:
+        return None
+    digest = hashlib.blake2b(pd.util.hash_array(np.asarray(groups, dtype=object)).tobytes(), digest_size=16)
+    return digest.hexdigest()
+
+
+def _replicate_weights(n: int, n_boot: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
+    """Return (n, n_boot) float32 resampling counts; with ``groups`` whole groups are drawn together.
+
+    Replicate b draws ``rng.integers(0, n_groups, n_groups)`` from ``default_rng(seed)`` (groups in
+    sorted order), so every model and label of the same test samples shares the same resamples; the
+    last matrix made is kept and reused (plot_roc draws every model and label with the same one).
+    """
+    key = (n, n_boot, seed, _groups_digest(groups))
+    if _WEIGHTS.get("key") == key:
+        return _WEIGHTS["weights"]  # type: ignore[return-value]
     if groups is None:
         inverse, n_groups = None, n
     else:
         _, inverse = np.unique(groups, return_inverse=True)
         n_groups = int(inverse.max()) + 1
-    draws = rng.integers(0, n_groups, size=(n_boot, n_groups))
-    flat = (np.arange(n_boot)[:, None] * n_groups + draws).ravel()
-    counts = np.bincount(flat, minlength=n_boot * n_groups).reshape(n_boot, n_groups)
-    return (counts if inverse is None else counts[:, inverse]).astype(float)
+    rng = np.random.default_rng(seed)
+    weights = np.empty((n, n_boot), dtype=np.float32)
+    for start in range(0, n_boot, _CHUNK):  # the draws' stream does not depend on the chunking
+        b = min(_CHUNK, n_boot - start)
+        draws = rng.integers(0, n_groups, size=(b, n_groups))
+        flat = (np.arange(b)[:, None] * n_groups + draws).ravel()
+        counts = np.bincount(flat, minlength=b * n_groups).reshape(b, n_groups).T
+        weights[:, start : start + b] = counts if inverse is None else counts[inverse]
+    _WEIGHTS.clear()
+    _WEIGHTS.update(key=key, weights=weights)
+    return weights
+
+
+def _replicate_curves(
+    y: np.ndarray, s: np.ndarray, weights: np.ndarray, grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (curves (B, grid), aucs (B,)) of every replicate at once; NaN rows lack a class.
+
+    One sort of the scores and one sparse product give, per replicate and distinct positive score
+    u, the positive weight P at u, the negative weight T tied with it and the weights strictly
+    above it; u's piece of the ROC curve runs from (FP above, TP above) to (FP above + T, TP above
+    + P) (a diagonal when T > 0, else vertical), and horizontal runs join the pieces. The TPR at
+    FPR g is then read from the last piece starting at or before g: linear along it, its top
+    beyond it, exactly as the curve drawn through every threshold (``_tpr_on_grid``).
+    """
+    layout = ScoreLayout(y.astype(bool), s)
+    grouped = (layout.matrix(y.size, np.float32) @ weights).astype(np.float64)  # exact integer sums
+    u, n_boot, k = layout.n_groups, weights.shape[1], grid.size
+    pp, gaps, tied = grouped[:u], grouped[u : 2 * u + 1], grouped[2 * u + 1 : 3 * u + 1]
+    below = gaps[:u].copy()  # negative weight strictly below each positive score (rows: ascending)
+    below[1:] += tied[: u - 1]
+    np.cumsum(below, axis=0, out=below)
+    wp = pp.sum(0)
+    wn = gaps.sum(0) + tied.sum(0)
+    valid = (wp > 0) & (wn > 0)
+    safe_wp, safe_wn = np.where(valid, wp, 1.0), np.where(valid, wn, 1.0)
+    aucs = np.where(valid, np.einsum("ub,ub->b", pp, below + 0.5 * tied) / (safe_wp * safe_wn), np.nan)
+    fp0 = wn - below
+    fp0 -= tied  # negative weight strictly above each positive score
+    f0 = fp0 / safe_wn  # FPR where each piece starts; falls as the score rises
+    # pieces starting at or before g: count them by the first grid point each start reaches
+    first = np.searchsorted(grid, f0, side="left")  # (u, B): grid index k with grid[k] >= start
+    counts = np.bincount((first + np.arange(n_boot) * (k + 1)).ravel(), minlength=n_boot * (k + 1))
+    n_started = np.cumsum(counts.reshape(n_boot, k + 1)[:, :k], axis=1)  # (B, grid)
+    # the last of them, in descending score order, is the one with the lowest score among them
+    at = np.minimum(u - n_started, u - 1) * n_boot + np.arange(n_boot)[:, None]  # flat (u, B) index
+    a0 = f0.ravel()[at]
+    a1 = (fp0.ravel()[at] + tied.ravel()[at]) / safe_wn[:, None]
+    tp0 = wp[:, None] - np.cumsum(pp, axis=0).ravel()[at]  # positive weight strictly above the piece
+    b0 = tp0 / safe_wp[:, None]
+    b1 = (tp0 + pp.ravel()[at]) / safe_wp[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inside = np.where(grid < a1, b0 + (b1 - b0) / (a1 - a0) * (grid - a0), b1)
+    curves = np.where(n_started > 0, inside, 0.0)
+    curves[~valid] = np.nan
+    return curves, aucs
 
 
 def roc_band(
@@ -134,22 +205,12 @@ def roc_band(
             raise CxrbenchError("groups must be as long as y_true")
     fpr, tpr = roc_points(y, s)
     grid = np.linspace(0.0, 1.0, 201) if grid is None else np.asarray(grid, dtype=float)
-    order, y_sorted, ends = _sorted_blocks(y, s)
-    rng = np.random.default_rng(seed)
-    curves = np.full((n_boot, grid.size), np.nan)
-    aucs = np.full(n_boot, np.nan)
-    for start in range(0, n_boot, _CHUNK):
-        stop = min(start + _CHUNK, n_boot)
-        weights = _bootstrap_weights(rng, stop - start, groups, y.size)[:, order]
-        b_fpr, b_tpr = _rates(weights, y_sorted, ends)
-        for i in range(stop - start):
-            if np.isfinite(b_fpr[i, -1]) and np.isfinite(b_tpr[i, -1]):
-                curves[start + i] = _tpr_on_grid(b_fpr[i], b_tpr[i], grid)
-                aucs[start + i] = np.trapezoid(b_tpr[i], b_fpr[i])
+    weights = _replicate_weights(y.size, int(n_boot), seed, groups)
+    curves, aucs = _replicate_curves(y, s, weights, grid)
     if np.isnan(aucs).all():
         raise CxrbenchError("every bootstrap replicate lacked positives or negatives")
     tail = (1.0 - float(level)) / 2.0
-    low, high = np.nanquantile(curves, [tail, 1.0 - tail], axis=0)
+    low, high = np.quantile(curves[~np.isnan(aucs)], [tail, 1.0 - tail], axis=0)  # rows: whole or NaN
     auc_low, auc_high = np.nanquantile(aucs, [tail, 1.0 - tail])
     return {
         "fpr": fpr,
