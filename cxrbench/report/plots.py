@@ -2,14 +2,21 @@
 
 Each plot function writes ``<stem>.png`` and ``<stem>.pdf`` with the Agg backend (no display needed)
 and returns the paths; the numerical parts (weighted ROC, ROC band) are plain numpy, tested alone.
+With ``cache=FOLDER`` a plot whose inputs did not change since it was last drawn is copied from
+``FOLDER`` instead of drawn again (see ``_cached``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterator
+import inspect
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -82,6 +89,15 @@ def roc_points(
     order, y_sorted, ends = _sorted_blocks(y, s)
     fpr, tpr = _rates(w[order][None, :], y_sorted, ends)
     return fpr[0], tpr[0]
+
+
+def _corners(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the curve without the points inside straight horizontal or vertical runs (same line)."""
+    keep = np.ones(fpr.size, dtype=bool)
+    flat = (fpr[:-2] == fpr[1:-1]) & (fpr[1:-1] == fpr[2:])
+    flat |= (tpr[:-2] == tpr[1:-1]) & (tpr[1:-1] == tpr[2:])
+    keep[1:-1] = ~flat
+    return fpr[keep], tpr[keep]
 
 
 def _tpr_on_grid(fpr: np.ndarray, tpr: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -228,6 +244,74 @@ def roc_band(
 # --------------------------------------------------------------------------- helpers
 
 
+PLOTS_VERSION = 1  # bump when a figure's drawing changes, so cached figures are drawn again
+_KEEP_CACHED = 256  # newest files kept in a plot cache folder
+
+
+def _digest_value(h: Any, value: Any) -> None:
+    """Feed one argument into the hash: frames by content (columns, dtypes, rows), others by repr."""
+    if isinstance(value, pd.DataFrame):
+        h.update(repr([(str(c), str(t)) for c, t in value.dtypes.items()]).encode())
+        h.update(pd.util.hash_pandas_object(value, index=False).to_numpy().tobytes())
+    else:
+        h.update(repr(value).encode())
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cached(fn: Callable[..., list[Path]]) -> Callable[..., list[Path]]:
+    """Let ``fn`` take ``cache=FOLDER``: reuse the files drawn before from the same inputs.
+
+    The key hashes the function name, ``PLOTS_VERSION``, matplotlib's version and every argument
+    but ``out_stem`` (frames by content); a hit copies ``FOLDER/<key>.png|.pdf`` to the stem's
+    paths, a miss draws and then stores copies there (atomically; the newest files are kept).
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, cache: str | os.PathLike | None = None, **kwargs: Any) -> list[Path]:
+        if cache is None:
+            return fn(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        stem = Path(bound.arguments["out_stem"])
+        h = hashlib.blake2b(digest_size=20)
+        h.update(repr((fn.__name__, PLOTS_VERSION, matplotlib.__version__)).encode())
+        for name, value in bound.arguments.items():
+            if name != "out_stem":
+                h.update(name.encode())
+                _digest_value(h, value)
+        key, folder = h.hexdigest(), Path(cache)
+        paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
+        stored = [folder / f"{key}{ext}" for ext in (".png", ".pdf")]
+        if all(p.is_file() for p in stored):
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            for src, dst in zip(stored, paths, strict=True):
+                _copy_atomic(src, dst)
+            return paths
+        written = fn(*args, **kwargs)
+        if written:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                for src, dst in zip(written, stored, strict=True):
+                    _copy_atomic(src, dst)
+                old = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)[_KEEP_CACHED:]
+                for stale in old:
+                    stale.unlink(missing_ok=True)
+            except OSError:
+                pass  # a cache: failing to fill it only costs drawing the plot next time
+        return written
+
+    return wrapper
+
+
 @contextmanager
 def _figure(figsize: tuple[float, float]) -> Iterator[tuple[plt.Figure, plt.Axes]]:
     """Yield a new figure and axes, closed on leaving the block whatever happens."""
@@ -270,7 +354,7 @@ def _model_names(frame: pd.DataFrame) -> pd.Series:
 
 
 def _unique_in_order(values: pd.Series) -> list[str]:
-    return list(dict.fromkeys(values.astype(str)))
+    return [str(v) for v in pd.unique(values.astype(str))]
 
 
 def _palette(models: list[str], baseline_models: set[str]) -> dict[str, object]:
@@ -287,6 +371,7 @@ def _palette(models: list[str], baseline_models: set[str]) -> dict[str, object]:
 # --------------------------------------------------------------------------- forest plot
 
 
+@_cached
 def plot_forest(comparison: pd.DataFrame, out_stem: Path, *, title: str = "") -> list[Path]:
     """Return [png, pdf] of a forest plot: delta AUC with CI per label (mean last), one marker per model.
 
@@ -360,6 +445,7 @@ def plot_forest(comparison: pd.DataFrame, out_stem: Path, *, title: str = "") ->
 # --------------------------------------------------------------------------- ROC curves
 
 
+@_cached
 def plot_roc(
     preds: pd.DataFrame,
     *,
@@ -384,20 +470,32 @@ def plot_roc(
         raise CxrbenchError(f"preds has no test rows with a known y_true for label {label!r}")
     data = data.assign(_model=_model_names(data))
 
-    models = _unique_in_order(data["_model"])
+    codes, uniques = pd.factorize(data["_model"])  # models in order of appearance
+    models = [str(m) for m in uniques]
     colors = _palette(models, set(data.loc[data["encoder"].astype(str) == baseline, "_model"]))
+    # rows of each model, by sample_id when there is one (the same resample weights then mean the
+    # same images for every model)
+    keys = [codes]
+    if "sample_id" in data.columns:
+        sample = pd.factorize(data["sample_id"], sort=True)[0]
+        keys.insert(0, np.where(sample < 0, sample.max() + 1, sample))  # missing ids last
+    order = np.lexsort(keys)
+    bounds = np.searchsorted(codes[order], np.arange(len(models) + 1))
+    y_all, s_all = data["y_true"].to_numpy(dtype=float), data["y_score"].to_numpy(dtype=float)
+    patients, known = None, None
+    if "patient_id" in data.columns:
+        known = data["patient_id"].notna().to_numpy()
+        patients = data["patient_id"].astype(str).to_numpy(dtype=object)
     bands = {}
-    for model in models:
-        sub = data[data["_model"] == model]
-        if "sample_id" in sub.columns:
-            sub = sub.sort_values("sample_id", kind="mergesort")
-        groups = None
-        if "patient_id" in sub.columns and sub["patient_id"].notna().all():
-            groups = sub["patient_id"].astype(str).to_numpy()
+    for m, model in enumerate(models):
+        rows = order[bounds[m] : bounds[m + 1]]
+        groups = None  # whole patients when every row of the model has one
+        if patients is not None and known[rows].all():
+            groups = patients[rows]
         try:
             band = roc_band(
-                sub["y_true"].to_numpy(),
-                sub["y_score"].to_numpy(),
+                y_all[rows],
+                s_all[rows],
                 groups=groups,
                 n_boot=n_boot,
                 seed=seed,
@@ -411,7 +509,7 @@ def plot_roc(
             color = colors[model]
             auc_text = fmt_ci(band["auc"], band["auc_low"], band["auc_high"])
             ax.fill_between(band["grid"], band["low"], band["high"], color=color, alpha=0.18, lw=0)
-            ax.plot(band["fpr"], band["tpr"], color=color, lw=1.6, label=f"{model}: {auc_text}")
+            ax.plot(*_corners(band["fpr"], band["tpr"]), color=color, lw=1.6, label=f"{model}: {auc_text}")
         ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
@@ -426,6 +524,7 @@ def plot_roc(
 # --------------------------------------------------------------------------- label efficiency
 
 
+@_cached
 def plot_label_efficiency(
     metrics: pd.DataFrame,
     *,

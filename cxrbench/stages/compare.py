@@ -85,11 +85,13 @@ def compare(
 def _plots(plotting, folder: Path, dataset: str, preds: pd.DataFrame, table: pd.DataFrame,
            metrics: pd.DataFrame, *, baseline: str, seed: int) -> list[Path]:
     """Forest plot, ROC curve per label and label-efficiency curves of one dataset."""
-    written = plotting.plot_forest(table, folder / f"{dataset}-forest", title=f"{dataset}: Δ AUC vs {baseline}")
+    cache = folder.parent / ".plot-cache"  # plots whose inputs did not change are copied, not drawn
+    written = plotting.plot_forest(table, folder / f"{dataset}-forest", title=f"{dataset}: Δ AUC vs {baseline}",
+                                   cache=cache)
     test = preds[preds["split"] == "test"]
     for label in sorted(test["label"].unique()):
         written += plotting.plot_roc(test[test["label"] == label], label=label, baseline=baseline,
-                                     out_stem=folder / f"{dataset}-roc-{label}", seed=seed)
+                                     out_stem=folder / f"{dataset}-roc-{label}", seed=seed, cache=cache)
     written += plotting.plot_label_efficiency(metrics, dataset=dataset, baseline=baseline,
-                                              out_stem=folder / f"{dataset}-efficiency")
+                                              out_stem=folder / f"{dataset}-efficiency", cache=cache)
     return written

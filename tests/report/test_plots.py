@@ -260,3 +260,29 @@ def test_failed_drawing_leaves_no_open_figure(tmp_path):
     with pytest.raises(ValueError):
         plot_forest(bad, tmp_path / "forest")
     assert plt.get_fignums() == []
+
+
+def test_plots_with_unchanged_inputs_are_copied_not_drawn(tmp_path, monkeypatch):
+    import cxrbench.report.plots as plots
+
+    cache = tmp_path / "cache"
+    first = plot_roc(_preds(), label="Atelectasis", out_stem=tmp_path / "a" / "roc", n_boot=30, cache=cache)
+    forest = plot_forest(_comparison(), tmp_path / "a" / "forest", cache=cache)
+    drawn = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: drawn.append(stem) or real_save(fig, stem))
+    again = plot_roc(_preds(), label="Atelectasis", out_stem=tmp_path / "b" / "roc", n_boot=30, cache=cache)
+    forest2 = plot_forest(_comparison(), tmp_path / "b" / "forest", cache=cache)
+    assert drawn == []
+    _assert_png_pdf(again, tmp_path / "b" / "roc")
+    for old, new in zip(first + forest, again + forest2, strict=True):
+        assert old.read_bytes() == new.read_bytes()
+    # any change of the inputs draws again: the data, a setting, the title
+    changed = _preds()
+    row = changed.index[(changed["label"] == "Atelectasis") & (changed["split"] == "test")][-1]
+    changed.loc[row, "y_score"] += 0.5
+    plot_roc(changed, label="Atelectasis", out_stem=tmp_path / "c" / "roc", n_boot=30, cache=cache)
+    plot_roc(_preds(), label="Atelectasis", out_stem=tmp_path / "c" / "roc", n_boot=31, cache=cache)
+    plot_forest(_comparison(), tmp_path / "c" / "forest", title="other", cache=cache)
+    assert len(drawn) == 3
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary files left
