@@ -158,9 +158,19 @@ class RunLayout:
     def metrics(self) -> Path:
         return self.evaluation / "metrics.parquet"
 
+    def replicates(self, dataset: str) -> Path:
+        """``evaluation/replicates/DATASET/``: bootstrap replicates shared by evaluate and compare (a
+        cache keyed by the predictions' content, never a stage output)."""
+        return self._join("evaluation", "replicates", dataset)
+
     @property
     def comparisons(self) -> Path:
         return self.root / "comparisons"
+
+    @property
+    def plot_cache(self) -> Path:
+        """``comparisons/.plot-cache/``: plots keyed by a hash of their inputs, copied when unchanged."""
+        return self.comparisons / ".plot-cache"
 
     def suite_record(self, suite: str) -> Path:
         return self._join("suites", f"{safe_name(suite)}.json")

@@ -2,13 +2,21 @@
 
 Each plot function writes ``<stem>.png`` and ``<stem>.pdf`` with the Agg backend (no display needed)
 and returns the paths; the numerical parts (weighted ROC, ROC band) are plain numpy, tested alone.
+With ``cache=FOLDER`` a plot whose inputs did not change since it was last drawn is copied from
+``FOLDER`` instead of drawn again (see ``_cached``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import hashlib
+import inspect
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -27,10 +35,11 @@ from cxrbench.report.tables import (  # noqa: E402
     fmt_ci,
     require_columns,
 )
+from cxrbench.stats.auc import ScoreLayout  # noqa: E402
 
 PREDS_COLUMNS = ("encoder", "adaptation", "label", "y_true", "y_score")
 BASELINE_COLOR = "0.25"
-_CHUNK = 64  # bootstrap replicates processed at once (bounds memory at _CHUNK x n floats)
+_CHUNK = 64  # bootstrap replicates drawn at once (bounds the int64 draws at _CHUNK x n)
 
 
 # --------------------------------------------------------------------------- numerics
@@ -82,6 +91,15 @@ def roc_points(
     return fpr[0], tpr[0]
 
 
+def _corners(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the curve without the points inside straight horizontal or vertical runs (same line)."""
+    keep = np.ones(fpr.size, dtype=bool)
+    flat = (fpr[:-2] == fpr[1:-1]) & (fpr[1:-1] == fpr[2:])
+    flat |= (tpr[:-2] == tpr[1:-1]) & (tpr[1:-1] == tpr[2:])
+    keep[1:-1] = ~flat
+    return fpr[keep], tpr[keep]
+
+
 def _tpr_on_grid(fpr: np.ndarray, tpr: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Return the ROC curve's TPR at each ``grid`` FPR (top of vertical steps, linear on diagonals)."""
     idx = np.searchsorted(fpr, grid, side="right") - 1
@@ -92,19 +110,88 @@ def _tpr_on_grid(fpr: np.ndarray, tpr: np.ndarray, grid: np.ndarray) -> np.ndarr
     return tpr[idx] + slope * (grid - fpr[idx])
 
 
-def _bootstrap_weights(
-    rng: np.random.Generator, n_boot: int, groups: np.ndarray | None, n: int
-) -> np.ndarray:
-    """Return (n_boot, n) resampling counts; with ``groups`` whole groups are drawn together."""
+_WEIGHTS: dict[str, object] = {}  # the last replicate weights made, reused by the next band
+
+
+def _groups_digest(groups: np.ndarray | None) -> str | None:
+    """Return a content hash of the group labels (None without groups)."""
+    if groups is None:
+        return None
+    digest = hashlib.blake2b(pd.util.hash_array(np.asarray(groups, dtype=object)).tobytes(), digest_size=16)
+    return digest.hexdigest()
+
+
+def _replicate_weights(n: int, n_boot: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
+    """Return (n, n_boot) float32 resampling counts; with ``groups`` whole groups are drawn together.
+
+    Replicate b draws ``rng.integers(0, n_groups, n_groups)`` from ``default_rng(seed)`` (groups in
+    sorted order), so every model and label of the same test samples shares the same resamples; the
+    last matrix made is kept and reused (plot_roc draws every model and label with the same one).
+    """
+    key = (n, n_boot, seed, _groups_digest(groups))
+    if _WEIGHTS.get("key") == key:
+        return _WEIGHTS["weights"]  # type: ignore[return-value]
     if groups is None:
         inverse, n_groups = None, n
     else:
         _, inverse = np.unique(groups, return_inverse=True)
         n_groups = int(inverse.max()) + 1
-    draws = rng.integers(0, n_groups, size=(n_boot, n_groups))
-    flat = (np.arange(n_boot)[:, None] * n_groups + draws).ravel()
-    counts = np.bincount(flat, minlength=n_boot * n_groups).reshape(n_boot, n_groups)
-    return (counts if inverse is None else counts[:, inverse]).astype(float)
+    rng = np.random.default_rng(seed)
+    weights = np.empty((n, n_boot), dtype=np.float32)
+    for start in range(0, n_boot, _CHUNK):  # the draws' stream does not depend on the chunking
+        b = min(_CHUNK, n_boot - start)
+        draws = rng.integers(0, n_groups, size=(b, n_groups))
+        flat = (np.arange(b)[:, None] * n_groups + draws).ravel()
+        counts = np.bincount(flat, minlength=b * n_groups).reshape(b, n_groups).T
+        weights[:, start : start + b] = counts if inverse is None else counts[inverse]
+    _WEIGHTS.clear()
+    _WEIGHTS.update(key=key, weights=weights)
+    return weights
+
+
+def _replicate_curves(
+    y: np.ndarray, s: np.ndarray, weights: np.ndarray, grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (curves (B, grid), aucs (B,)) of every replicate at once; NaN rows lack a class.
+
+    One sort of the scores and one sparse product give, per replicate and distinct positive score
+    u, the positive weight P at u, the negative weight T tied with it and the weights strictly
+    above it; u's piece of the ROC curve runs from (FP above, TP above) to (FP above + T, TP above
+    + P) (a diagonal when T > 0, else vertical), and horizontal runs join the pieces. The TPR at
+    FPR g is then read from the last piece starting at or before g: linear along it, its top
+    beyond it, exactly as the curve drawn through every threshold (``_tpr_on_grid``).
+    """
+    layout = ScoreLayout(y.astype(bool), s)
+    grouped = (layout.matrix(y.size, np.float32) @ weights).astype(np.float64)  # exact integer sums
+    u, n_boot, k = layout.n_groups, weights.shape[1], grid.size
+    pp, gaps, tied = grouped[:u], grouped[u : 2 * u + 1], grouped[2 * u + 1 : 3 * u + 1]
+    below = gaps[:u].copy()  # negative weight strictly below each positive score (rows: ascending)
+    below[1:] += tied[: u - 1]
+    np.cumsum(below, axis=0, out=below)
+    wp = pp.sum(0)
+    wn = gaps.sum(0) + tied.sum(0)
+    valid = (wp > 0) & (wn > 0)
+    safe_wp, safe_wn = np.where(valid, wp, 1.0), np.where(valid, wn, 1.0)
+    aucs = np.where(valid, np.einsum("ub,ub->b", pp, below + 0.5 * tied) / (safe_wp * safe_wn), np.nan)
+    fp0 = wn - below
+    fp0 -= tied  # negative weight strictly above each positive score
+    f0 = fp0 / safe_wn  # FPR where each piece starts; falls as the score rises
+    # pieces starting at or before g: count them by the first grid point each start reaches
+    first = np.searchsorted(grid, f0, side="left")  # (u, B): grid index k with grid[k] >= start
+    counts = np.bincount((first + np.arange(n_boot) * (k + 1)).ravel(), minlength=n_boot * (k + 1))
+    n_started = np.cumsum(counts.reshape(n_boot, k + 1)[:, :k], axis=1)  # (B, grid)
+    # the last of them, in descending score order, is the one with the lowest score among them
+    at = np.minimum(u - n_started, u - 1) * n_boot + np.arange(n_boot)[:, None]  # flat (u, B) index
+    a0 = f0.ravel()[at]
+    a1 = (fp0.ravel()[at] + tied.ravel()[at]) / safe_wn[:, None]
+    tp0 = wp[:, None] - np.cumsum(pp, axis=0).ravel()[at]  # positive weight strictly above the piece
+    b0 = tp0 / safe_wp[:, None]
+    b1 = (tp0 + pp.ravel()[at]) / safe_wp[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inside = np.where(grid < a1, b0 + (b1 - b0) / (a1 - a0) * (grid - a0), b1)
+    curves = np.where(n_started > 0, inside, 0.0)
+    curves[~valid] = np.nan
+    return curves, aucs
 
 
 def roc_band(
@@ -134,22 +221,12 @@ def roc_band(
             raise CxrbenchError("groups must be as long as y_true")
     fpr, tpr = roc_points(y, s)
     grid = np.linspace(0.0, 1.0, 201) if grid is None else np.asarray(grid, dtype=float)
-    order, y_sorted, ends = _sorted_blocks(y, s)
-    rng = np.random.default_rng(seed)
-    curves = np.full((n_boot, grid.size), np.nan)
-    aucs = np.full(n_boot, np.nan)
-    for start in range(0, n_boot, _CHUNK):
-        stop = min(start + _CHUNK, n_boot)
-        weights = _bootstrap_weights(rng, stop - start, groups, y.size)[:, order]
-        b_fpr, b_tpr = _rates(weights, y_sorted, ends)
-        for i in range(stop - start):
-            if np.isfinite(b_fpr[i, -1]) and np.isfinite(b_tpr[i, -1]):
-                curves[start + i] = _tpr_on_grid(b_fpr[i], b_tpr[i], grid)
-                aucs[start + i] = np.trapezoid(b_tpr[i], b_fpr[i])
+    weights = _replicate_weights(y.size, int(n_boot), seed, groups)
+    curves, aucs = _replicate_curves(y, s, weights, grid)
     if np.isnan(aucs).all():
         raise CxrbenchError("every bootstrap replicate lacked positives or negatives")
     tail = (1.0 - float(level)) / 2.0
-    low, high = np.nanquantile(curves, [tail, 1.0 - tail], axis=0)
+    low, high = np.quantile(curves[~np.isnan(aucs)], [tail, 1.0 - tail], axis=0)  # rows: whole or NaN
     auc_low, auc_high = np.nanquantile(aucs, [tail, 1.0 - tail])
     return {
         "fpr": fpr,
@@ -165,6 +242,74 @@ def roc_band(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+PLOTS_VERSION = 1  # bump when a figure's drawing changes, so cached figures are drawn again
+_KEEP_CACHED = 256  # newest files kept in a plot cache folder
+
+
+def _digest_value(h: Any, value: Any) -> None:
+    """Feed one argument into the hash: frames by content (columns, dtypes, rows), others by repr."""
+    if isinstance(value, pd.DataFrame):
+        h.update(repr([(str(c), str(t)) for c, t in value.dtypes.items()]).encode())
+        h.update(pd.util.hash_pandas_object(value, index=False).to_numpy().tobytes())
+    else:
+        h.update(repr(value).encode())
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cached(fn: Callable[..., list[Path]]) -> Callable[..., list[Path]]:
+    """Let ``fn`` take ``cache=FOLDER``: reuse the files drawn before from the same inputs.
+
+    The key hashes the function name, ``PLOTS_VERSION``, matplotlib's version and every argument
+    but ``out_stem`` (frames by content); a hit copies ``FOLDER/<key>.png|.pdf`` to the stem's
+    paths, a miss draws and then stores copies there (atomically; the newest files are kept).
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, cache: str | os.PathLike | None = None, **kwargs: Any) -> list[Path]:
+        if cache is None:
+            return fn(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        stem = Path(bound.arguments["out_stem"])
+        h = hashlib.blake2b(digest_size=20)
+        h.update(repr((fn.__name__, PLOTS_VERSION, matplotlib.__version__)).encode())
+        for name, value in bound.arguments.items():
+            if name != "out_stem":
+                h.update(name.encode())
+                _digest_value(h, value)
+        key, folder = h.hexdigest(), Path(cache)
+        paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
+        stored = [folder / f"{key}{ext}" for ext in (".png", ".pdf")]
+        if all(p.is_file() for p in stored):
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            for src, dst in zip(stored, paths, strict=True):
+                _copy_atomic(src, dst)
+            return paths
+        written = fn(*args, **kwargs)
+        if written:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                for src, dst in zip(written, stored, strict=True):
+                    _copy_atomic(src, dst)
+                old = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)[_KEEP_CACHED:]
+                for stale in old:
+                    stale.unlink(missing_ok=True)
+            except OSError:
+                pass  # a cache: failing to fill it only costs drawing the plot next time
+        return written
+
+    return wrapper
 
 
 @contextmanager
@@ -209,7 +354,7 @@ def _model_names(frame: pd.DataFrame) -> pd.Series:
 
 
 def _unique_in_order(values: pd.Series) -> list[str]:
-    return list(dict.fromkeys(values.astype(str)))
+    return [str(v) for v in pd.unique(values.astype(str))]
 
 
 def _palette(models: list[str], baseline_models: set[str]) -> dict[str, object]:
@@ -226,6 +371,7 @@ def _palette(models: list[str], baseline_models: set[str]) -> dict[str, object]:
 # --------------------------------------------------------------------------- forest plot
 
 
+@_cached
 def plot_forest(comparison: pd.DataFrame, out_stem: Path, *, title: str = "") -> list[Path]:
     """Return [png, pdf] of a forest plot: delta AUC with CI per label (mean last), one marker per model.
 
@@ -299,6 +445,7 @@ def plot_forest(comparison: pd.DataFrame, out_stem: Path, *, title: str = "") ->
 # --------------------------------------------------------------------------- ROC curves
 
 
+@_cached
 def plot_roc(
     preds: pd.DataFrame,
     *,
@@ -323,20 +470,32 @@ def plot_roc(
         raise CxrbenchError(f"preds has no test rows with a known y_true for label {label!r}")
     data = data.assign(_model=_model_names(data))
 
-    models = _unique_in_order(data["_model"])
+    codes, uniques = pd.factorize(data["_model"])  # models in order of appearance
+    models = [str(m) for m in uniques]
     colors = _palette(models, set(data.loc[data["encoder"].astype(str) == baseline, "_model"]))
+    # rows of each model, by sample_id when there is one (the same resample weights then mean the
+    # same images for every model)
+    keys = [codes]
+    if "sample_id" in data.columns:
+        sample = pd.factorize(data["sample_id"], sort=True)[0]
+        keys.insert(0, np.where(sample < 0, sample.max() + 1, sample))  # missing ids last
+    order = np.lexsort(keys)
+    bounds = np.searchsorted(codes[order], np.arange(len(models) + 1))
+    y_all, s_all = data["y_true"].to_numpy(dtype=float), data["y_score"].to_numpy(dtype=float)
+    patients, known = None, None
+    if "patient_id" in data.columns:
+        known = data["patient_id"].notna().to_numpy()
+        patients = data["patient_id"].astype(str).to_numpy(dtype=object)
     bands = {}
-    for model in models:
-        sub = data[data["_model"] == model]
-        if "sample_id" in sub.columns:
-            sub = sub.sort_values("sample_id", kind="mergesort")
-        groups = None
-        if "patient_id" in sub.columns and sub["patient_id"].notna().all():
-            groups = sub["patient_id"].astype(str).to_numpy()
+    for m, model in enumerate(models):
+        rows = order[bounds[m] : bounds[m + 1]]
+        groups = None  # whole patients when every row of the model has one
+        if patients is not None and known[rows].all():
+            groups = patients[rows]
         try:
             band = roc_band(
-                sub["y_true"].to_numpy(),
-                sub["y_score"].to_numpy(),
+                y_all[rows],
+                s_all[rows],
                 groups=groups,
                 n_boot=n_boot,
                 seed=seed,
@@ -350,7 +509,7 @@ def plot_roc(
             color = colors[model]
             auc_text = fmt_ci(band["auc"], band["auc_low"], band["auc_high"])
             ax.fill_between(band["grid"], band["low"], band["high"], color=color, alpha=0.18, lw=0)
-            ax.plot(band["fpr"], band["tpr"], color=color, lw=1.6, label=f"{model}: {auc_text}")
+            ax.plot(*_corners(band["fpr"], band["tpr"]), color=color, lw=1.6, label=f"{model}: {auc_text}")
         ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
@@ -365,6 +524,7 @@ def plot_roc(
 # --------------------------------------------------------------------------- label efficiency
 
 
+@_cached
 def plot_label_efficiency(
     metrics: pd.DataFrame,
     *,

@@ -53,11 +53,12 @@ def compare(
                             cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
             for dataset, preds in load_predictions(prediction_files(layout)).items():
-                if baseline not in set(preds["encoder"]):
+                if baseline not in set(preds["encoder"].unique()):
                     info(f"[yellow]skipping {dataset}: no predictions of baseline '{baseline}'[/]")
                     continue
                 table, notes = compare_dataset(preds, baseline=baseline, n_boot=n_boot, seed=seed,
-                                               cluster=cluster, test=test, correction=correction, alpha=alpha)
+                                               cluster=cluster, test=test, correction=correction, alpha=alpha,
+                                               cache=layout.replicates(dataset))
                 for message in notes:
                     info(f"[yellow]warning:[/] {dataset}: {message}")
                 comparisons[dataset] = table
@@ -69,7 +70,7 @@ def compare(
                     stage.write_text(home / f"{safe_name(dataset)}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
                 if plots:
                     for path in _plots(plotting, home / "plots", dataset, preds, table, metrics, baseline=baseline,
-                                       seed=seed):
+                                       seed=seed, cache=layout.plot_cache):
                         stage.record(path)
             if not comparisons:
                 encoders = sorted(set(metrics["encoder"]))
@@ -82,14 +83,14 @@ def compare(
 
 
 def _plots(plotting, folder: Path, dataset: str, preds: pd.DataFrame, table: pd.DataFrame,
-           metrics: pd.DataFrame, *, baseline: str, seed: int) -> list[Path]:
+           metrics: pd.DataFrame, *, baseline: str, seed: int, cache: Path) -> list[Path]:
     """Forest plot, ROC curve per label and label-efficiency curves of one dataset."""
     written = plotting.plot_forest(table, folder / safe_name(f"{dataset}-forest"),
-                                   title=f"{dataset}: Δ AUC vs {baseline}")
+                                   title=f"{dataset}: Δ AUC vs {baseline}", cache=cache)
     test = preds[preds["split"] == "test"]
-    for label in sorted(test["label"].unique()):
-        written += plotting.plot_roc(test[test["label"] == label], label=label, baseline=baseline,
-                                     out_stem=folder / safe_name(f"{dataset}-roc-{label}"), seed=seed)
+    for label, rows in test.groupby("label", sort=True):
+        written += plotting.plot_roc(rows, label=label, baseline=baseline,
+                                     out_stem=folder / safe_name(f"{dataset}-roc-{label}"), seed=seed, cache=cache)
     written += plotting.plot_label_efficiency(metrics, dataset=dataset, baseline=baseline,
-                                              out_stem=folder / safe_name(f"{dataset}-efficiency"))
+                                              out_stem=folder / safe_name(f"{dataset}-efficiency"), cache=cache)
     return written

@@ -65,7 +65,8 @@ def evaluate(run: RunLayout | Path, *, n_boot: int = 1000, seed: int = 0, cluste
         if todo:
             tables, warnings = [], []
             for dataset, preds in load_predictions(files).items():
-                metrics, notes = evaluate_dataset(preds, n_boot=n_boot, seed=seed, cluster=cluster)
+                metrics, notes = evaluate_dataset(preds, n_boot=n_boot, seed=seed, cluster=cluster,
+                                                  cache=layout.replicates(dataset))
                 tables.append(metrics.assign(dataset=dataset))
                 warnings += [f"{dataset}: {n}" for n in notes]
             metrics = pd.concat(tables, ignore_index=True)

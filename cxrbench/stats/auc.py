@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import rankdata
 
 from cxrbench.errors import CxrbenchError
 
@@ -47,6 +46,8 @@ def _check_binary(y_true: Any, y_score: Any, *, name: str = "y_score") -> tuple[
 
 def roc_auc(y_true: Any, y_score: Any) -> float:
     """Return the exact ROC AUC (Mann-Whitney U / (n_pos * n_neg), ties counted one half)."""
+    from scipy.stats import rankdata  # lazy: scipy.stats takes ~1 s to import
+
     y, s = _check_binary(y_true, y_score)
     ranks = rankdata(s, method="average")
     n_pos = int(y.sum())

@@ -10,11 +10,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm, rankdata
 
 from cxrbench.errors import CxrbenchError
 
 __all__ = ["delong_covariance", "delong_test", "delong_ci", "DelongResult"]
+
+
+def _norm() -> Any:
+    """scipy's standard normal, imported on first use (scipy.stats takes ~1 s to import)."""
+    from scipy.stats import norm
+
+    return norm
 
 
 def _inputs(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -43,6 +49,8 @@ def delong_covariance(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]
     y, s = _inputs(y_true, scores)
     x, z = s[:, y], s[:, ~y]
     m, n = x.shape[1], z.shape[1]
+    from scipy.stats import rankdata  # lazy: scipy.stats takes ~1 s to import
+
     tx = rankdata(x, axis=1)
     tz = rankdata(z, axis=1)
     t = rankdata(np.concatenate([x, z], axis=1), axis=1)
@@ -84,8 +92,8 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, *, ci: float = 0.95) ->
         p = 1.0 if z == 0.0 else 0.0
     else:
         z = delta / se
-        p = float(2.0 * norm.sf(abs(z)))
-    q = float(norm.ppf(0.5 + ci / 2.0))
+        p = float(2.0 * _norm().sf(abs(z)))
+    q = float(_norm().ppf(0.5 + ci / 2.0))
     return DelongResult(
         float(aucs[0]), float(aucs[1]), delta, se, float(z), p, delta - q * se, delta + q * se
     )
@@ -97,5 +105,5 @@ def delong_ci(y_true: Any, y_score: Any, *, ci: float = 0.95) -> tuple[float, fl
         raise CxrbenchError(f"ci must lie strictly between 0 and 1; got {ci}")
     aucs, cov = delong_covariance(y_true, np.ravel(y_score)[None, :])
     auc = float(aucs[0])
-    half = float(norm.ppf(0.5 + ci / 2.0)) * float(np.sqrt(max(cov[0, 0], 0.0)))
+    half = float(_norm().ppf(0.5 + ci / 2.0)) * float(np.sqrt(max(cov[0, 0], 0.0)))
     return auc, max(0.0, auc - half), min(1.0, auc + half)

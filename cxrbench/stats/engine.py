@@ -6,10 +6,14 @@ label, so AUC differences against the baseline are paired; thresholds come from 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +26,7 @@ from cxrbench.stats.delong import delong_test
 from cxrbench.stats.multiplicity import METHODS, adjust_pvalues
 from cxrbench.stats.thresholds import metrics_from_counts, youden_threshold
 
-__all__ = ["evaluate", "compare", "MODEL_KEYS", "METRIC_COLUMNS", "COMPARE_COLUMNS"]
+__all__ = ["evaluate", "compare", "replicate_key", "MODEL_KEYS", "METRIC_COLUMNS", "COMPARE_COLUMNS"]
 
 MODEL_KEYS = ["encoder", "adaptation", "fraction", "seed"]
 REQUIRED = [*MODEL_KEYS, "sample_id", "patient_id", "split", "label", "y_true", "y_score"]
@@ -41,7 +45,7 @@ class _Cell:
 
     score: np.ndarray
     threshold: float
-    layout: ScoreLayout
+    layout: ScoreLayout | None  # None when the metrics came from the replicate cache
     point: dict[str, float] = field(default_factory=dict)
     reps: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
@@ -55,7 +59,11 @@ class _Run:
     degenerate: set[str]
     dropped: dict[str, np.ndarray]  # label -> bool mask of dropped replicates
     n_boot: int
-    warnings: list[str]
+    warnings: list[tuple[str, str]]  # (kind, text); kind "threshold" only concerns evaluate
+
+    def texts(self, *, thresholds: bool) -> list[str]:
+        """Return the warnings' texts, without the threshold ones unless ``thresholds``."""
+        return [text for kind, text in self.warnings if thresholds or kind != "threshold"]
 
 
 def _check_options(n_boot: int, ci: float, cluster: str) -> None:
@@ -232,14 +240,40 @@ def _run(
     ci: float,
     device: str | None,
     thresholds: bool,
+    cache: str | os.PathLike | None = None,
 ) -> _Run:
-    """Align every model and label on shared test samples and bootstrap all their metrics together."""
+    """Align every model and label on shared test samples and bootstrap all their metrics together.
+
+    With ``cache`` (a folder) the replicates are read from ``cache/<key>.npz`` when a previous call
+    stored them for the same aligned predictions and bootstrap settings (see ``replicate_key``),
+    and stored there otherwise; a cached run always holds the validation thresholds, and callers
+    that did not ask for them drop their warnings (see ``_Run.texts``).
+    """
     _check_options(n_boot, ci, cluster)
     t = _validate(preds)
-    warnings: list[str] = []
-    models, labels, n_samples = t.models, t.labels, len(t.samples)
     clusters = _patients(preds, t) if cluster == "patient" else None
+    dev = _resolve_device(device)
+    key = None
+    if cache is not None:
+        key = replicate_key(t, clusters, n_boot=n_boot, seed=seed, cluster=cluster, device=dev)
+        hit = _load_replicates(Path(cache), key, t, n_boot)
+        if hit is not None:
+            return hit
+        thresholds = True  # the stored run serves evaluate and compare alike
+    run = _align(t, n_boot=n_boot, thresholds=thresholds)
+    _bootstrap(run, n_samples=len(t.samples), n_boot=n_boot, seed=seed, clusters=clusters, device=dev)
+    if key is not None:
+        _store_replicates(Path(cache), key, run)
+    return run
 
+
+def _align(t: _Table, *, n_boot: int, thresholds: bool, build: bool = True) -> _Run:
+    """Check that every model pairs with the first one on every label; build their cells.
+
+    ``build=False`` skips the score layouts and validation thresholds (a cached run has them).
+    """
+    warnings: list[tuple[str, str]] = []
+    models, labels = t.models, t.labels
     label_y: dict[str, np.ndarray] = {}
     cells: dict[tuple[tuple, str], _Cell] = {}
     degenerate: set[str] = set()
@@ -257,10 +291,11 @@ def _run(
                 if n_pos == 0 or n_pos == y.size:
                     degenerate.add(label)
                     only = "positives" if n_pos else "negatives"
-                    warnings.append(
+                    warnings.append((
+                        "data",
                         f"label {label!r}: test set has only {only} ({y.size} samples); "
-                        "AUC and threshold metrics are undefined and it is left out of the mean"
-                    )
+                        "AUC and threshold metrics are undefined and it is left out of the mean",
+                    ))  # fmt: skip
             elif not np.array_equal(cols, ref[1]):
                 raise CxrbenchError(
                     f"label {label!r}: {_name(model)} and {_name(ref[0])} were tested on different "
@@ -271,51 +306,163 @@ def _run(
                     f"label {label!r}: {_name(model)} and {_name(ref[0])} disagree on y_true"
                 )
             if np.ptp(s) == 0 and label not in degenerate:
-                warnings.append(f"label {label!r}: {_name(model)} gives every test sample the same score")
+                warnings.append(("data", f"label {label!r}: {_name(model)} gives every test sample the same score"))
             thr = float("nan")
-            if thresholds and label not in degenerate:
+            if build and thresholds and label not in degenerate:
                 val = t.slices.get((m, j, 0))
                 yv, sv = (None, None) if val is None else (t.y[slice(*val)], t.score[slice(*val)])
-                thr = _val_threshold(yv, sv, model, label, warnings)
-            layout = ScoreLayout(
-                y.astype(bool), s, cols=cols, threshold=np.inf if np.isnan(thr) else thr
-            )
+                notes: list[str] = []
+                thr = _val_threshold(yv, sv, model, label, notes)
+                warnings += [("threshold", n) for n in notes]
+            layout = None
+            if build:
+                layout = ScoreLayout(y.astype(bool), s, cols=cols, threshold=np.inf if np.isnan(thr) else thr)
             cells[(model, label)] = _Cell(score=s, threshold=thr, layout=layout)
+    return _Run(models, labels, label_y, cells, degenerate, {}, n_boot, warnings)
 
-    active = [(key, c) for key, c in cells.items() if key[1] not in degenerate]
+
+def _bootstrap(
+    run: _Run, *, n_samples: int, n_boot: int, seed: int, clusters: np.ndarray | None, device: str | None
+) -> None:
+    """Fill every non-degenerate cell's point and replicate metrics, and the dropped replicates."""
+    active = [(key, c) for key, c in run.cells.items() if key[1] not in run.degenerate]
     ones = np.ones((n_samples, 1), dtype=np.float32)
     for _, cell in active:
         cell.point = {k: float(v[0]) for k, v in replicate_metrics(cell.layout, ones).items()}
-    dev = _resolve_device(device)
     for block in iter_count_blocks(n_samples, n_boot=n_boot, seed=seed, clusters=clusters):
-        if dev is not None:
+        if device is not None:
             import torch
 
-            block = torch.as_tensor(block, device=dev)
+            block = torch.as_tensor(block, device=device)
         for _, cell in active:
-            for k, v in replicate_metrics(cell.layout, block, device=dev).items():
+            for k, v in replicate_metrics(cell.layout, block, device=device).items():
                 cell.reps.setdefault(k, []).append(v)
-    dropped: dict[str, np.ndarray] = {}
-    for (_, label), cell in active:
-        reps = {k: np.concatenate(v) for k, v in cell.reps.items()}
-        cell.reps = reps  # type: ignore[assignment]
-        if label not in dropped:
-            dropped[label] = np.isnan(reps["auc"])
-            k = int(dropped[label].sum())
-            if k:
-                warnings.append(
-                    f"label {label!r}: {k} of {n_boot} bootstrap replicates had only one class and "
-                    "were dropped for this label"
-                )
-    any_dropped = np.zeros(n_boot, bool)
-    for mask in dropped.values():
+    for _, cell in active:
+        cell.reps = {k: np.concatenate(v) for k, v in cell.reps.items()}  # type: ignore[assignment]
+    _drop(run)
+
+
+def _drop(run: _Run) -> None:
+    """Record per label the replicates with one class (NaN AUC) and warn about them."""
+    for (_, label), cell in run.cells.items():
+        if label in run.degenerate or label in run.dropped:
+            continue
+        run.dropped[label] = np.isnan(cell.reps["auc"])
+        k = int(run.dropped[label].sum())
+        if k:
+            run.warnings.append((
+                "data",
+                f"label {label!r}: {k} of {run.n_boot} bootstrap replicates had only one class and "
+                "were dropped for this label",
+            ))  # fmt: skip
+    any_dropped = np.zeros(run.n_boot, bool)
+    for mask in run.dropped.values():
         any_dropped |= mask
-    if any_dropped.any() and len(dropped) > 1:
-        warnings.append(
-            f"label 'mean': {int(any_dropped.sum())} of {n_boot} bootstrap replicates were dropped "
-            "because a label in them had only one class"
-        )
-    return _Run(models, labels, label_y, cells, degenerate, dropped, n_boot, warnings)
+    if any_dropped.any() and len(run.dropped) > 1:
+        run.warnings.append((
+            "data",
+            f"label 'mean': {int(any_dropped.sum())} of {run.n_boot} bootstrap replicates were dropped "
+            "because a label in them had only one class",
+        ))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- shared replicates
+
+CACHE_VERSION = 1  # bump when the replicate metrics change for the same inputs
+_POINT_KEYS = ("auc", "auprc", "n_pos", "n_neg", "tp", "fp")
+_KEEP_CACHED = 4  # newest replicate files kept per cache folder
+
+
+def replicate_key(
+    t: _Table, clusters: np.ndarray | None, *, n_boot: int, seed: int, cluster: str, device: str | None
+) -> str:
+    """Return the hex key of a bootstrap: a hash of the aligned predictions and the settings.
+
+    Covers every number the replicates depend on (models, labels, test sample order, the y_true
+    and y_score of every test and validation row, patients when resampling them), ``n_boot``,
+    ``seed``, ``cluster``, the device kind (numpy, CPU or CUDA sums may round differently), the
+    numpy version and ``CACHE_VERSION``; not ``ci``, which only reads the replicates.
+    """
+    h = hashlib.blake2b(digest_size=20)
+    meta = {
+        "version": CACHE_VERSION, "numpy": np.__version__, "n_boot": int(n_boot), "seed": int(seed),
+        "cluster": cluster, "device": "numpy" if device is None else str(device).split(":")[0],
+        "models": [[repr(v) for v in m] for m in t.models], "labels": [repr(v) for v in t.labels],
+        "slices": sorted([*k, *v] for k, v in t.slices.items()),
+    }  # fmt: skip
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    h.update("\0".join(map(repr, t.samples.tolist())).encode())
+    if clusters is not None:
+        h.update(b"\1" + "\0".join(map(repr, np.asarray(clusters, dtype=object).tolist())).encode())
+    for arr in (t.sample, t.y, t.score):
+        h.update(np.ascontiguousarray(arr).view(np.uint8))
+    return h.hexdigest()
+
+
+def _store_replicates(folder: Path, key: str, run: _Run) -> None:
+    """Write the run's thresholds, point and replicate metrics to ``folder/<key>.npz`` atomically."""
+    cells = [run.cells[(m, lab)] for lab in run.labels for m in run.models]
+    active = [c for (m, lab), c in run.cells.items() if lab not in run.degenerate]
+    meta = {
+        "key": key,
+        "warnings": run.warnings,
+        "degenerate": [i for i, lab in enumerate(run.labels) if lab in run.degenerate],
+    }
+    arrays = {
+        "meta": np.array(json.dumps(meta)),
+        "threshold": np.array([c.threshold for c in cells], dtype=np.float64),
+        "point": np.array([[c.point[k] for k in _POINT_KEYS] for c in active], dtype=np.float64).reshape(-1, 6),
+        "reps": np.array(
+            [[np.asarray(c.reps[k], dtype=np.float64) for k in _POINT_KEYS] for c in active], dtype=np.float64
+        ).reshape(-1, 6, run.n_boot),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}.npz"
+    tmp = folder / f".{key}.npz.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        return  # a cache: failing to write it only costs the next caller the recomputation
+    finally:
+        tmp.unlink(missing_ok=True)
+    old = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)[_KEEP_CACHED:]
+    for stale in old:
+        stale.unlink(missing_ok=True)
+
+
+def _load_replicates(folder: Path, key: str, t: _Table, n_boot: int) -> _Run | None:
+    """Return the run stored under ``key`` (cells rebuilt from ``t``), or None when absent or unreadable."""
+    path = folder / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            threshold, point, reps = data["threshold"], data["point"], data["reps"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if meta.get("key") != key:
+        return None
+    degenerate = {t.labels[i] for i in meta["degenerate"]}
+    run = _align(t, n_boot=n_boot, thresholds=True, build=False)
+    n_active = sum(1 for (_, lab) in run.cells if lab not in degenerate)
+    if run.degenerate != degenerate or threshold.shape != (len(run.cells),) or point.shape != (n_active, 6) \
+            or reps.shape != (n_active, 6, n_boot):  # fmt: skip
+        return None
+    run.warnings = [tuple(w) for w in meta["warnings"]]  # type: ignore[misc]
+    i = 0
+    for n, (lab, m) in enumerate((lab, m) for lab in run.labels for m in run.models):
+        cell = run.cells[(m, lab)]
+        cell.threshold = float(threshold[n])
+        if lab in degenerate:
+            continue
+        cell.point = {k: float(v) for k, v in zip(_POINT_KEYS, point[i], strict=True)}
+        cell.reps = {k: reps[i, j] for j, k in enumerate(_POINT_KEYS)}  # type: ignore[misc]
+        i += 1
+    for (_, label), cell in run.cells.items():
+        if label not in degenerate and label not in run.dropped:
+            run.dropped[label] = np.isnan(cell.reps["auc"])
+    return run
 
 
 def _val_threshold(
@@ -367,6 +514,7 @@ def evaluate(
     cluster: Literal["image", "patient"] = "image",
     ci: float = 0.95,
     device: str | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Return (metrics, warnings): test metrics of every model and label with paired bootstrap CIs.
 
@@ -376,9 +524,13 @@ def evaluate(
     from the per-replicate means (a replicate is dropped when any of those labels dropped it), and
     their ``n_pos``/``n_neg`` are sums over those labels. Percentile CIs at level ``ci``;
     ``cluster="patient"`` resamples patients. ``device`` runs the bootstrap sums in torch there
-    (default: CUDA when available, else numpy).
+    (default: CUDA when available, else numpy). ``cache`` (a folder) shares the bootstrap
+    replicates with ``compare`` (and later calls) on the same predictions and settings: they are
+    stored there as ``<replicate_key>.npz`` and read back instead of recomputed; the results are
+    the same with or without it.
     """
-    run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=True)
+    run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=True,
+               cache=cache)
     rows: list[tuple] = []
     for model in run.models:
         per_metric: dict[str, dict[str, tuple[float, np.ndarray]]] = {}
@@ -405,7 +557,7 @@ def evaluate(
             n_neg = sum(counts[lab][1] for lab in used)
             rows.append((*model, MEAN, m, value, lo, hi, n_pos, n_neg))
     out = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    return out.astype({"n_pos": "int64", "n_neg": "int64"}), run.warnings
+    return out.astype({"n_pos": "int64", "n_neg": "int64"}), run.texts(thresholds=True)
 
 
 def compare(
@@ -420,6 +572,7 @@ def compare(
     alpha: float = 0.05,
     ci: float = 0.95,
     device: str | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Return (comparison, warnings): test AUC of every model against the baseline encoder's twin model.
 
@@ -430,7 +583,9 @@ def compare(
     test (normal CI of the difference, as pROC's ``roc.test``). ``mean`` rows compare macro-mean
     AUCs and always use the bootstrap (CI and p-value), whatever ``test`` says. ``p_adjusted``
     corrects the per-label rows as one family and the ``mean`` rows as another
-    (``correction``: bh, holm, none); ``significant`` is ``p_adjusted < alpha``.
+    (``correction``: bh, holm, none); ``significant`` is ``p_adjusted < alpha``. ``cache`` reuses
+    (or stores) the replicates of ``evaluate`` with the same predictions, ``n_boot``, ``seed``,
+    ``cluster`` and device: pass the folder ``evaluate`` got.
     """
     if test not in ("bootstrap", "delong"):
         raise CxrbenchError(f"test must be 'bootstrap' or 'delong'; got {test!r}")
@@ -444,8 +599,9 @@ def compare(
             raise CxrbenchError(
                 f"baseline encoder {baseline!r} is not in the predictions; encoders: {', '.join(encoders)}"
             )
-    run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=False)
-    warnings = run.warnings
+    run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=False,
+               cache=cache)
+    warnings = run.texts(thresholds=False)
     present = set(run.models)
     rows: list[dict[str, Any]] = []
     for model in run.models:

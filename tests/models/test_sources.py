@@ -4,6 +4,7 @@ commands, folder names and stage identity, clear one-line errors."""
 from __future__ import annotations
 
 import pytest
+
 from cxrbench.models.sources import builtin_names, check_weights, is_builtin, resolve_encoder
 
 

@@ -201,8 +201,8 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
-    from cxrbench.models.encoders import create_encoder
     from cxrbench.engine.device import Device
+    from cxrbench.models.encoders import create_encoder
 
     torch.set_num_threads(args.threads)
     if args.device not in (None, "cpu") and not args.device.startswith("cuda"):

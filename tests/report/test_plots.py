@@ -77,6 +77,47 @@ def test_roc_band_contains_estimate_and_auc_matches_sklearn():
     np.testing.assert_array_equal(again["low"], band["low"])  # seeded: reproducible
 
 
+def _envelope_tpr(fpr, tpr, g):
+    """Highest TPR of the piecewise-linear curve through (fpr, tpr) at FPR g (brute force)."""
+    best = -np.inf
+    for i in range(fpr.size - 1):
+        a0, a1, b0, b1 = fpr[i], fpr[i + 1], tpr[i], tpr[i + 1]
+        if a0 <= g <= a1:
+            best = max(best, b0, b1) if a0 == a1 else max(best, b0 + (b1 - b0) * (g - a0) / (a1 - a0))
+    return best
+
+
+@pytest.mark.parametrize("prev,groups", [(0.3, False), (0.04, True)])
+def test_roc_band_equals_per_replicate_sklearn_roc_curve(prev, groups):
+    """The vectorised band is the straightforward one: resample, roc_curve, read TPR on the grid."""
+    rng = np.random.default_rng(3)
+    n, n_boot, seed = 90, 60, 11
+    y = (rng.random(n) < prev).astype(float)
+    y[:2] = [0.0, 1.0]
+    s = np.round(y * 0.8 + rng.normal(size=n), 1)  # many ties, some across classes
+    g = np.array([f"p{i // 3:03d}" for i in range(n)]) if groups else None
+    grid = np.linspace(0, 1, 41)
+    band = roc_band(y, s, groups=g, n_boot=n_boot, seed=seed, grid=grid)
+    # the same resamples, drawn by hand: whole groups (sorted) or images, n_boot draws of all units
+    inverse = np.unique(g, return_inverse=True)[1] if groups else np.arange(n)
+    units = inverse.max() + 1
+    draws = np.random.default_rng(seed).integers(0, units, size=(n_boot, units))
+    curves, aucs = [], []
+    for d in draws:
+        idx = np.repeat(np.arange(n), np.bincount(d, minlength=units)[inverse])
+        if np.unique(y[idx]).size < 2:
+            continue  # a replicate with one class has no curve
+        fpr, tpr, _ = roc_curve(y[idx], s[idx], drop_intermediate=False)
+        curves.append([_envelope_tpr(fpr, tpr, x) for x in grid])
+        aucs.append(roc_auc_score(y[idx], s[idx]))
+    if prev < 0.1:
+        assert len(curves) < n_boot  # the rare label drops replicates
+    low, high = np.quantile(np.array(curves), [0.025, 0.975], axis=0)
+    np.testing.assert_allclose(band["low"], low, atol=1e-12)
+    np.testing.assert_allclose(band["high"], high, atol=1e-12)
+    assert (band["auc_low"], band["auc_high"]) == pytest.approx(tuple(np.quantile(aucs, [0.025, 0.975])), abs=1e-12)
+
+
 def test_roc_band_cluster_bootstrap_is_wider_for_duplicated_patients():
     """Each patient contributes two identical images: resampling images ignores that and narrows."""
     y, s = _scores(300, seed=5)
@@ -219,3 +260,29 @@ def test_failed_drawing_leaves_no_open_figure(tmp_path):
     with pytest.raises(ValueError):
         plot_forest(bad, tmp_path / "forest")
     assert plt.get_fignums() == []
+
+
+def test_plots_with_unchanged_inputs_are_copied_not_drawn(tmp_path, monkeypatch):
+    import cxrbench.report.plots as plots
+
+    cache = tmp_path / "cache"
+    first = plot_roc(_preds(), label="Atelectasis", out_stem=tmp_path / "a" / "roc", n_boot=30, cache=cache)
+    forest = plot_forest(_comparison(), tmp_path / "a" / "forest", cache=cache)
+    drawn = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: drawn.append(stem) or real_save(fig, stem))
+    again = plot_roc(_preds(), label="Atelectasis", out_stem=tmp_path / "b" / "roc", n_boot=30, cache=cache)
+    forest2 = plot_forest(_comparison(), tmp_path / "b" / "forest", cache=cache)
+    assert drawn == []
+    _assert_png_pdf(again, tmp_path / "b" / "roc")
+    for old, new in zip(first + forest, again + forest2, strict=True):
+        assert old.read_bytes() == new.read_bytes()
+    # any change of the inputs draws again: the data, a setting, the title
+    changed = _preds()
+    row = changed.index[(changed["label"] == "Atelectasis") & (changed["split"] == "test")][-1]
+    changed.loc[row, "y_score"] += 0.5
+    plot_roc(changed, label="Atelectasis", out_stem=tmp_path / "c" / "roc", n_boot=30, cache=cache)
+    plot_roc(_preds(), label="Atelectasis", out_stem=tmp_path / "c" / "roc", n_boot=31, cache=cache)
+    plot_forest(_comparison(), tmp_path / "c" / "forest", title="other", cache=cache)
+    assert len(drawn) == 3
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -269,3 +269,75 @@ def test_duplicate_rows_bad_split_and_bad_y_true_raise():
         evaluate(df.assign(split=df.split.where(df.index != 4, "train")), n_boot=5)
     with pytest.raises(CxrbenchError, match="'y_true' must hold"):
         evaluate(df.assign(y_true=df.y_true.where(df.index != 4, 2.0)), n_boot=5)
+
+
+# --------------------------------------------------------------------------- shared replicates
+
+
+def _no_bootstrap(monkeypatch):
+    """Make any bootstrap computation fail: what follows must come from the replicate cache."""
+    import cxrbench.stats.engine as engine
+
+    def fail(*args, **kwargs):
+        raise AssertionError("replicates were recomputed instead of read from the cache")
+
+    monkeypatch.setattr(engine, "replicate_metrics", fail)
+
+
+def _same(a, b):
+    """Bitwise equality of two (frame, warnings) results."""
+    pd.testing.assert_frame_equal(a[0], b[0], check_exact=True)
+    assert a[1] == b[1]
+
+
+@pytest.mark.parametrize("cluster", ["image", "patient"])
+def test_compare_reuses_the_replicates_of_evaluate_bitwise(tmp_path, monkeypatch, cluster):
+    df = _shuffled_problem(seed=12)
+    kw = dict(n_boot=40, seed=3, cluster=cluster)
+    plain_eval = evaluate(df, **kw)
+    plain = {t: compare(df, baseline="imagenet", test=t, **kw) for t in ("bootstrap", "delong")}
+    _same(evaluate(df, cache=tmp_path, **kw), plain_eval)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    _no_bootstrap(monkeypatch)
+    for t in ("bootstrap", "delong"):
+        _same(compare(df, baseline="imagenet", test=t, cache=tmp_path, **kw), plain[t])
+    _same(evaluate(df, cache=tmp_path, **kw), plain_eval)
+    # and the shared numbers are the per-replicate sklearn ones (independent recomputation)
+    if cluster == "image":
+        out, _ = compare(df, baseline="imagenet", cache=tmp_path, **kw)
+        known_test = df[(df.split == "test") & df.y_true.notna()]
+        order = pd.Index(pd.unique(known_test.sample_id))
+        g = known_test[(known_test.encoder == "moco") & (known_test.adaptation == "finetune") & (known_test.label == "z")]
+        g = g.iloc[np.argsort(order.get_indexer(g.sample_id))]
+        pos, y, s = order.get_indexer(g.sample_id), g.y_true.to_numpy(), g.y_score.to_numpy()
+        reps = [roc_auc_score(y[i], s[i]) for i in (np.repeat(np.arange(y.size), c[pos])
+                                                    for c in bootstrap_counts(order.size, n_boot=40, seed=3))]
+        row = out[(out.encoder == "moco") & (out.adaptation == "finetune") & (out.label == "z")].iloc[0]
+        assert (row.auc_ci_low, row.auc_ci_high) == pytest.approx(percentile_ci(reps), abs=1e-12)
+
+
+def test_replicates_stored_by_compare_serve_evaluate_with_its_threshold_warnings(tmp_path, monkeypatch):
+    df = make(seed=6)
+    df = df[~((df.split == "val") & (df.label == "b"))]  # no validation for label b: threshold warnings
+    plain_eval, plain_cmp = evaluate(df, n_boot=30), compare(df, baseline="imagenet", n_boot=30)
+    assert any("no validation predictions" in w for w in plain_eval[1])
+    _same(compare(df, baseline="imagenet", n_boot=30, cache=tmp_path), plain_cmp)  # fills the cache
+    _no_bootstrap(monkeypatch)
+    _same(evaluate(df, n_boot=30, cache=tmp_path), plain_eval)
+    _same(compare(df, baseline="imagenet", n_boot=30, cache=tmp_path), plain_cmp)
+
+
+def test_replicate_cache_misses_on_other_inputs_and_survives_a_bad_file(tmp_path):
+    df = make(seed=7)
+    evaluate(df, n_boot=20, cache=tmp_path)
+    for kw in (dict(n_boot=21), dict(seed=1), dict(cluster="patient")):
+        evaluate(df, cache=tmp_path, **{"n_boot": 20, **kw})
+    evaluate(df.assign(y_score=df.y_score + 1e-9), n_boot=20, cache=tmp_path)  # other scores
+    evaluate(df.sample(frac=1.0, random_state=0), n_boot=20, cache=tmp_path)  # other sample order
+    files = sorted(tmp_path.glob("*.npz"), key=lambda p: p.stat().st_mtime)
+    assert len(files) == 4  # six keys, the newest four kept
+    for f in files:
+        f.write_bytes(b"not a zip")  # a damaged cache file is recomputed, not trusted
+    shuffled = df.sample(frac=1.0, random_state=0)
+    _same(evaluate(shuffled, n_boot=20, cache=tmp_path), evaluate(shuffled, n_boot=20))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -1,0 +1,187 @@
+"""The `evaluate` and `compare` stages end to end (plots included) at NIH size, against a naive loop.
+
+Run as ``python tests/perf/bench_stats_stages.py [--n-boot 1000] [--naive-reps 3] [--quick] [--profile]``.
+It writes a run directory of prediction Parquets (25,596 test + 8,000 val images x 14 labels x 8
+encoders, as `cxrbench probe` writes them), then times, each in a fresh process:
+
+* ``evaluate`` (the stage: read the Parquets, bootstrap, write ``evaluation/metrics.parquet``);
+* ``compare`` (the stage with its plots: tables, forest, one ROC figure per label, efficiency);
+* ``compare`` again (the stage is forced, so it redoes its work; plots whose inputs did not change
+  may be reused).
+
+The naive reference is the one of issue 11 and ``bench_stats.py``: for each of ``--n-boot``
+resamples, ``roc_auc_score`` per encoder and label on the resampled test rows. It is linear in
+replicates, so it is timed on ``--naive-reps`` replicates and scaled; the output says so. The ratio
+is naive / (evaluate + compare), plotting included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+N_TEST, N_VAL, N_LABELS, N_MODELS = 25_596, 8_000, 14, 8
+QUICK = dict(N_TEST=4000, N_VAL=1000, N_LABELS=6, N_MODELS=4)
+ROC_BOOT = 200  # replicates of each ROC band (plot_roc's default)
+
+
+def make_problem(seed: int = 0):
+    """Return y (labels x n) and scores (models x labels x n), n = test + val, NIH-like prevalences."""
+    rng = np.random.default_rng(seed)
+    n = N_TEST + N_VAL
+    prev = np.geomspace(0.002, 0.2, N_LABELS)
+    y = rng.random((N_LABELS, n)) < prev[:, None]
+    y[:, :2] = [False, True]  # every label has both classes in test and val
+    y[:, N_TEST : N_TEST + 2] = [False, True]
+    skill = rng.uniform(0.5, 1.5, (N_MODELS, N_LABELS, 1))
+    scores = skill * y[None] + rng.normal(size=(N_MODELS, N_LABELS, n))
+    return y, np.round(scores, 4).astype(np.float32).astype(np.float64)  # ties, as float32 outputs
+
+
+def encoders() -> list[str]:
+    return ["imagenet", *[f"enc{m}" for m in range(1, N_MODELS)]]
+
+
+def write_run(run: Path) -> None:
+    """Write ``RUN/predictions/nih/ENCODER/probe.parquet`` for every encoder (no manifests)."""
+    import pandas as pd
+
+    from cxrbench.adapt.predictions import predictions_path, predictions_table
+    from cxrbench.rundir import write_parquet
+
+    y, scores = make_problem()
+    n = N_TEST + N_VAL
+    rows = pd.DataFrame({
+        "sample_id": [f"img{i:06d}.png" for i in range(n)],
+        "patient_id": [f"p{i // 3:06d}" for i in range(n)],
+        "split": ["test"] * N_TEST + ["val"] * N_VAL,
+    })  # fmt: skip
+    labels = [f"Label{j:02d}" for j in range(N_LABELS)]
+    for m, enc in enumerate(encoders()):
+        table = predictions_table(rows, labels, y.T.astype(float), scores[m].T)
+        write_parquet(predictions_path(run, "nih", enc, "probe"), table)
+
+
+def naive(reps: int) -> float:
+    """Return seconds per replicate of the naive loop: ``roc_auc_score`` per model and label."""
+    from sklearn.metrics import roc_auc_score
+
+    from cxrbench.stats.bootstrap import bootstrap_counts
+
+    y, scores = make_problem()
+    y, scores = y[:, :N_TEST], scores[..., :N_TEST]
+    counts = bootstrap_counts(N_TEST, n_boot=reps, seed=0)
+    t = time.perf_counter()
+    for r in range(reps):
+        idx = np.repeat(np.arange(N_TEST), counts[r])
+        for m in range(N_MODELS):
+            for j in range(N_LABELS):
+                roc_auc_score(y[j, idx], scores[m, j, idx])
+    return (time.perf_counter() - t) / reps
+
+
+def phase(name: str, run: Path, n_boot: int, profile: str | None) -> None:
+    """Run one stage in this process and print its wall seconds (and plotting seconds for compare)."""
+    from cxrbench.report import plots
+
+    plot_seconds = [0.0]
+    originals = {k: getattr(plots, k) for k in ("plot_forest", "plot_roc", "plot_label_efficiency")}
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                plot_seconds[0] += time.perf_counter() - t0
+
+        return wrapper
+
+    for k, fn in originals.items():
+        setattr(plots, k, timed(fn))
+    from cxrbench.stages.compare import compare
+    from cxrbench.stages.evaluate import evaluate
+
+    prof = cProfile.Profile() if profile else None
+    t = time.perf_counter()
+    if prof:
+        prof.enable()
+    if name == "evaluate":
+        evaluate(run, n_boot=n_boot, force=True)
+    else:
+        compare(run, baseline="imagenet", n_boot=n_boot, force=True)
+    if prof:
+        prof.disable()
+        prof.dump_stats(profile)
+    print(f"{time.perf_counter() - t} {plot_seconds[0]}")
+
+
+def _subprocess(name: str, run: Path, args: argparse.Namespace) -> tuple[float, float]:
+    cmd = [sys.executable, __file__, "--phase", name, "--run", str(run), "--n-boot", str(args.n_boot)]
+    if args.quick:
+        cmd.append("--quick")
+    if args.profile:
+        cmd += ["--profile-out", f"{args.profile}/{name}.prof"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{name} failed:\n{done.stderr}")
+    out = done.stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--naive-reps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help=f"smaller problem {QUICK}")
+    ap.add_argument("--profile", metavar="DIR", help="write cProfile stats of each stage to DIR/<stage>.prof")
+    ap.add_argument("--run", type=Path, help="run directory to use (default: a temporary one)")
+    ap.add_argument("--phase", choices=["evaluate", "compare"], help=argparse.SUPPRESS)
+    ap.add_argument("--profile-out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.quick:
+        globals().update(QUICK)
+    if args.phase:
+        phase(args.phase, args.run, args.n_boot, args.profile_out)
+        return
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    tmp = None
+    run = args.run
+    if run is None:
+        tmp = tempfile.mkdtemp(prefix="bench-stats-")
+        run = Path(tmp) / "run"
+    try:
+        write_run(run)
+        print(f"problem: {N_TEST} test + {N_VAL} val images x {N_LABELS} labels x {N_MODELS} encoders "
+              f"x {args.n_boot} replicates; ROC bands {ROC_BOOT} replicates")  # fmt: skip
+        t_naive = naive(args.naive_reps) * args.n_boot
+        print(f"naive roc_auc_score loop: {t_naive:8.1f} s (timed on {args.naive_reps} replicates, "
+              f"scaled linearly to {args.n_boot})")
+        e, _ = _subprocess("evaluate", run, args)
+        c, p = _subprocess("compare", run, args)
+        c2, p2 = _subprocess("compare", run, args)
+        print(f"evaluate stage: {e:8.2f} s")
+        print(f"compare stage:  {c:8.2f} s (plots {p:.2f} s); rerun {c2:.2f} s (plots {p2:.2f} s)")
+        total = e + c
+        print(f"evaluate + compare: {total:.2f} s = {t_naive / total:.1f}x naive")
+        if args.profile:
+            for name in ("evaluate", "compare"):
+                print(f"--- {name}")
+                pstats.Stats(f"{args.profile}/{name}.prof").sort_stats("cumulative").print_stats(25)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
