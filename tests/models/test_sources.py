@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from cxrbench.errors import CxrbenchError
 from cxrbench.models.sources import builtin_names, check_weights, is_builtin, resolve_encoder
 
 
@@ -19,7 +20,6 @@ def weight_spec(name, arch=None, run_dir=None):
 def require_weights(name, arch=None, run_dir=None):
     return resolve_encoder(name, arch=arch, run=run_dir).require().weights
 
-from cxrbench.errors import CxrbenchError
 
 
 def test_default_sources_resolve_to_documented_hub_repos():
