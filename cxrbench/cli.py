@@ -87,7 +87,8 @@ def prepare(
     uncertain: Annotated[str, typer.Option(help="Uncertain labels become: negative, positive or ignore.")] = "negative",
     min_positives: Annotated[int, typer.Option(help="Drop labels with fewer positives in any split.")] = 0,
     split: Annotated[str, typer.Option(help="train/val/test percentages where no official split exists.")] = "60/20/20",
-    views: Annotated[str, typer.Option(help="frontal or all.")] = "frontal",
+    views: Annotated[str, typer.Option(help="frontal (PA/AP; images without a recorded view are left out and "
+                                           "counted), frontal+unknown, or all.")] = "frontal",
     seed: SeedOpt = 0,
     workers: Annotated[int | None, typer.Option(help="Decoding processes [default: CPU count].")] = None,
     n_patients: Annotated[int | None, typer.Option(help="Generated datasets (synthetic): number of patients "
@@ -128,6 +129,11 @@ def prepare(
     extra = manifest.extra
     out.print(f"[bold]{dataset}[/]: {extra['images']} images, {extra['patients']} patients, "
               f"splits {extra['splits']}, quarantined {extra['quarantined']}")
+    left_out = {k: extra.get(f"excluded_{k}", 0) for k in ("non_frontal", "unknown_view")}
+    if any(left_out.values()):
+        out.print(f"left out by --views {views}: {left_out['non_frontal']} non-frontal, "
+                  f"{left_out['unknown_view']} with no recorded view"
+                  + (" (keep those with --views frontal+unknown)" if left_out["unknown_view"] else ""))
     from rich.table import Table
 
     table = Table("label", "train", "val", "test", title="positives / known per split")
@@ -289,6 +295,28 @@ def run_command(
     done = run_suite(run_dir, chosen, force=force, device=device, precision=precision)
     out.print(f"suite [bold]{suite}[/]: {len(done)} stages up to date in {run_dir}")
     _show_tables(run_dir, done["compare"])
+
+
+@app.command(epilog="Example: cxrbench verify --run runs/default")
+def verify(run: RunOpt = None) -> None:
+    """Re-hash every output of every finished stage, check inputs and image files; exit 1 on any problem."""
+    from rich.table import Table
+
+    from cxrbench.console import out
+    from cxrbench.stages.verify import verify as verify_run
+
+    run_dir = _run(run)
+    if not run_dir.is_dir():
+        raise CxrbenchError(f"--run {run_dir}: no such run directory")
+    findings = verify_run(run_dir)
+    table = Table("manifest", "stage", "files", "status")
+    for f in findings:
+        table.add_row(f.manifest, f.stage, str(f.files), "ok" if f.problem is None else f"[red]{f.problem}[/]")
+    out.print(table)
+    bad = [f for f in findings if f.problem is not None]
+    out.print(f"{len(findings) - len(bad)} of {len(findings)} stage outputs verified in {run_dir}")
+    if bad:
+        raise typer.Exit(1)
 
 
 def _show_tables(run_dir: Path, manifest) -> None:

@@ -8,6 +8,7 @@ renamed into place, the manifest last, so an interrupted stage never looks finis
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -352,6 +353,22 @@ def read_complete(run: RunLayout | Path, manifest_path: Path, *, what: str, hint
     return manifest
 
 
+def current_outputs(run: RunLayout | Path) -> dict[str, str]:
+    """Content hash of every output of every complete manifest in the run, by run-relative path."""
+    layout = layout_of(run)
+    hashes: dict[str, str] = {}
+    for path in layout.root.rglob("*manifest.json"):
+        manifest = Manifest.read(path)
+        if manifest is not None and manifest.complete:
+            hashes.update(manifest.outputs)
+    return hashes
+
+
+def stale_inputs(manifest: Manifest, current: Mapping[str, str]) -> list[str]:
+    """The inputs of ``manifest`` that another stage has since rewritten (hash differs from ``current``)."""
+    return [rel for rel, digest in manifest.inputs.items() if rel in current and current[rel] != digest]
+
+
 def stage_key(stage: str, settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
     """Hash of the stage name, its settings, its inputs' content hashes and the cxrbench version."""
     return json_hash({"stage": stage, "settings": settings, "inputs": inputs, "version": __version__})
@@ -461,8 +478,25 @@ class Stage:
 
     @contextlib.contextmanager
     def open(self, *, force: bool = False) -> Iterator[bool]:
-        """Lock, then yield True if the stage must run (False: up to date); finalise on success."""
-        with stage_lock(self.lock_path, what=self.what):
+        """Lock, then yield True if the stage must run (False: up to date); finalise on success.
+
+        In a run directory this process cannot write (read-only copy, other owner) an up-to-date
+        stage is still skipped; one that needs work is a one-line error.
+        """
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(stage_lock(self.lock_path, what=self.what))
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                existing = None if force else self.up_to_date()
+                if existing is None:
+                    raise CxrbenchError(f"{self.what}: cannot write in {self.lock_path.parent} "
+                                        f"({exc.strerror}); it needs to be (re)done") from None
+                self.manifest, self.skipped = existing, True
+                info(f"{self.what}: up to date, nothing to do (read-only)")
+                yield False
+                return
             existing = None if force else self.up_to_date()
             if existing is not None:
                 self.manifest, self.skipped = existing, True

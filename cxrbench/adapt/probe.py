@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cxrbench.adapt.lbfgs import fit_logistic, matmul
+from cxrbench.engine.device import device_name
 from cxrbench.errors import CxrbenchError
 from cxrbench.stats.auc import label_aucs
 
@@ -68,7 +69,7 @@ class LinearProbe:
         )
         if not (isinstance(tol, float) and tol > 0):
             raise CxrbenchError(f"tol must be a positive float, got {tol!r}")
-        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = torch.device(device_name(self.device))
         fdtype = _DTYPES[self.dtype]
         softmax = task == "multiclass"
         D = X_train.shape[1]

@@ -580,6 +580,12 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
     return int(value)
 
 
+def check_phantoms(*, n_patients: object, size: object, seed: object) -> tuple[int, int, int]:
+    """The phantom settings as integers, or a one-line error naming the bad one (checked before any work)."""
+    return (_check_int("n_patients", n_patients, MIN_PATIENTS), _check_int("size", size, MIN_SIZE, MAX_SIZE),
+            _check_int("seed", seed, 0))
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -654,9 +660,7 @@ def write_phantoms(
     Large jobs (about 40 Mpixel of output) use one process per available core. The CSV is written last (atomically), so an interrupted run leaves
     no metadata file.
     """
-    n_patients = _check_int("n_patients", n_patients, MIN_PATIENTS)
-    size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
-    seed = _check_int("seed", seed, 0)
+    n_patients, size, seed = check_phantoms(n_patients=n_patients, size=size, seed=seed)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise CxrbenchError(f"output folder {root} exists and is not a directory")

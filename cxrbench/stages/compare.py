@@ -8,7 +8,7 @@ import pandas as pd
 
 from cxrbench.console import info
 from cxrbench.errors import CxrbenchError
-from cxrbench.rundir import Manifest, RunLayout, Stage, layout_of, safe_name
+from cxrbench.rundir import Manifest, RunLayout, Stage, file_hash, layout_of, safe_name
 from cxrbench.stages.evaluate import load_metrics, load_predictions, prediction_files
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -42,6 +42,9 @@ def compare(
 
     layout = layout_of(run)
     metrics, metrics_manifest = load_metrics(layout)
+    files = prediction_files(layout)
+    if {layout.relative(p): file_hash(p) for p in files} != metrics_manifest.inputs:
+        raise CxrbenchError("the predictions changed since `cxrbench evaluate` ran; rerun `cxrbench evaluate` first")
     settings = {"baseline": baseline, "n_boot": n_boot, "cluster": cluster, "test": test,
                 "correction": correction, "alpha": alpha, "plots": plots}
     home = layout.comparisons
@@ -52,7 +55,7 @@ def compare(
             note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha,
                             cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
-            for dataset, preds in load_predictions(prediction_files(layout)).items():
+            for dataset, preds in load_predictions(files).items():
                 if baseline not in set(preds["encoder"].unique()):
                     info(f"[yellow]skipping {dataset}: no predictions of baseline '{baseline}'[/]")
                     continue

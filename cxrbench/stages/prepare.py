@@ -47,9 +47,8 @@ def split_options(adapter, options: dict[str, Any]) -> tuple[dict[str, Any], dic
 
 def generate(layout: RunLayout, dataset: str, adapter, *, root: Path | None, options: dict[str, Any],
              image: Preprocess, seed: int, force: bool = False) -> tuple[Path, Manifest]:
-    """Make the dataset's files with the adapter's ``generate`` (its own stage: once per setting).
-
-    Options it does not get default to the prepare's image size (``phantom_size``) and seed
+    """Make the dataset's files with the adapter's ``generate`` (its own stage: once per setting);
+    an adapter's ``check_generate`` refuses bad options first. Options it does not get default to the prepare's image size (``phantom_size``) and seed
     (``phantom_seed``) where ``generate`` takes them.
     """
     root = Path(root) if root is not None else layout.raw(dataset)
@@ -59,6 +58,9 @@ def generate(layout: RunLayout, dataset: str, adapter, *, root: Path | None, opt
         settings.setdefault("phantom_size", image.size)
     if "phantom_seed" in names:
         settings.setdefault("phantom_seed", seed)
+    check = getattr(adapter, "check_generate", None)
+    if check is not None:
+        check(**settings)
     home = layout if _inside(layout, root) else RunLayout(root)  # a --root elsewhere keeps its own manifest
     stage = Stage(home, "generate", root / "manifest.json", settings={"dataset": dataset, **settings}, seed=seed,
                   what=f"{dataset} files in {root}")
@@ -84,16 +86,30 @@ def _inside(layout: RunLayout, path: Path) -> bool:
         return False
 
 
-def files_fingerprint(paths: list[str]) -> str:
-    """Hash of each image file's path, size and modification time (a changed image is decoded again)."""
+def files_fingerprint(paths: list[str], names: list[str]) -> str:
+    """Hash of each image file's name, size and modification time (a changed image is decoded again)."""
     digest = hashlib.sha256()
-    for path in paths:
+    for path, name in zip(paths, names, strict=True):
         try:
             stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:
-            digest.update(f"{path}\0missing\n".encode())
+            digest.update(f"{name}\0missing\n".encode())
     return digest.hexdigest()
+
+
+def relative_paths(paths: pd.Series, root: Path) -> list[str]:
+    """``paths`` relative to the dataset root where they are under it, so that a run (or a dataset)
+    copied elsewhere keeps its stage keys; other paths stay absolute."""
+    prefixes = tuple(dict.fromkeys(str(r).rstrip("/") + "/" for r in (Path(root).resolve(), Path(root).absolute())))
+    out = []
+    for path in paths.astype(str):
+        for prefix in prefixes:
+            if path.startswith(prefix):
+                path = path[len(prefix):]
+                break
+        out.append(path)
+    return out
 
 
 def prepare(
@@ -122,7 +138,8 @@ def prepare(
     raw = adapter.load(root, **options)
     samples, summary = build_samples(raw, policy, root=root)
 
-    rows_hash = pd.util.hash_pandas_object(samples, index=False).sum()
+    names = relative_paths(samples["path"], root)
+    rows_hash = pd.util.hash_pandas_object(samples.assign(path=names), index=False).sum()
     settings = {
         "dataset": dataset,
         "root": _portable(root, layout.root),
@@ -133,7 +150,7 @@ def prepare(
     home = layout.prepared(dataset)
     stage = Stage(layout, "prepare", home / "manifest.json", settings=settings, inputs=inputs,
                   extra_inputs={"rows": f"{int(rows_hash) & (2**64 - 1):016x}",
-                                "files": files_fingerprint(samples["path"].tolist())},
+                                "files": files_fingerprint(samples["path"].tolist(), names)},
                   seed=policy.seed, what=f"prepared dataset '{dataset}'")
     with stage.open(force=force) as todo:
         if todo:

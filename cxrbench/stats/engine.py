@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,17 +80,11 @@ def _name(model: tuple) -> str:
 
 def _resolve_device(device: str | None) -> str | None:
     """Return the torch device to use, or None for the numpy path (default: CUDA when available)."""
+    from cxrbench.engine.device import cuda_available
+
     if device is not None:
         return str(device)
-    if "torch" not in sys.modules and not (
-        os.path.exists("/proc/driver/nvidia") or shutil.which("nvidia-smi")
-    ):
-        return None  # no NVIDIA driver: skip importing torch (seconds and ~0.5 GiB) just to hear "no"
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return None
-    return "cuda" if torch.cuda.is_available() else None
+    return "cuda" if cuda_available() else None
 
 
 def _codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +112,11 @@ class _Table:
     score: np.ndarray
     slices: dict[tuple[int, int, int], tuple[int, int]]  # (model, label, is_test) -> row range
     patient_rows: np.ndarray  # original row index of each sorted row
+
+
+def validate_predictions(preds: pd.DataFrame) -> None:
+    """Check predictions as ``evaluate``/``compare`` will (one-line CxrbenchError naming the problem)."""
+    _validate(preds)
 
 
 def _validate(preds: pd.DataFrame) -> _Table:

@@ -26,6 +26,13 @@ def generate(root: Path, *, n_patients: int = 200, phantom_size: int = 64, phant
     return write_phantoms(root, n_patients=n_patients, size=phantom_size, seed=phantom_seed, progress=progress)
 
 
+def check_generate(*, n_patients: int = 200, phantom_size: int = 64, phantom_seed: int = 0) -> None:
+    """Refuse bad ``generate`` options before anything is generated or invalidated."""
+    from cxrbench.data.synthetic import check_phantoms
+
+    check_phantoms(n_patients=n_patients, size=phantom_size, seed=phantom_seed)
+
+
 def load(root: Path) -> RawDataset:
     """Return one row per phantom image: absolute path, ids, view, sex, age, report, five labels."""
     root = Path(root)
