@@ -258,12 +258,10 @@ def _digest_value(h: Any, value: Any) -> None:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
+    from cxrbench.rundir import atomic_path
+
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _cached(fn: Callable[..., list[Path]]) -> Callable[..., list[Path]]:

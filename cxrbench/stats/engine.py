@@ -413,17 +413,13 @@ def _store_replicates(folder: Path, key: str, run: _Run) -> None:
             [[np.asarray(c.reps[k], dtype=np.float64) for k in _POINT_KEYS] for c in active], dtype=np.float64
         ).reshape(-1, 6, run.n_boot),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key}.npz"
-    tmp = folder / f".{key}.npz.tmp-{os.getpid()}"
+    from cxrbench.rundir import atomic_path
+
     try:
-        with open(tmp, "wb") as handle:
+        with atomic_path(folder / f"{key}.npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-        os.replace(tmp, path)
     except OSError:
         return  # a cache: failing to write it only costs the next caller the recomputation
-    finally:
-        tmp.unlink(missing_ok=True)
     old = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)[_KEEP_CACHED:]
     for stale in old:
         stale.unlink(missing_ok=True)
