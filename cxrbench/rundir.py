@@ -53,8 +53,12 @@ _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._+=-]+")
 
 def is_safe_name(name: str) -> bool:
     """True when ``name`` can be one path component as it is (no separators, no ``..``, no leading dot)."""
-    return (isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
-            and not name.endswith((" ", ".")))
+    return (
+        isinstance(name, str)
+        and bool(_SAFE_NAME.fullmatch(name))
+        and ".." not in name
+        and not name.endswith((" ", "."))
+    )
 
 
 def safe_name(name: str, *, readable: str | None = None) -> str:
@@ -491,8 +495,10 @@ class Stage:
                     raise
                 existing = None if force else self.up_to_date()
                 if existing is None:
-                    raise CxrbenchError(f"{self.what}: cannot write in {self.lock_path.parent} "
-                                        f"({exc.strerror}); it needs to be (re)done") from None
+                    raise CxrbenchError(
+                        f"{self.what}: cannot write in {self.lock_path.parent} "
+                        f"({exc.strerror}); it needs to be (re)done"
+                    ) from None
                 self.manifest, self.skipped = existing, True
                 info(f"{self.what}: up to date, nothing to do (read-only)")
                 yield False
@@ -511,9 +517,7 @@ class Stage:
     def _invalidate(self) -> None:
         """Mark the output unfinished before touching anything, and drop the previous outputs."""
         previous = Manifest.read(self.manifest_path)
-        Manifest(stage=self.name, key=self.key, settings=self.settings, complete=False).write(
-            self.manifest_path
-        )
+        Manifest(stage=self.name, key=self.key, settings=self.settings, complete=False).write(self.manifest_path)
         if previous is not None:
             for rel in previous.outputs:
                 path = self.layout.inside(rel)
@@ -552,4 +556,3 @@ class Stage:
             sizes=sizes,
         )
         self.manifest.write(self.manifest_path)
-

@@ -37,8 +37,18 @@ def _predictions(run: Path, encoder: str, labels: list[str], *, dataset: str = "
     for label in labels:
         score = y + rng.normal(0, 1.0, n)
         for split in ("val", "test"):
-            rows.append(pd.DataFrame({"sample_id": [f"i{k}" for k in range(n)], "patient_id": [f"p{k}" for k in range(n)],
-                                      "split": split, "label": label, "y_true": y, "y_score": score}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "sample_id": [f"i{k}" for k in range(n)],
+                        "patient_id": [f"p{k}" for k in range(n)],
+                        "split": split,
+                        "label": label,
+                        "y_true": y,
+                        "y_score": score,
+                    }
+                )
+            )
     path = run / "predictions" / dataset / encoder / "probe.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.concat(rows).to_parquet(path)
@@ -63,10 +73,12 @@ def test_labels_from_outside_files_never_write_or_delete_outside_the_run(tmp_pat
 
 def test_pretrain_names_are_folder_safe_and_do_not_hide_built_in_encoders(phantom_run: Path, capsys) -> None:
     for bad in ("../../x", "a/b", "file:x"):
-        assert "--name" in _fails(capsys, "pretrain", "simclr", "--dataset", "synthetic", "--name", bad,
-                                  "--run", str(phantom_run))
-    assert "built-in encoder" in _fails(capsys, "pretrain", "simclr", "--dataset", "synthetic", "--name", "random",
-                                        "--run", str(phantom_run))
+        assert "--name" in _fails(
+            capsys, "pretrain", "simclr", "--dataset", "synthetic", "--name", bad, "--run", str(phantom_run)
+        )
+    assert "built-in encoder" in _fails(
+        capsys, "pretrain", "simclr", "--dataset", "synthetic", "--name", "random", "--run", str(phantom_run)
+    )
     assert not (phantom_run / "encoders").exists() and not (phantom_run.parent / "x").exists()
 
 
@@ -76,12 +88,14 @@ def test_a_truncated_cache_or_predictions_file_is_a_one_line_error(run_copy: Pat
     data = preds.read_bytes()
     preds.write_bytes(data[: len(data) // 2])
     assert "rerun `cxrbench probe --dataset synthetic --encoder random --force`" in _fails(
-        capsys, "evaluate", "--run", str(run_copy))
+        capsys, "evaluate", "--run", str(run_copy)
+    )
     cache = run_copy / "prepared/synthetic/cache/images.npy"
     with open(cache, "r+b") as handle:
         handle.truncate(cache.stat().st_size - 4096)
-    message = _fails(capsys, "probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH,
-                     "--run", str(run_copy))
+    message = _fails(
+        capsys, "probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--run", str(run_copy)
+    )
     assert "images.npy has" in message and "rerun `cxrbench prepare synthetic --force`" in message
 
 
@@ -118,8 +132,24 @@ def test_a_changed_image_is_decoded_again(tmp_path: Path) -> None:
 def test_predictions_from_an_older_prepare_are_refused(run_copy: Path, capsys) -> None:
     cli("probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--run", str(run_copy))
     cli("evaluate", "--n-boot", "20", "--run", str(run_copy))
-    cli("prepare", "synthetic", "--n-patients", "200", "--size", "64", "--seed", "0", "--run", str(run_copy),
-        "--workers", "1", "--uncertain", "positive", "--min-positives", "1")
+    cli(
+        "prepare",
+        "synthetic",
+        "--n-patients",
+        "200",
+        "--size",
+        "64",
+        "--seed",
+        "0",
+        "--run",
+        str(run_copy),
+        "--workers",
+        "1",
+        "--uncertain",
+        "positive",
+        "--min-positives",
+        "1",
+    )
     message = _fails(capsys, "evaluate", "--n-boot", "20", "--run", str(run_copy))
     assert "predictions/synthetic/random/probe.parquet was made from an older prepared/synthetic/" in message
     assert "rerun `cxrbench probe --dataset synthetic --encoder random`" in message
@@ -142,13 +172,15 @@ def test_bad_inputs_are_refused_before_old_outputs_are_dropped(tmp_path: Path, c
     assert str(bad) in message and "y_true" in message
     assert (run / "evaluation/metrics.parquet").read_bytes() == metrics
     assert Manifest.read(run / "evaluation/manifest.json").complete
-    assert "--fraction 0.0" in _fails(capsys, "probe", "--dataset", "x", "--encoder", "random", "--fraction", "0",
-                                      "--run", str(run))
+    assert "--fraction 0.0" in _fails(
+        capsys, "probe", "--dataset", "x", "--encoder", "random", "--fraction", "0", "--run", str(run)
+    )
     # generation options are checked before the phantoms already there are touched
     cli("prepare", "synthetic", "--n-patients", "40", "--size", "32", "--run", str(run), "--workers", "1")
     phantoms = Manifest.read(run / "raw/synthetic/manifest.json")
-    assert "n_patients=1" in _fails(capsys, "prepare", "synthetic", "--n-patients", "1", "--size", "32",
-                                    "--run", str(run))
+    assert "n_patients=1" in _fails(
+        capsys, "prepare", "synthetic", "--n-patients", "1", "--size", "32", "--run", str(run)
+    )
     assert Manifest.read(run / "raw/synthetic/manifest.json") == phantoms
 
 
