@@ -86,7 +86,7 @@ def prepare(
     equalize: Annotated[bool, typer.Option(help="Histogram-equalise images.")] = False,
     uncertain: Annotated[str, typer.Option(help="Uncertain labels become: negative, positive or ignore.")] = "negative",
     min_positives: Annotated[int, typer.Option(help="Drop labels with fewer positives in any split.")] = 0,
-    split: Annotated[str, typer.Option(help="train/val/test percentages where no official split exists.")] = "60/20/20",
+    split: Annotated[str, typer.Option(help="train/val/test percentages (each > 0, sum 100) where no official split exists.")] = "60/20/20",
     views: Annotated[str, typer.Option(help="frontal or all.")] = "frontal",
     seed: SeedOpt = 0,
     workers: Annotated[int | None, typer.Option(help="Decoding processes [default: CPU count].")] = None,

@@ -82,6 +82,12 @@ def test_prepare_bad_split_writes_nothing(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("split", "named"), [("50/50/10", "sum to 110"), ("80/0/20", "val split")])
+def test_prepare_split_not_summing_to_100_or_empty_writes_nothing(capsys, tmp_path, split, named):
+    _fails(capsys, ["prepare", "synthetic", "--split", split], f"--split '{split}'", named)
+    assert not (tmp_path / "run").exists()
+
+
 def test_prepare_bad_uncertain(capsys, tmp_path):
     _fails(
         capsys,
