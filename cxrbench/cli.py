@@ -46,7 +46,9 @@ PrecisionOpt = Annotated[str | None, typer.Option(
 WorkersOpt = Annotated[int | None, typer.Option(
     help="Processes reading batches from the image cache (default: 4 on CUDA, 0 on CPU).")]
 ArchOpt = Annotated[str | None, typer.Option("--arch", help="timm architecture, e.g. resnet50, densenet121, vit_base_patch16_224.")]
-ConfigOpt = Annotated[Path, typer.Option("--config", help="Suites file.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="Suites file read on top of the built-in suites: adds suites, replaces built-in ones by name "
+    "[default: ./benchmarks.toml when present].")]
 
 
 def _run(run: Path | None) -> Path:
@@ -272,8 +274,8 @@ def compare(
 
 @app.command("run", epilog="Example: cxrbench run --suite smoke")
 def run_command(
-    suite: Annotated[str, typer.Option(help="Suite name in the config file.")],
-    config: ConfigOpt = Path("benchmarks.toml"),
+    suite: Annotated[str, typer.Option(help="Suite name: built in, or in ./benchmarks.toml or --config (see `cxrbench suites`).")],
+    config: ConfigOpt = None,
     run: RunOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -291,6 +293,22 @@ def run_command(
     _show_tables(run_dir, done["compare"])
 
 
+@app.command("suites", epilog="Example: cxrbench suites --config my-benchmarks.toml")
+def suites_command(config: ConfigOpt = None) -> None:
+    """List the suites `cxrbench run --suite NAME` knows, and where each comes from."""
+    from rich.table import Table
+
+    from cxrbench.config import available_suites
+    from cxrbench.console import out
+
+    table = Table("suite", "from", "datasets", "encoders", "baseline", "description")
+    for name, (chosen, origin, replaces) in available_suites(config).items():
+        table.add_row(name, f"{origin} (replaces built in)" if replaces else origin,
+                      ", ".join(d.name for d in chosen.datasets), ", ".join(chosen.encoders), chosen.baseline,
+                      chosen.description)
+    out.print(table)
+
+
 def _show_tables(run_dir: Path, manifest) -> None:
     """Print where the significance tables are, and show them."""
     from cxrbench.console import out
@@ -306,7 +324,7 @@ def weights_check(
     suite: Annotated[str | None, typer.Option(help="Check every encoder of this suite.")] = None,
     encoder: Annotated[list[str] | None, typer.Option(help="Check these encoders (repeatable).")] = None,
     arch: ArchOpt = None,
-    config: ConfigOpt = Path("benchmarks.toml"),
+    config: ConfigOpt = None,
     run: RunOpt = None,
 ) -> None:
     """List the weights a suite needs, whether each is present offline, and how to fetch the missing."""
