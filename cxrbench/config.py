@@ -81,7 +81,9 @@ def load_config(path: Path | str) -> dict[str, Suite]:
     """Every suite in one suites file; one-line errors for a missing file or bad TOML."""
     path = Path(path)
     if not path.is_file():
-        raise CxrbenchError(f"config {path} not found (leave out --config for the built-in suites and ./{LOCAL_CONFIG})")
+        raise CxrbenchError(
+            f"config {path} not found (leave out --config for the built-in suites and ./{LOCAL_CONFIG})"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

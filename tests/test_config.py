@@ -36,14 +36,9 @@ def _error(tmp_path: Path, text: str) -> str:
 def test_builtin_suites_parse():
     suites = builtin_suites()
     smoke = suites["smoke"]
-    assert smoke.datasets == (
-        DatasetSpec("synthetic", None, {"n_patients": 200, "size": 64, "seed": 0}),
-    )
+    assert smoke.datasets == (DatasetSpec("synthetic", None, {"n_patients": 200, "size": 64, "seed": 0}),)
     assert smoke.encoders == ("random", "simclr") and smoke.baseline == "random"
-    assert (
-        smoke.pretrain["simclr"].method == "simclr"
-        and smoke.pretrain["simclr"].options["epochs"] == 2
-    )
+    assert smoke.pretrain["simclr"].method == "simclr" and smoke.pretrain["simclr"].options["epochs"] == 2
     assert smoke.finetune["epochs"] == 6 and smoke.evaluate == {"n_boot": 200}
     nih = suites["nih-simclr"]
     assert nih.datasets[0].root == "/data/nih" and nih.datasets[0].options == {
@@ -79,8 +74,11 @@ def test_binary_file_is_not_valid_toml(tmp_path):
 
 
 def test_unknown_suite_lists_the_known(tmp_path):
-    with pytest.raises(CxrbenchError, match=r"unknown suite 'nope' in built-in suites or .*bench.toml "
-                       r"\(known: nih-simclr, s, smoke\)"):
+    with pytest.raises(
+        CxrbenchError,
+        match=r"unknown suite 'nope' in built-in suites or .*bench.toml "
+        r"\(known: nih-simclr, s, smoke\)",
+    ):
         get_suite("nope", _write(tmp_path, MINIMAL))
 
 
@@ -219,7 +217,10 @@ def test_local_file_without_suites_adds_nothing(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("text", "named"),
-    [('[suites.x]\ndatasets = ["a"\n', "is not valid TOML"), ("[suites.x]\nencoders = ['imagenet']", "suites.x.datasets")],
+    [
+        ('[suites.x]\ndatasets = ["a"\n', "is not valid TOML"),
+        ("[suites.x]\nencoders = ['imagenet']", "suites.x.datasets"),
+    ],
 )
 def test_bad_local_file_is_one_line_naming_it_even_for_a_builtin_suite(tmp_path, monkeypatch, text, named):
     monkeypatch.chdir(tmp_path)

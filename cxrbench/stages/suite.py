@@ -27,7 +27,9 @@ _POLICY_KEYS = ("uncertain", "min_positives", "views", "split", "seed")
 _IMAGE_KEYS = ("size", "aspect", "equalize")
 
 
-def prepare_settings(options: dict[str, Any], *, where: str = "prepare") -> tuple[LabelPolicy, Preprocess, dict[str, Any]]:
+def prepare_settings(
+    options: dict[str, Any], *, where: str = "prepare"
+) -> tuple[LabelPolicy, Preprocess, dict[str, Any]]:
     """Split a suite's prepare options into the label policy, image settings and adapter options.
 
     Mistakes are one-line errors prefixed with ``where`` (the TOML table they came from).
@@ -45,20 +47,24 @@ def prepare_settings(options: dict[str, Any], *, where: str = "prepare") -> tupl
         raise CxrbenchError(f"{where}: bad prepare option: {exc}") from None
 
 
-def run_suite(run: RunLayout | Path, suite: Suite, *, force: bool = False, device: str | None = None,
-              precision: str | None = None) -> dict[str, Manifest]:
+def run_suite(
+    run: RunLayout | Path, suite: Suite, *, force: bool = False, device: str | None = None, precision: str | None = None
+) -> dict[str, Manifest]:
     """Run every stage of ``suite``; returns the manifests by a readable stage name."""
     from cxrbench.stages.prepare import prepare
 
     run = layout_of(run)
     # every dataset's settings are checked before the first is prepared: a bad split or option in
     # the last dataset fails the run before any work, not after hours of it
-    settings = [(spec, *prepare_settings(spec.options, where=f"suites.{suite.name}.prepare.{spec.name}"))
-                for spec in suite.datasets]
+    settings = [
+        (spec, *prepare_settings(spec.options, where=f"suites.{suite.name}.prepare.{spec.name}"))
+        for spec in suite.datasets
+    ]
     done: dict[str, Manifest] = {}
     for spec, policy, image, options in settings:
-        done[f"prepare {spec.name}"] = prepare(run, spec.name, root=spec.root and Path(spec.root), options=options,
-                                                policy=policy, image=image, force=force)
+        done[f"prepare {spec.name}"] = prepare(
+            run, spec.name, root=spec.root and Path(spec.root), options=options, policy=policy, image=image, force=force
+        )
     record_path = run.suite_record(suite.name)
     fingerprint = _fingerprint(suite)
     if not force:
@@ -72,12 +78,22 @@ def run_suite(run: RunLayout | Path, suite: Suite, *, force: bool = False, devic
     from cxrbench.stages.finetune import finetune
     from cxrbench.stages.pretrain import pretrain
     from cxrbench.stages.probe import probe
+
     for name, spec in suite.pretrain.items():
         options = dict(spec.options)
         known = {k: options.pop(k) for k in ("epochs", "batch_size", "lr", "seed", "arch", "init") if k in options}
         known.setdefault("arch", suite.arch)
-        done[f"pretrain {name}"] = pretrain(run, spec.method, dataset=spec.dataset, name=name, options=options,
-                                            device=device, precision=precision, force=force, **known)
+        done[f"pretrain {name}"] = pretrain(
+            run,
+            spec.method,
+            dataset=spec.dataset,
+            name=name,
+            options=options,
+            device=device,
+            precision=precision,
+            force=force,
+            **known,
+        )
     finetune_options = dict(suite.finetune)
     recipe_name = finetune_options.pop("recipe", "ssl-cxr")
     for spec in suite.datasets:
@@ -86,14 +102,30 @@ def run_suite(run: RunLayout | Path, suite: Suite, *, force: bool = False, devic
                 for fraction in suite.fractions:
                     where = f"{spec.name}/{encoder} f={fraction} s={seed}"
                     if "probe" in suite.adaptations:
-                        done[f"probe {where}"] = probe(run, dataset=spec.name, encoder=encoder, arch=suite.arch,
-                                                       fraction=fraction, seed=seed, device=device, force=force,
-                                                       **suite.probe)
+                        done[f"probe {where}"] = probe(
+                            run,
+                            dataset=spec.name,
+                            encoder=encoder,
+                            arch=suite.arch,
+                            fraction=fraction,
+                            seed=seed,
+                            device=device,
+                            force=force,
+                            **suite.probe,
+                        )
                     if "finetune" in suite.adaptations:
                         done[f"finetune {where}"] = finetune(
-                            run, dataset=spec.name, encoder=encoder, arch=suite.arch, recipe_name=recipe_name,
-                            overrides=finetune_options, fraction=fraction, seed=seed, device=device,
-                            precision=precision, force=force,
+                            run,
+                            dataset=spec.name,
+                            encoder=encoder,
+                            arch=suite.arch,
+                            recipe_name=recipe_name,
+                            overrides=finetune_options,
+                            fraction=fraction,
+                            seed=seed,
+                            device=device,
+                            precision=precision,
+                            force=force,
                         )
     done["evaluate"] = evaluate(run, force=force, **suite.evaluate)
     done["compare"] = compare(run, baseline=suite.baseline, force=force, **suite.compare)
@@ -111,7 +143,9 @@ def _fingerprint(suite: Suite) -> str:
     return json_hash({"suite": dataclasses.asdict(suite), "version": __version__, "files": files})
 
 
-def _recorded(run: RunLayout, record_path: Path, fingerprint: str, prepared: dict[str, Manifest]) -> dict[str, Manifest] | None:
+def _recorded(
+    run: RunLayout, record_path: Path, fingerprint: str, prepared: dict[str, Manifest]
+) -> dict[str, Manifest] | None:
     """The manifests of the last finished run of this suite if nothing they depend on changed."""
     try:
         record = json.loads(record_path.read_text())

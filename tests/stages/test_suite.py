@@ -49,11 +49,19 @@ def test_finding_a_suite_loads_no_model_stack(tmp_path: Path):
     import subprocess
     import sys
 
-    code = ("import sys; from cxrbench.config import available_suites, get_suite; import cxrbench.cli, "
-            "cxrbench.stages.suite; available_suites(); get_suite('smoke'); "
-            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys; from cxrbench.config import available_suites, get_suite; import cxrbench.cli, "
+        "cxrbench.stages.suite; available_suites(); get_suite('smoke'); "
+        "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'matplotlib') if m in sys.modules))"
+    )
     env_path = str(Path(__file__).resolve().parents[2])
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": env_path})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": env_path},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -32,10 +32,22 @@ def parse(name: str, *, arch: str | None, run: Path | None) -> SavedSpec:
         raise CxrbenchError(f"unknown encoder {name!r}: no pretrain output at {directory / ENCODER_META}; {known}")
     weights_path = directory / ENCODER_WEIGHTS
     present = weights_path.is_file()
-    weights = WeightSpec(name, recorded, f"run:{name}", present, str(weights_path),
-                         f"cxrbench pretrain --run {layout.root}  (the pretrain stage that writes {name})")
+    weights = WeightSpec(
+        name,
+        recorded,
+        f"run:{name}",
+        present,
+        str(weights_path),
+        f"cxrbench pretrain --run {layout.root}  (the pretrain stage that writes {name})",
+    )
     inputs = ()
     if present and (directory / "manifest.json").exists():
-        inputs = (read_complete(layout, directory / "manifest.json", what=f"pretrained encoder '{name}'",
-                                hint=f"cxrbench pretrain ... --name {name}"),)
+        inputs = (
+            read_complete(
+                layout,
+                directory / "manifest.json",
+                what=f"pretrained encoder '{name}'",
+                hint=f"cxrbench pretrain ... --name {name}",
+            ),
+        )
     return saved_spec(name, directory, arch=arch, source=f"run:{name}", weights=weights, inputs=inputs)
