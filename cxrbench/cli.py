@@ -59,7 +59,14 @@ WorkersOpt = Annotated[
 ArchOpt = Annotated[
     str | None, typer.Option("--arch", help="timm architecture, e.g. resnet50, densenet121, vit_base_patch16_224.")
 ]
-ConfigOpt = Annotated[Path, typer.Option("--config", help="Suites file.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Suites file read on top of the built-in suites: adds suites, replaces built-in ones by name "
+        "[default: ./benchmarks.toml when present].",
+    ),
+]
 
 
 def _run(run: Path | None) -> Path:
@@ -103,7 +110,9 @@ def prepare(
     equalize: Annotated[bool, typer.Option(help="Histogram-equalise images.")] = False,
     uncertain: Annotated[str, typer.Option(help="Uncertain labels become: negative, positive or ignore.")] = "negative",
     min_positives: Annotated[int, typer.Option(help="Drop labels with fewer positives in any split.")] = 0,
-    split: Annotated[str, typer.Option(help="train/val/test percentages where no official split exists.")] = "60/20/20",
+    split: Annotated[
+        str, typer.Option(help="train/val/test percentages (each > 0, sum 100) where no official split exists.")
+    ] = "60/20/20",
     views: Annotated[
         str,
         typer.Option(
@@ -374,8 +383,10 @@ def compare(
 
 @app.command("run", epilog="Example: cxrbench run --suite smoke")
 def run_command(
-    suite: Annotated[str, typer.Option(help="Suite name in the config file.")],
-    config: ConfigOpt = Path("benchmarks.toml"),
+    suite: Annotated[
+        str, typer.Option(help="Suite name: built in, or in ./benchmarks.toml or --config (see `cxrbench suites`).")
+    ],
+    config: ConfigOpt = None,
     run: RunOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -415,6 +426,27 @@ def verify(run: RunOpt = None) -> None:
         raise typer.Exit(1)
 
 
+@app.command("suites", epilog="Example: cxrbench suites --config my-benchmarks.toml")
+def suites_command(config: ConfigOpt = None) -> None:
+    """List the suites `cxrbench run --suite NAME` knows, and where each comes from."""
+    from rich.table import Table
+
+    from cxrbench.config import available_suites
+    from cxrbench.console import out
+
+    table = Table("suite", "from", "datasets", "encoders", "baseline", "description")
+    for name, (chosen, origin, replaces) in available_suites(config).items():
+        table.add_row(
+            name,
+            f"{origin} (replaces built in)" if replaces else origin,
+            ", ".join(d.name for d in chosen.datasets),
+            ", ".join(chosen.encoders),
+            chosen.baseline,
+            chosen.description,
+        )
+    out.print(table)
+
+
 def _show_tables(run_dir: Path, manifest) -> None:
     """Print where the significance tables are, and show them."""
     from cxrbench.console import out
@@ -430,7 +462,7 @@ def weights_check(
     suite: Annotated[str | None, typer.Option(help="Check every encoder of this suite.")] = None,
     encoder: Annotated[list[str] | None, typer.Option(help="Check these encoders (repeatable).")] = None,
     arch: ArchOpt = None,
-    config: ConfigOpt = Path("benchmarks.toml"),
+    config: ConfigOpt = None,
     run: RunOpt = None,
 ) -> None:
     """List the weights a suite needs, whether each is present offline, and how to fetch the missing."""

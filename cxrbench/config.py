@@ -1,15 +1,19 @@
-"""``benchmarks.toml`` -> typed suites: datasets × encoders × adaptations × label fractions × seeds.
+"""Suites -> typed dataclasses: datasets × encoders × adaptations × label fractions × seeds.
 
 A suite names what to prepare, which encoders to pretrain in the run, how to adapt them, and the
-baseline every other encoder is compared with. Mistakes are one-line errors naming the key.
+baseline every other encoder is compared with. The built-in suites ship inside the package
+(``cxrbench/suites.toml``), so ``cxrbench run --suite smoke`` works from any folder; a local
+``benchmarks.toml`` (in the current folder, or ``--config PATH``) adds suites and replaces built-in
+ones of the same name, whole. Mistakes are one-line errors naming the file and key.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cxrbench.errors import CxrbenchError
 
@@ -18,7 +22,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DEFAULT_CONFIG = Path("benchmarks.toml")
+#: the local suites file read from the current folder when no ``--config`` is given
+LOCAL_CONFIG = Path("benchmarks.toml")
+#: where the built-in suites are said to come from
+BUILTIN = "built in"
+_PACKAGED = "suites.toml"
 ADAPTATIONS = ("probe", "finetune")
 
 
@@ -61,30 +69,79 @@ class Suite:
     compare: dict[str, Any] = field(default_factory=dict)
 
 
-def load_config(path: Path | str = DEFAULT_CONFIG) -> dict[str, Suite]:
-    """Every suite in a ``benchmarks.toml``; one-line errors for a missing file or bad TOML."""
+class Found(NamedTuple):
+    """A suite and where it comes from: ``built in`` or the file that defines it."""
+
+    suite: Suite
+    origin: str
+    replaces_builtin: bool = False
+
+
+def load_config(path: Path | str) -> dict[str, Suite]:
+    """Every suite in one suites file; one-line errors for a missing file or bad TOML."""
     path = Path(path)
     if not path.is_file():
-        raise CxrbenchError(f"config {path} not found (pass --config PATH)")
+        raise CxrbenchError(
+            f"config {path} not found (leave out --config for the built-in suites and ./{LOCAL_CONFIG})"
+        )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise CxrbenchError(f"config {path} is not valid TOML: {exc}") from None
-    suites = data.get("suites")
-    if not isinstance(suites, dict) or not suites:
-        raise CxrbenchError(f"config {path}: no [suites.NAME] tables")
-    return {name: _suite(name, table, path) for name, table in suites.items()}
+    except OSError as exc:
+        raise CxrbenchError(f"config {path} cannot be read: {exc.strerror}") from None
+    return _parse(text, str(path))
 
 
-def get_suite(name: str, path: Path | str = DEFAULT_CONFIG) -> Suite:
-    """The suite called ``name``; one-line error listing the known suites."""
-    suites = load_config(path)
-    if name not in suites:
-        raise CxrbenchError(f"unknown suite '{name}' in {path} (known: {', '.join(sorted(suites))})")
-    return suites[name]
+def builtin_suites() -> dict[str, Suite]:
+    """The suites shipped inside the package (``cxrbench/suites.toml``)."""
+    text = resources.files("cxrbench").joinpath(_PACKAGED).read_text(encoding="utf-8")
+    return _parse(text, f"cxrbench/{_PACKAGED}")
 
 
-def _suite(name: str, table: Any, path: Path) -> Suite:
+def available_suites(config: Path | str | None = None) -> dict[str, Found]:
+    """Every suite by name: the built-in ones, then those of ``config`` (default ``./benchmarks.toml``
+    when present) added or replacing a built-in one of the same name. A ``config`` given but
+    missing is an error; a local file without suites adds nothing."""
+    found = {name: Found(suite, BUILTIN) for name, suite in builtin_suites().items()}
+    path = _config_path(config)
+    if path is not None:
+        for name, suite in load_config(path).items():
+            found[name] = Found(suite, str(path), replaces_builtin=name in found)
+    return dict(sorted(found.items()))
+
+
+def get_suite(name: str, config: Path | str | None = None) -> Suite:
+    """The suite called ``name`` (see ``available_suites``); one-line error listing the known suites."""
+    found = available_suites(config)
+    if name not in found:
+        path = _config_path(config)
+        where = "built-in suites" + (f" or {path}" if path is not None else "")
+        raise CxrbenchError(f"unknown suite '{name}' in {where} (known: {', '.join(found)})")
+    return found[name].suite
+
+
+def _config_path(config: Path | str | None) -> Path | None:
+    """The suites file to read over the built-in ones: ``config`` if given, else ``./benchmarks.toml`` if present."""
+    if config is not None:
+        return Path(config)
+    return LOCAL_CONFIG if LOCAL_CONFIG.is_file() else None
+
+
+def _parse(text: str, where: str) -> dict[str, Suite]:
+    """The suites of one file's text; ``where`` names the file in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CxrbenchError(f"config {where} is not valid TOML: {exc}") from None
+    stray = sorted(set(data) - {"suites"})
+    if stray:
+        raise CxrbenchError(f"config {where}: unknown top-level keys {stray} (suites are [suites.NAME] tables)")
+    suites = _table(data.get("suites", {}), f"{where}: suites")
+    return {name: _suite(name, table, where) for name, table in suites.items()}
+
+
+def _suite(name: str, table: Any, path: str) -> Suite:
     where = f"{path}: suites.{name}"
     if not isinstance(table, dict):
         raise CxrbenchError(f"{where} must be a table")

@@ -82,6 +82,12 @@ def test_prepare_bad_split_writes_nothing(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("split", "named"), [("50/50/10", "sum to 110"), ("80/0/20", "val split")])
+def test_prepare_split_not_summing_to_100_or_empty_writes_nothing(capsys, tmp_path, split, named):
+    _fails(capsys, ["prepare", "synthetic", "--split", split], f"--split '{split}'", named)
+    assert not (tmp_path / "run").exists()
+
+
 def test_prepare_bad_uncertain(capsys, tmp_path):
     _fails(
         capsys,
@@ -139,14 +145,42 @@ def test_run_malformed_toml(capsys, tmp_path):
     _fails(capsys, ["run", "--suite", "x", "--config", str(bad)], "bad.toml", "not valid TOML")
 
 
-def test_run_missing_config(capsys):
-    _fails(capsys, ["run", "--suite", "x"], "benchmarks.toml", "not found")
+def test_run_unknown_suite_without_local_config_names_the_builtin_ones(capsys):
+    _fails(capsys, ["run", "--suite", "x"], "unknown suite 'x' in built-in suites", "nih-simclr, smoke")
+
+
+def test_run_explicit_config_that_is_missing(capsys):
+    _fails(capsys, ["run", "--suite", "smoke", "--config", "nothere.toml"], "config nothere.toml not found")
+
+
+def test_run_bad_local_benchmarks_toml(capsys, tmp_path):
+    (tmp_path / "benchmarks.toml").write_text('[suites.x]\ndatasets = ["synthetic"\n')
+    _fails(capsys, ["run", "--suite", "smoke"], "config benchmarks.toml is not valid TOML")
+
+
+def test_suites_lists_builtin_and_local_suites_with_their_origin(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one table row per line
+    (tmp_path / "benchmarks.toml").write_text(
+        '[suites.smoke]\ndescription = "mine"\ndatasets = ["synthetic"]\nencoders = ["random"]\nbaseline = "random"\n'
+    )
+    assert _exit_code(["suites"]) == 0
+    rows = {
+        line.split()[1]: " ".join(line.split()) for line in capsys.readouterr().out.splitlines() if line.startswith("│")
+    }
+    assert "│ built in │ nih │ imagenet, simclr │ imagenet │ NIH ChestX-ray14" in rows["nih-simclr"]
+    assert "│ benchmarks.toml (replaces built in) │ synthetic │ random │ random │ mine │" in rows["smoke"]
+
+
+def test_weights_check_of_a_builtin_suite_from_any_folder(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    assert _exit_code(["weights", "check", "--suite", "smoke"]) == 0
+    assert "pretrained by `cxrbench run --suite smoke`" in " ".join(capsys.readouterr().out.split())
 
 
 def test_run_unknown_suite(capsys):
     _fails(
         capsys,
-        ["run", "--suite", "nosuite", "--config", str(REPO / "benchmarks.toml")],
+        ["run", "--suite", "nosuite"],
         "'nosuite'",
         "smoke",
     )
@@ -155,7 +189,7 @@ def test_run_unknown_suite(capsys):
 def test_weights_check_unknown_suite(capsys):
     _fails(
         capsys,
-        ["weights", "check", "--suite", "nosuite", "--config", str(REPO / "benchmarks.toml")],
+        ["weights", "check", "--suite", "nosuite"],
         "'nosuite'",
     )
 

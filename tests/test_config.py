@@ -1,4 +1,5 @@
-"""benchmarks.toml -> Suite: the shipped file parses, and each kind of mistake is one line naming the key."""
+"""Suites -> Suite: the built-in suites parse and are found from any folder, a local benchmarks.toml
+adds or replaces suites by name, and each kind of mistake is one line naming the file and key."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrbench.config import DatasetSpec, Suite, get_suite, load_config
+from cxrbench.config import BUILTIN, DatasetSpec, Suite, available_suites, builtin_suites, get_suite, load_config
 from cxrbench.errors import CxrbenchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +33,8 @@ def _error(tmp_path: Path, text: str) -> str:
     return info.value.message
 
 
-def test_shipped_benchmarks_toml_parses():
-    suites = load_config(REPO / "benchmarks.toml")
+def test_builtin_suites_parse():
+    suites = builtin_suites()
     smoke = suites["smoke"]
     assert smoke.datasets == (DatasetSpec("synthetic", None, {"n_patients": 200, "size": 64, "seed": 0}),)
     assert smoke.encoders == ("random", "simclr") and smoke.baseline == "random"
@@ -73,14 +74,20 @@ def test_binary_file_is_not_valid_toml(tmp_path):
 
 
 def test_unknown_suite_lists_the_known(tmp_path):
-    with pytest.raises(CxrbenchError, match=r"unknown suite 'nope'.*known: s\)"):
+    with pytest.raises(
+        CxrbenchError,
+        match=r"unknown suite 'nope' in built-in suites or .*bench.toml "
+        r"\(known: nih-simclr, s, smoke\)",
+    ):
         get_suite("nope", _write(tmp_path, MINIMAL))
 
 
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ("x = 1", "no [suites.NAME]"),
+        ("x = 1", "unknown top-level keys ['x'] (suites are [suites.NAME] tables)"),
+        ("[suite.s]\ndatasets = ['d']", "unknown top-level keys ['suite']"),
+        ("suites = 3", "suites must be a table"),
         (
             "[suites.s]\ndatasets = ['d']\nencoders = ['imagenet']\nencoder = 'x'",
             "unknown keys ['encoder']",
@@ -156,3 +163,99 @@ def test_pretrain_encoder_defaults_to_first_dataset_and_method_name(tmp_path):
     assert (spec.method, spec.dataset, spec.options) == ("simclr", "a", {"epochs": 3})
     assert suite.datasets == (DatasetSpec("a"), DatasetSpec("b", "/data/b", {"size": 128}))
     assert suite.encoders[2] == "file:/w/enc.safetensors"
+
+
+# --- built-in suites and the local file over them ------------------------------------------------
+
+SMOKE_OVERRIDE = """
+[suites.smoke]
+description = "my smoke"
+datasets = ["synthetic"]
+encoders = ["random"]
+baseline = "random"
+"""
+
+
+def test_builtin_suite_found_from_a_folder_without_benchmarks_toml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert get_suite("smoke") == builtin_suites()["smoke"]
+    found = available_suites()
+    assert list(found) == ["nih-simclr", "smoke"]
+    assert {f.origin for f in found.values()} == {BUILTIN} and not any(f.replaces_builtin for f in found.values())
+
+
+def test_local_benchmarks_toml_adds_suites_and_replaces_builtin_ones_whole(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks.toml").write_text(SMOKE_OVERRIDE + MINIMAL)
+    smoke = get_suite("smoke")
+    assert smoke.description == "my smoke" and smoke.encoders == ("random",)
+    assert smoke.pretrain == {} and smoke.evaluate == {}  # replaced whole, not merged key by key
+    found = available_suites()
+    assert list(found) == ["nih-simclr", "s", "smoke"]
+    assert (found["smoke"].origin, found["smoke"].replaces_builtin) == ("benchmarks.toml", True)
+    assert (found["s"].origin, found["s"].replaces_builtin) == ("benchmarks.toml", False)
+    assert found["nih-simclr"] == (builtin_suites()["nih-simclr"], BUILTIN, False)
+
+
+def test_config_path_is_read_instead_of_the_local_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks.toml").write_text(SMOKE_OVERRIDE)
+    other = tmp_path / "elsewhere" / "mine.toml"
+    other.parent.mkdir()
+    other.write_text(MINIMAL)
+    found = available_suites(other)
+    assert found["s"].origin == str(other) and found["smoke"].origin == BUILTIN
+    with pytest.raises(CxrbenchError, match=r"config .*absent.toml not found"):
+        available_suites(tmp_path / "absent.toml")
+
+
+def test_local_file_without_suites_adds_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks.toml").write_text("# nothing yet\n")
+    assert {f.origin for f in available_suites().values()} == {BUILTIN}
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[suites.x]\ndatasets = ["a"\n', "is not valid TOML"),
+        ("[suites.x]\nencoders = ['imagenet']", "suites.x.datasets"),
+    ],
+)
+def test_bad_local_file_is_one_line_naming_it_even_for_a_builtin_suite(tmp_path, monkeypatch, text, named):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks.toml").write_text(text)
+    with pytest.raises(CxrbenchError) as info:
+        get_suite("smoke")
+    assert "benchmarks.toml" in info.value.message and named in info.value.message
+    assert "\n" not in info.value.message
+
+
+def _uncommented_examples(text: str) -> str:
+    """The repository's example benchmarks.toml with its commented TOML lines switched on."""
+    lines = []
+    for line in text.splitlines():
+        body = line[2:] if line.startswith("# ") else ""
+        if body.startswith("[") or (" = " in body and not body.startswith(" ")):
+            lines.append(body)
+    return "\n".join(lines)
+
+
+def test_repository_example_adds_nothing_as_shipped_and_parses_uncommented(tmp_path):
+    example = REPO / "benchmarks.toml"
+    assert load_config(example) == {}
+    suites = load_config(_write(tmp_path, _uncommented_examples(example.read_text())))
+    assert set(suites) == {"nih-simclr", "mine"}
+    builtin = builtin_suites()["nih-simclr"]
+    assert suites["nih-simclr"] == Suite(**{**builtin.__dict__, "description": suites["nih-simclr"].description})
+    assert suites["mine"].datasets[0].options["split"] == "70/10/20"
+
+
+def test_packaged_suites_file_is_package_data():
+    import fnmatch
+
+    from cxrbench.config import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["cxrbench"]
+    assert any(fnmatch.fnmatch("suites.toml", pattern) for pattern in patterns)
+    assert (REPO / "cxrbench" / "suites.toml").is_file()

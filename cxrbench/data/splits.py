@@ -22,15 +22,25 @@ OFFICIAL = frozenset({"train", "val", "test", "trainval"})
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``"60/20/20"`` -> (0.6, 0.2, 0.2); one-line error for anything else."""
+    """``"60/20/20"`` -> (0.6, 0.2, 0.2): train/val/test percentages, each above 0, summing to 100.
+
+    Anything else is a one-line error naming the value, never silently rescaled: ``50/50/10`` was
+    meant to mean something, and an empty val or test split would leave model selection or
+    evaluation with nothing to work on.
+    """
     parts = text.replace(",", "/").split("/")
     try:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
-    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] == 0:
-        raise CxrbenchError(f"--split {text!r}: expected three non-negative numbers like 60/20/20")
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise CxrbenchError(f"--split {text!r}: expected three train/val/test percentages like 60/20/20")
+    empty = [name for name, v in zip(SPLITS, values, strict=True) if v <= 0]
+    if empty:
+        raise CxrbenchError(f"--split {text!r}: the {' and '.join(empty)} split must be above 0% (e.g. 60/20/20)")
     total = sum(values)
+    if not math.isclose(total, 100.0, abs_tol=1e-6):
+        raise CxrbenchError(f"--split {text!r}: the percentages sum to {total:g}, not 100")
     return values[0] / total, values[1] / total, values[2] / total
 
 

@@ -244,7 +244,7 @@ def roc_band(
 # --------------------------------------------------------------------------- helpers
 
 
-PLOTS_VERSION = 1  # bump when a figure's drawing changes, so cached figures are drawn again
+PLOTS_VERSION = 2  # bump when a figure's files change, so cached figures are drawn again (2: no PDF dates)
 _KEEP_CACHED = 256  # newest files kept in a plot cache folder
 
 
@@ -320,13 +320,18 @@ def _figure(figsize: tuple[float, float]) -> Iterator[tuple[plt.Figure, plt.Axes
         plt.close(fig)
 
 
+#: what the files say about their making: no dates, so the same inputs give the same bytes (the
+#: PDF backend would write CreationDate, or SOURCE_DATE_EPOCH, otherwise; PNG's Software is fixed)
+_PDF_METADATA = {"CreationDate": None, "ModDate": None}
+
+
 def _save(fig: plt.Figure, out_stem: Path) -> list[Path]:
-    """Return the PNG and PDF paths after writing ``fig`` to both."""
+    """Return the PNG and PDF paths after writing ``fig`` to both, byte-identical for the same figure."""
     stem = Path(out_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata=_PDF_METADATA)
     return paths
 
 

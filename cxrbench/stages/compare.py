@@ -85,6 +85,11 @@ def compare(
                 )
                 for message in notes:
                     info(f"[yellow]warning:[/] {dataset}: {message}")
+                if table.empty:
+                    info(
+                        f"[yellow]warning:[/] {dataset}: only the baseline '{baseline}' has predictions; "
+                        "its AUCs and ROC curves are reported, with no differences to test"
+                    )
                 comparisons[dataset] = table
                 stage.write_parquet(home / f"{safe_name(dataset)}.parquet", table)
                 human = dataset_table(table, metrics[metrics["dataset"] == dataset], dataset=dataset, baseline=baseline)
@@ -111,12 +116,18 @@ def compare(
                 raise CxrbenchError(
                     f"--baseline {baseline!r}: no dataset has predictions of it (encoders: {', '.join(encoders)})"
                 )
-            summary = summary_table(comparisons, metrics, baseline=baseline)
-            stage.write_parquet(home / "summary.parquet", summary)
-            for fmt in FORMATS:
-                stage.write_text(
-                    home / f"summary.{fmt}",
-                    render(summary, fmt=fmt, caption=f"Maximum improvement over {baseline}", footnote=note),
+            if any(len(table) for table in comparisons.values()):
+                summary = summary_table(comparisons, metrics, baseline=baseline)
+                stage.write_parquet(home / "summary.parquet", summary)
+                for fmt in FORMATS:
+                    stage.write_text(
+                        home / f"summary.{fmt}",
+                        render(summary, fmt=fmt, caption=f"Maximum improvement over {baseline}", footnote=note),
+                    )
+            else:  # a "maximum improvement" table would be empty
+                info(
+                    f"no encoder but the baseline '{baseline}' has predictions, so no summary of improvements "
+                    "(add another encoder's predictions, then evaluate and compare again)"
                 )
     return stage.manifest
 
@@ -133,10 +144,12 @@ def _plots(
     seed: int,
     cache: Path,
 ) -> list[Path]:
-    """Forest plot, ROC curve per label and label-efficiency curves of one dataset."""
-    written = plotting.plot_forest(
-        table, folder / safe_name(f"{dataset}-forest"), title=f"{dataset}: Δ AUC vs {baseline}", cache=cache
-    )
+    """Forest plot (when there are differences), ROC curve per label and label-efficiency curves of one dataset."""
+    written = []
+    if not table.empty:
+        written += plotting.plot_forest(
+            table, folder / safe_name(f"{dataset}-forest"), title=f"{dataset}: Δ AUC vs {baseline}", cache=cache
+        )
     test = preds[preds["split"] == "test"]
     for label, rows in test.groupby("label", sort=True):
         written += plotting.plot_roc(

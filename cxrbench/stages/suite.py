@@ -27,17 +27,24 @@ _POLICY_KEYS = ("uncertain", "min_positives", "views", "split", "seed")
 _IMAGE_KEYS = ("size", "aspect", "equalize")
 
 
-def prepare_settings(options: dict[str, Any]) -> tuple[LabelPolicy, Preprocess, dict[str, Any]]:
-    """Split a suite's prepare options into the label policy, image settings and adapter options."""
+def prepare_settings(
+    options: dict[str, Any], *, where: str = "prepare"
+) -> tuple[LabelPolicy, Preprocess, dict[str, Any]]:
+    """Split a suite's prepare options into the label policy, image settings and adapter options.
+
+    Mistakes are one-line errors prefixed with ``where`` (the TOML table they came from).
+    """
     options = dict(options)
     policy = {k: options.pop(k) for k in _POLICY_KEYS if k in options}
-    if "split" in policy:
-        policy["split"] = parse_ratios(str(policy["split"]))
     image = {k: options.pop(k) for k in _IMAGE_KEYS if k in options}
     try:
+        if "split" in policy:
+            policy["split"] = parse_ratios(str(policy["split"]))
         return LabelPolicy(**policy), Preprocess(**image), options
+    except CxrbenchError as exc:
+        raise CxrbenchError(f"{where}: {exc.message}") from None
     except TypeError as exc:
-        raise CxrbenchError(f"bad prepare option: {exc}") from None
+        raise CxrbenchError(f"{where}: bad prepare option: {exc}") from None
 
 
 def run_suite(
@@ -47,9 +54,14 @@ def run_suite(
     from cxrbench.stages.prepare import prepare
 
     run = layout_of(run)
+    # every dataset's settings are checked before the first is prepared: a bad split or option in
+    # the last dataset fails the run before any work, not after hours of it
+    settings = [
+        (spec, *prepare_settings(spec.options, where=f"suites.{suite.name}.prepare.{spec.name}"))
+        for spec in suite.datasets
+    ]
     done: dict[str, Manifest] = {}
-    for spec in suite.datasets:
-        policy, image, options = prepare_settings(spec.options)
+    for spec, policy, image, options in settings:
         done[f"prepare {spec.name}"] = prepare(
             run, spec.name, root=spec.root and Path(spec.root), options=options, policy=policy, image=image, force=force
         )

@@ -154,9 +154,10 @@ def test_unknown_official_split_value_is_named():
     ("text", "expected"),
     [
         ("60/20/20", (0.6, 0.2, 0.2)),
-        ("3,1,1", (0.6, 0.2, 0.2)),
-        ("80/0/20", (0.8, 0.0, 0.2)),
-        ("1/1/2", (0.25, 0.25, 0.5)),
+        ("60,20,20", (0.6, 0.2, 0.2)),
+        ("70/10/20", (0.7, 0.1, 0.2)),
+        ("33.3/33.3/33.4", (0.333, 0.333, 0.334)),
+        ("25/25/50", (0.25, 0.25, 0.5)),
     ],
 )
 def test_parse_ratios(text, expected):
@@ -176,12 +177,26 @@ def test_parse_ratios(text, expected):
         "nan/20/20",
         "inf/1/1",
         "60/nan/20",
+        "3,1,1",
     ],
 )
 def test_parse_ratios_rejects_with_the_value_named(text):
     with pytest.raises(CxrbenchError) as info:
         parse_ratios(text)
     assert "--split" in info.value.message and repr(text) in info.value.message
+    assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize(("text", "total"), [("50/50/10", "110"), ("0.6/0.2/0.2", "1"), ("33.33/33.33/33.33", "99.99")])
+def test_parse_ratios_does_not_rescale_a_sum_other_than_100(text, total):
+    with pytest.raises(CxrbenchError, match=rf"'{text}': the percentages sum to {total}, not 100"):
+        parse_ratios(text)
+
+
+@pytest.mark.parametrize(("text", "empty"), [("80/0/20", "val"), ("80/20/0", "test"), ("100/0/0", "val and test")])
+def test_parse_ratios_refuses_an_empty_split(text, empty):
+    with pytest.raises(CxrbenchError, match=rf"the {empty} split must be above 0%"):
+        parse_ratios(text)
 
 
 # --- label fractions ---------------------------------------------------------------------------

@@ -286,3 +286,21 @@ def test_plots_with_unchanged_inputs_are_copied_not_drawn(tmp_path, monkeypatch)
     plot_forest(_comparison(), tmp_path / "c" / "forest", title="other", cache=cache)
     assert len(drawn) == 3
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_same_inputs_give_byte_identical_files_whenever_drawn(tmp_path, monkeypatch):
+    # the PDF backend dates its files from SOURCE_DATE_EPOCH when set, else the clock: two different
+    # "times" stand for two runs a day apart, without waiting
+    def draw(folder, epoch):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", str(epoch))
+        return (
+            plot_roc(_preds(), label="Atelectasis", out_stem=folder / "roc", n_boot=20, baseline="imagenet")
+            + plot_forest(_comparison(), folder / "forest", title="Δ AUC")
+            + plot_label_efficiency(_metrics([0.1, 1.0]), dataset="nih", out_stem=folder / "eff")
+        )
+
+    first, second = draw(tmp_path / "a", 0), draw(tmp_path / "b", 86_400 * 400)
+    assert len(first) == 6
+    for old, new in zip(first, second, strict=True):
+        assert old.read_bytes() == new.read_bytes(), new.name
+        assert b"CreationDate" not in new.read_bytes()

@@ -11,7 +11,9 @@ from sklearn.metrics import roc_auc_score
 from tests.stages.conftest import cli
 
 
-def _write(run: Path, encoder: str, scores: np.ndarray, y: np.ndarray, patients: np.ndarray) -> None:
+def _write(
+    run: Path, encoder: str, scores: np.ndarray, y: np.ndarray, patients: np.ndarray, dataset: str = "external"
+) -> None:
     n = len(y)
     frame = pd.DataFrame(
         {
@@ -23,7 +25,7 @@ def _write(run: Path, encoder: str, scores: np.ndarray, y: np.ndarray, patients:
             "y_score": np.concatenate([scores, scores]),
         }
     )
-    path = run / "predictions/external/" / encoder / "probe.parquet"
+    path = run / "predictions" / dataset / encoder / "probe.parquet"
     path.parent.mkdir(parents=True)
     frame.to_parquet(path)
 
@@ -49,3 +51,33 @@ def test_external_predictions_are_evaluated_and_compared(tmp_path: Path) -> None
     assert abs(row["delta"] - (roc_auc_score(y, good) - roc_auc_score(y, weak))) < 1e-12
     assert row["delta_ci_low"] > 0 and row["significant"]
     assert "mine" in (run / "comparisons/external.md").read_text()
+
+
+def test_compare_with_only_the_baseline_reports_its_aucs_and_roc_curves(tmp_path: Path) -> None:
+    """A baseline run alone (or a dataset only the baseline was run on) is reported, not an error."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    patients = np.array([f"p{i}" for i in range(200)])
+    base = y + rng.normal(0, 1.0, 200)
+    run = tmp_path / "run"
+    _write(run, "imagenet", base, y, patients, dataset="solo")
+    cli("evaluate", "--n-boot", "50", "--run", str(run))
+    cli("compare", "--baseline", "imagenet", "--n-boot", "50", "--run", str(run))  # plots on
+
+    home = run / "comparisons"
+    assert pd.read_parquet(home / "solo.parquet").empty  # no differences
+    table = (home / "solo.md").read_text()
+    assert f"{roc_auc_score(y, base):.3f}" in table and "imagenet" in table
+    plots = sorted(p.name for p in (home / "plots").iterdir())
+    assert plots == ["solo-roc-effusion.pdf", "solo-roc-effusion.png"]  # no forest plot of nothing
+    assert not list(home.glob("summary.*"))  # no "maximum improvement" without another encoder
+
+    # with a second dataset that has another encoder, that one is compared and summarised as usual
+    _write(run, "imagenet", base, y, patients, dataset="pair")
+    _write(run, "mine", y + rng.normal(0, 0.5, 200), y, patients, dataset="pair")
+    cli("evaluate", "--n-boot", "50", "--run", str(run))
+    cli("compare", "--baseline", "imagenet", "--n-boot", "50", "--run", str(run))
+    assert (home / "plots" / "pair-forest.png").is_file() and not (home / "plots" / "solo-forest.png").exists()
+    summary = pd.read_parquet(home / "summary.parquet")
+    rows = summary.set_index("dataset")["best (probe)"].to_dict()
+    assert rows == {"pair": "mine", "solo": ""}
