@@ -10,6 +10,8 @@ import pytest
 from cxrbench.cli import main
 
 ARCH = "resnet10t"
+#: the prepare of the shared phantom run (add --run; other options may follow to change it)
+PREPARE = ("prepare", "synthetic", "--n-patients", "200", "--size", "64", "--seed", "0", "--workers", "1")
 
 
 def cli(*args: str) -> None:
@@ -25,20 +27,7 @@ def cli(*args: str) -> None:
 def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run with `prepare synthetic` (200 patients, 64 px) done."""
     run = tmp_path_factory.mktemp("phantom-run")
-    cli(
-        "prepare",
-        "synthetic",
-        "--n-patients",
-        "200",
-        "--size",
-        "64",
-        "--seed",
-        "0",
-        "--run",
-        str(run),
-        "--workers",
-        "1",
-    )
+    cli(*PREPARE, "--run", str(run))
     return run
 
 

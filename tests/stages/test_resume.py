@@ -15,7 +15,7 @@ from cxrbench.config import get_suite
 from cxrbench.rundir import Manifest
 from cxrbench.stages.evaluate import prediction_files
 from cxrbench.stages.suite import run_suite
-from tests.stages.conftest import ARCH, cli
+from tests.stages.conftest import ARCH, PREPARE, cli
 
 FINETUNE = [
     "finetune",
@@ -141,20 +141,7 @@ def test_changed_settings_redo_the_stage(run_copy: Path) -> None:
     assert Manifest.read(manifest).created == before.created  # up to date: untouched
     cli(*args, "--force")
     assert Manifest.read(manifest).key == before.key
-    cli(
-        "prepare",
-        "synthetic",
-        "--n-patients",
-        "200",
-        "--size",
-        "64",
-        "--uncertain",
-        "positive",
-        "--run",
-        str(run_copy),
-        "--workers",
-        "1",
-    )
+    cli(*PREPARE, "--uncertain", "positive", "--run", str(run_copy))
     cli(*args)  # prepared data changed, so the probe's key changes and it is redone
     assert Manifest.read(manifest).key != before.key
 

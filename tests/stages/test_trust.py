@@ -15,7 +15,7 @@ import pytest
 
 from cxrbench.cli import main
 from cxrbench.rundir import Manifest
-from tests.stages.conftest import ARCH, cli
+from tests.stages.conftest import ARCH, PREPARE, cli
 
 
 def _fails(capsys: pytest.CaptureFixture, *args: str) -> str:
@@ -132,24 +132,7 @@ def test_a_changed_image_is_decoded_again(tmp_path: Path) -> None:
 def test_predictions_from_an_older_prepare_are_refused(run_copy: Path, capsys) -> None:
     cli("probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--run", str(run_copy))
     cli("evaluate", "--n-boot", "20", "--run", str(run_copy))
-    cli(
-        "prepare",
-        "synthetic",
-        "--n-patients",
-        "200",
-        "--size",
-        "64",
-        "--seed",
-        "0",
-        "--run",
-        str(run_copy),
-        "--workers",
-        "1",
-        "--uncertain",
-        "positive",
-        "--min-positives",
-        "1",
-    )
+    cli(*PREPARE, "--uncertain", "positive", "--min-positives", "1", "--run", str(run_copy))
     message = _fails(capsys, "evaluate", "--n-boot", "20", "--run", str(run_copy))
     assert "predictions/synthetic/random/probe.parquet was made from an older prepared/synthetic/" in message
     assert "rerun `cxrbench probe --dataset synthetic --encoder random`" in message
