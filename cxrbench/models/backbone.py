@@ -23,9 +23,13 @@ class Backbone(Protocol):
 
 
 def patch_size(backbone: Backbone) -> int | None:
-    """The side of a ViT patch in pixels, or None for models without patches."""
+    """The side of a ViT patch in pixels (timm's ``patch_embed.patch_size``, or an adapter's own
+    ``patch_size``), or None for models without patches."""
     patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
-    return int(patch[0]) if patch is not None else None
+    if patch is not None:
+        return int(patch[0])
+    own = getattr(backbone, "patch_size", None)
+    return own if isinstance(own, int) and not isinstance(own, bool) else None
 
 
 def tokens(backbone: Backbone, x: torch.Tensor) -> torch.Tensor | None:
