@@ -38,6 +38,8 @@ def tokens(backbone: Backbone, x: torch.Tensor) -> torch.Tensor | None:
     if forward_features is None:
         return None
     feats = forward_features(x)
+    if feats is None:  # an adapter whose wrapped model has no tokens
+        return None
     if feats.ndim == 4:  # [B, C, H, W] -> [B, H*W, C]
         feats = feats.flatten(2).transpose(1, 2)
     return feats
