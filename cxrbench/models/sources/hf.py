@@ -148,6 +148,8 @@ def _backbone_module_class():
 class HfSpec(EncoderSpec):
     """A transformers model in a local folder; ``feature`` picks the pooled feature."""
 
+    resavable = False  # a saved copy would be rebuilt as a timm model
+
     feature: str = "cls"
 
     def backbone(self, *, input_size: int, seed: int) -> nn.Module:

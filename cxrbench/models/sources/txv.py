@@ -169,6 +169,8 @@ def _backbone_module_class():
 class TxvSpec(EncoderSpec):
     """A torchxrayvision weights file; ``backbone`` rebuilds its model and loads it exactly."""
 
+    resavable = False  # a saved copy would be rebuilt as a timm model
+
     weights_name: str = ""
 
     def backbone(self, *, input_size: int, seed: int) -> nn.Module:
@@ -181,7 +183,7 @@ class TxvSpec(EncoderSpec):
         n_classes = len(info["labels"])
         path = Path(self.weights.location)
         if self.weights_name.startswith("densenet"):
-            model = package.models.DenseNet(num_classes=n_classes, **package.models.get_densenet_params(self.arch))
+            model = package.models.DenseNet(num_classes=n_classes)  # DenseNet-121, as all its weights
             head = "classifier"
         else:
             model = getattr(torchvision.models, self.arch)(num_classes=n_classes, weights=None)
