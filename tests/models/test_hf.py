@@ -227,3 +227,20 @@ def test_one_finetuning_step_moves_the_backbone(tiny_dino):
     after = model.encoder.backbone.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any("encoder.layer.0" in k for k in changed) and any("embeddings" in k for k in changed)
+
+
+@pytest.mark.parametrize("feature", ["cls", "mean"])
+def test_every_parameter_takes_part_in_training_whatever_the_feature(tiny_vit, feature):
+    """DistributedDataParallel (finetuning on several GPUs) needs a gradient for every parameter,
+    the unused pooler included; in eval mode the feature is unchanged."""
+    enc = create_encoder(f"hf:org/tiny-vit#{feature}")
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        frozen = enc(x)
+    model = Classifier(enc, 2).train()
+    model.encoder.backbone.model.eval()  # dropout off, so train and eval features can be compared
+    model.encoder.backbone.training = True
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder.backbone(model.encoder.preprocess(x)), frozen)

@@ -138,8 +138,14 @@ def _backbone_module_class():
             if self.feature == "cls":
                 if prefix < 1:
                     raise CxrbenchError(f"{type(self.model).__name__} has no class token; use #mean or #pooler")
-                return tokens[:, 0]
-            return tokens[:, max(prefix, 0) :].mean(1)
+                feats = tokens[:, 0]
+            else:
+                feats = tokens[:, max(prefix, 0) :].mean(1)
+            pooled = getattr(out, "pooler_output", None)
+            if self.training and pooled is not None:
+                # the pooler's parameters join the graph with zero gradient, so DDP finds every parameter used
+                feats = feats + 0.0 * pooled.sum()
+            return feats
 
     return HfBackbone
 
