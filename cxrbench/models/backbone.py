@@ -23,9 +23,13 @@ class Backbone(Protocol):
 
 
 def patch_size(backbone: Backbone) -> int | None:
-    """The side of a ViT patch in pixels, or None for models without patches."""
+    """The side of a ViT patch in pixels (timm's ``patch_embed.patch_size``, or an adapter's own
+    ``patch_size``), or None for models without patches."""
     patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
-    return int(patch[0]) if patch is not None else None
+    if patch is not None:
+        return int(patch[0])
+    own = getattr(backbone, "patch_size", None)
+    return own if isinstance(own, int) and not isinstance(own, bool) else None
 
 
 def tokens(backbone: Backbone, x: torch.Tensor) -> torch.Tensor | None:
@@ -34,6 +38,8 @@ def tokens(backbone: Backbone, x: torch.Tensor) -> torch.Tensor | None:
     if forward_features is None:
         return None
     feats = forward_features(x)
+    if feats is None:  # an adapter whose wrapped model has no tokens
+        return None
     if feats.ndim == 4:  # [B, C, H, W] -> [B, H*W, C]
         feats = feats.flatten(2).transpose(1, 2)
     return feats

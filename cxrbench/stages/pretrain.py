@@ -73,8 +73,13 @@ def pretrain(
         "lr": config.lr,
         "options": options,
     }
-    prepared = load_prepared(layout, dataset)
     init_spec = resolve_encoder(init, arch=settings["arch"], run=layout.root).require()
+    if not init_spec.resavable:
+        raise CxrbenchError(
+            f"--init {init}: pretraining from this source is not supported (its saved encoder could not be "
+            "loaded again); use random, imagenet, dinov2, file:PATH or a pretrain output"
+        )
+    prepared = load_prepared(layout, dataset)
     home = layout.encoder(name)
     stage = Stage(
         layout,

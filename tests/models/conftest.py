@@ -69,3 +69,23 @@ def hub_cache(tmp_path, monkeypatch) -> Callable[[str], dict[str, torch.Tensor]]
 @pytest.fixture(autouse=True)
 def _one_torch_thread(one_torch_thread):
     """Every model test runs with one torch thread (see tests/conftest.py)."""
+
+
+@pytest.fixture
+def hub_repo(hub_cache) -> Callable[..., Path]:
+    """Calling it with ``(repo, folder)`` copies a ``save_pretrained`` folder into the hub cache of
+    ``hub_cache`` as the hub lays out a download (blobs, a snapshot, ``refs/<revision>``)."""
+
+    def add(repo: str, folder: Path, *, revision: str = "main") -> Path:
+        cache = Path(os.environ["HF_HUB_CACHE"])
+        repo_dir = cache / f"models--{repo.replace('/', '--')}"
+        commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+        (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs" / revision).write_text(commit)
+        snapshot = repo_dir / "snapshots" / commit
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                _write_blob(repo_dir, snapshot, str(path.relative_to(folder)), path.read_bytes())
+        return snapshot
+
+    return add

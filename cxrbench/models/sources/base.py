@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import Manifest, safe_name
@@ -61,6 +61,9 @@ class EncoderSpec:
     extra_inputs: dict[str, str] = field(default_factory=dict)
     #: readable stem of the folder name when the name itself is not folder-safe (``file-enc``)
     readable: str | None = None
+    #: whether ``save_encoder`` output of this backbone can be loaded again (saved encoders are
+    #: rebuilt as timm ``arch``); False for adapters (``hf:``, ``txv:``, ``open_clip:``)
+    resavable: ClassVar[bool] = True
 
     @property
     def folder(self) -> str:

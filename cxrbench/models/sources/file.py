@@ -25,6 +25,7 @@ from cxrbench.models.sources.base import (
 from cxrbench.rundir import file_hash
 
 PREFIX = "file:"
+USAGE = "file:PATH"
 
 
 @dataclass(frozen=True)

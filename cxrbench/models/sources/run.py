@@ -18,9 +18,10 @@ FALLBACK = True
 
 def parse(name: str, *, arch: str | None, run: Path | None) -> SavedSpec:
     from cxrbench.models.encoders import ENCODER_META, ENCODER_WEIGHTS
-    from cxrbench.models.sources import builtin_names
+    from cxrbench.models.sources import builtin_names, source_modules
 
-    known = f"use one of {', '.join(builtin_names())}, file:PATH, or the name of a pretrain output in the run"
+    usages = [m.USAGE for m in source_modules() if getattr(m, "USAGE", None)]
+    known = f"use one of {', '.join(builtin_names() + usages)}, or the name of a pretrain output in the run"
     if run is None:
         raise CxrbenchError(f"unknown encoder {name!r}; {known} (needs --run)")
     if not is_safe_name(name):
