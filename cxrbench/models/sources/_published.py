@@ -47,9 +47,56 @@ def identity(path: Path) -> dict[str, str]:
     return {"weights": file_hash(path)} if path.is_file() else {}
 
 
-def read_checkpoint(path: Path, what: str) -> Any:
+def _inert_pickle() -> Any:
+    """A ``pickle_module`` for ``torch.load`` that admits tensors, ``OrderedDict`` and ``set``, and turns
+    every other class or function a file names (a Lightning checkpoint's OmegaConf ``hyper_parameters``,
+    say) into an inert placeholder: nothing the file names is imported, constructed or called."""
+    import collections
+    import pickle
+    import types
+
+    import torch
+
+    allowed = {
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set,
+    }
+
+    class Inert:
+        """Stands for a pickled object; takes any arguments and state and keeps none of them."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __setstate__(self, state: Any) -> None:
+            pass
+
+        def __setitem__(self, key: Any, value: Any) -> None:
+            pass
+
+        def append(self, value: Any) -> None:
+            pass
+
+        def extend(self, values: Any) -> None:
+            pass
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return allowed.get((module, name), Inert)
+
+    inert = types.ModuleType("cxrbench_inert_pickle")
+    inert.Unpickler = Unpickler
+    inert.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()
+    return inert
+
+
+def read_checkpoint(path: Path, what: str, *, inert_objects: bool = False) -> Any:
     """The object in a ``torch.save`` file, loaded with ``weights_only=True`` (tensors, dicts, lists,
-    numbers, strings); a file that needs pickled objects, or is not a checkpoint, is one line."""
+    numbers, strings); a file that needs pickled objects, or is not a checkpoint, is one line.
+    ``inert_objects``: where the authors' format pickles objects beside the weights (Lightning's
+    ``hyper_parameters``), those objects are read as inert placeholders (``_inert_pickle``)."""
     import pickle
 
     import torch
@@ -58,6 +105,8 @@ def read_checkpoint(path: Path, what: str) -> Any:
     if not path.is_file():
         raise CxrbenchError(f"{what} checkpoint {path} does not exist")
     try:
+        if inert_objects:
+            return torch.load(str(path), map_location="cpu", pickle_module=_inert_pickle(), weights_only=False)
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = next((w for w in str(exc).split() if w.startswith("GLOBAL")), "")
@@ -71,17 +120,17 @@ def read_checkpoint(path: Path, what: str) -> Any:
 
 
 @functools.lru_cache(maxsize=32)
-def _keys_cached(path: str, size: int, mtime_ns: int, what: str) -> tuple[tuple[str, ...], dict[str, Any]]:
-    obj = read_checkpoint(Path(path), what)
+def _keys_cached(path: str, size: int, mtime_ns: int, what: str, inert: bool) -> tuple[tuple[str, ...], dict[str, Any]]:
+    obj = read_checkpoint(Path(path), what, inert_objects=inert)
     meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float))} if isinstance(obj, dict) else {}
     return tuple(tensor_keys(obj)), meta
 
 
-def checkpoint_keys(path: Path, what: str) -> tuple[tuple[str, ...], dict[str, Any]]:
+def checkpoint_keys(path: Path, what: str, *, inert_objects: bool = False) -> tuple[tuple[str, ...], dict[str, Any]]:
     """Every tensor's dotted key in the checkpoint (nested dicts joined by ``.``) and its top-level
     scalars (``arch``, ``epoch``), cached by path, size and time so resolving a name stays cheap."""
     stat = Path(path).stat()
-    return _keys_cached(str(path), stat.st_size, stat.st_mtime_ns, what)
+    return _keys_cached(str(path), stat.st_size, stat.st_mtime_ns, what, inert_objects)
 
 
 def tensor_keys(obj: Any, prefix: str = "") -> list[str]:
