@@ -154,3 +154,19 @@ def test_foreign_files_are_one_line_naming_expected_and_found_keys(tmp_path):
     torch.save({"state_dict": {}, "args": torch.nn.Identity()}, pickled)
     with pytest.raises(CxrbenchError, match="never pickled objects"):
         resolve_encoder(f"medaug:{pickled}")
+
+
+def test_one_finetuning_step_moves_the_backbone(tmp_path):
+    from cxrbench.adapt.finetune import Classifier
+
+    path = tmp_path / "r8w-00001.pth.tar"
+    save_moco(path, "resnet18")
+    model = Classifier(create_encoder(f"mococxr:{path}", input_size=64), 2).train()
+    conv = model.encoder.backbone.conv1.weight
+    before = conv.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    logits = model(torch.rand(2, 1, 64, 64))
+    nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)).backward()
+    assert all(p.grad is not None for p in model.parameters())  # no head left unused (DDP-safe)
+    optimizer.step()
+    assert not torch.equal(before, conv)
