@@ -58,8 +58,11 @@ def pretrain(
     layout = layout_of(run)
     method_name, method_cls = method, get_method(method)
     name = check_name(name or method)
-    options = dict(options or {})
-    config = train_config(method_cls, {"epochs": epochs, "batch_size": batch_size, "lr": lr})
+    # a method that declares the ``targets`` field is trained on the labels: the stage passes the
+    # label matrix per row and the number of labels (not a user option)
+    supervised = "targets" in method_cls.fields
+    options = method_cls.options(dict(options or {}), hidden=("num_labels",) if supervised else ())
+    config = train_config(method_cls, {"epochs": epochs, "batch_size": batch_size, "lr": lr}, options)
     dist, device = distributed.setup(device)
     hw = Device.choose(device, precision=precision)
     workers = batch_workers(num_workers, hw)
@@ -94,8 +97,13 @@ def pretrain(
         size = int(prepared.manifest.settings["image"]["size"])
         encoder = init_spec.build(input_size=size, seed=seed)
         torch.manual_seed(seed)  # the method's own layers (projection head) start the same in every run
-        method = method_cls(encoder, **options)
         train_rows = prepared.split("train")
+        fields = {f: None if f == "targets" else train_rows[f].to_numpy() for f in method_cls.fields}
+        if supervised:
+            fields["targets"] = prepared.targets(train_rows)
+            method = method_cls(encoder, num_labels=len(prepared.labels), **options)
+        else:
+            method = method_cls(encoder, **options)
         rows = train_rows["cache_index"].to_numpy(dtype=np.int64)
         steps = config.epochs * (len(rows) // max(min(config.batch_size, len(rows)), 1))
         bar = progress(steps, f"pretrain {name}") if dist.is_main else None
@@ -111,7 +119,7 @@ def pretrain(
                 advance=advance,
                 dist=dist,
                 num_workers=workers,
-                fields={f: train_rows[f].to_numpy() for f in method_cls.fields},
+                fields=fields,
             )
 
     def write(result) -> None:
