@@ -7,11 +7,13 @@ does the rest (precision, DDP, accumulation, schedule, checkpoints, the per-step
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from cxrbench.data.adapters.base import coerce_options
@@ -74,6 +76,22 @@ class Method(nn.Module):
         the stage fills in itself (``num_labels``)."""
         name = cls.__module__.rsplit(".", 1)[-1].replace("_", "-")
         return coerce_options(cls, given, what=f"method {name}", skip=1, hidden=hidden)
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module`` (a momentum/EMA teacher): same weights, no gradients."""
+    twin = copy.deepcopy(module)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target <- momentum * target + (1 - momentum) * online``, parameter by parameter (buffers,
+    such as BatchNorm statistics, stay the target's own, as in MoCo and BYOL)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
 
 
 class PretrainTask(Task):
