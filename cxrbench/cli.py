@@ -69,6 +69,17 @@ ConfigOpt = Annotated[
 ]
 
 
+def _key_values(items: list[str] | None) -> dict[str, str]:
+    """``--option KEY=VALUE`` pairs (``-`` in keys read as ``_``); a malformed one is a one-line error."""
+    options: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CxrbenchError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_")] = value
+    return options
+
+
 def _run(run: Path | None) -> Path:
     from cxrbench.rundir import resolve_run
 
@@ -158,11 +169,7 @@ def prepare(
     options: dict = {k: v for k, v in given.items() if v is not None}
     if label_columns:
         options["label_columns"] = [c.strip() for c in label_columns.split(",") if c.strip()]
-    for item in option or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CxrbenchError(f"--option {item!r}: expected KEY=VALUE")
-        options[key.strip().replace("-", "_")] = value
+    options.update(_key_values(option))
     policy = LabelPolicy(
         uncertain=uncertain, min_positives=min_positives, views=views, split=parse_ratios(split), seed=seed
     )
@@ -197,12 +204,32 @@ def prepare(
     _written(run_dir, manifest)
 
 
-@app.command(epilog="Example: cxrbench pretrain simclr --dataset synthetic --epochs 2 --arch resnet18")
+def _methods_epilog() -> str:
+    """The methods ``cxrbench pretrain`` accepts, one line each (module docstrings, no torch import)."""
+    from cxrbench.pretrain import method_summaries
+
+    lines = [f"  {name:<12} {summary}" for name, summary in method_summaries().items()]
+    # \b keeps click from re-wrapping the list into one paragraph
+    return (
+        "\b\nMethods:\n"
+        + "\n".join(lines)
+        + "\n\nExample: cxrbench pretrain moco --dataset synthetic --epochs 2 --arch resnet18 --option preset=moco-cxr"
+    )
+
+
+@app.command(epilog=_methods_epilog())
 def pretrain(
-    method: Annotated[str, typer.Argument(help="Pretraining method (simclr).")],
+    method: Annotated[str, typer.Argument(help="Pretraining method (listed below).")],
     dataset: Annotated[str, typer.Option(help="Prepared dataset to pretrain on (train split).")],
     name: Annotated[str | None, typer.Option(help="Encoder name in the run [default: the method].")] = None,
     arch: ArchOpt = None,
+    init: Annotated[
+        str, typer.Option(help="Starting weights: random, imagenet, or an encoder name (a pretrain output, file:PATH).")
+    ] = "random",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(help="Method option KEY=VALUE, repeatable (e.g. temperature=0.2, preset=moco-cxr)."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs [default: the method's].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
@@ -222,6 +249,7 @@ def pretrain(
     from cxrbench.stages.pretrain import pretrain as pretrain_stage
 
     run_dir = _run(run)
+    options = _key_values(option)
     with distributed.group(device) as (dist, _):
         manifest = pretrain_stage(
             run_dir,
@@ -229,6 +257,8 @@ def pretrain(
             dataset=dataset,
             name=name,
             arch=arch,
+            init=init,
+            options=options,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,

@@ -3,8 +3,10 @@ module name like the dataset adapters; all train on the one engine (``cxrbench.e
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
+from pathlib import Path
 
 from cxrbench.errors import CxrbenchError
 
@@ -24,3 +26,14 @@ def get_method(name: str) -> type:
     if name not in method_names():
         raise CxrbenchError(f"unknown pretrain method '{name}' (known: {', '.join(method_names())})")
     return importlib.import_module(f"{__name__}.{name.replace('-', '_')}").Method
+
+
+def method_summaries() -> dict[str, str]:
+    """Each method's name and the first line of its module docstring, read without importing it
+    (``cxrbench pretrain --help`` lists them without loading torch)."""
+    out = {}
+    for name in method_names():
+        source = Path(__path__[0], name.replace("-", "_") + ".py").read_text(encoding="utf-8")
+        doc = ast.get_docstring(ast.parse(source)) or ""
+        out[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+    return out

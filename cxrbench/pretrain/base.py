@@ -7,13 +7,16 @@ does the rest (precision, DDP, accumulation, schedule, checkpoints, the per-step
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import nn
 
+from cxrbench.data.adapters.base import coerce_options
 from cxrbench.engine.data import Batch, EpochBatches
 from cxrbench.engine.device import Device
 from cxrbench.engine.distributed import Dist
@@ -61,6 +64,35 @@ class Method(nn.Module):
     def after_step(self, step: Step) -> None:
         """After each optimizer step: EMA teachers, queues, schedules of the method's own."""
 
+    @classmethod
+    def training_defaults(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The training settings for these (coerced) options; a preset may change them."""
+        return dict(cls.defaults)
+
+    @classmethod
+    def options(cls, given: Mapping[str, Any], *, hidden: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``--option KEY=VALUE`` pairs checked against ``__init__``'s keywords and typed by its
+        annotations; an unknown key is a one-line error listing the known ones. ``hidden``: keywords
+        the stage fills in itself (``num_labels``)."""
+        name = cls.__module__.rsplit(".", 1)[-1].replace("_", "-")
+        return coerce_options(cls, given, what=f"method {name}", skip=1, hidden=hidden)
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module`` (a momentum/EMA teacher): same weights, no gradients."""
+    twin = copy.deepcopy(module)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target <- momentum * target + (1 - momentum) * online``, parameter by parameter (buffers,
+    such as BatchNorm statistics, stay the target's own, as in MoCo and BYOL)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+
 
 class PretrainTask(Task):
     """Trains a ``Method``; keeps the mean loss of each epoch."""
@@ -88,9 +120,12 @@ class PretrainTask(Task):
         self.history = list(state.get("history", []))
 
 
-def train_config(method: type[Method], overrides: dict[str, Any]) -> TrainConfig:
-    """The method's defaults with the user's ``overrides`` (None values ignored)."""
-    settings = {**method.defaults, **{k: v for k, v in overrides.items() if v is not None}}
+def train_config(
+    method: type[Method], overrides: dict[str, Any], options: Mapping[str, Any] | None = None
+) -> TrainConfig:
+    """The method's defaults (for its ``options``) with the user's ``overrides`` (None values ignored)."""
+    defaults = method.training_defaults(options or {})
+    settings = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(
         epochs=int(settings["epochs"]),
         batch_size=int(settings["batch_size"]),

@@ -16,7 +16,6 @@ from cxrbench.engine.device import Device, batch_workers
 from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import save_encoder
 from cxrbench.models.sources import builtin_names, is_builtin, resolve_encoder
-from cxrbench.models.sources.base import DEFAULT_ARCH
 from cxrbench.pretrain import get_method
 from cxrbench.pretrain.base import pretrain_loop, train_config
 from cxrbench.rundir import Manifest, RunLayout, Stage, clear_tree, is_safe_name, layout_of
@@ -58,28 +57,32 @@ def pretrain(
     layout = layout_of(run)
     method_name, method_cls = method, get_method(method)
     name = check_name(name or method)
-    options = dict(options or {})
-    config = train_config(method_cls, {"epochs": epochs, "batch_size": batch_size, "lr": lr})
+    # a method that declares the ``targets`` field is trained on the labels: the stage passes the
+    # label matrix per row, the number of labels and the task (not user options)
+    supervised = "targets" in method_cls.fields
+    options = method_cls.options(dict(options or {}), hidden=("num_labels", "task") if supervised else ())
+    config = train_config(method_cls, {"epochs": epochs, "batch_size": batch_size, "lr": lr}, options)
     dist, device = distributed.setup(device)
     hw = Device.choose(device, precision=precision)
     workers = batch_workers(num_workers, hw)
+    prepared = load_prepared(layout, dataset)
+    # --init an encoder of the run (a pretrain output) brings its own architecture unless --arch is given
+    init_spec = resolve_encoder(init, arch=arch, run=layout.root).require()
+    if not init_spec.resavable:
+        raise CxrbenchError(
+            f"--init {init}: pretraining from this source is not supported (its saved encoder could not be "
+            "loaded again); use random, imagenet, dinov2, file:PATH or a pretrain output"
+        )
     settings = {
         "method": method_name,
         "dataset": dataset,
-        "arch": arch or DEFAULT_ARCH,
+        "arch": init_spec.arch,
         "init": init,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
         "options": options,
     }
-    init_spec = resolve_encoder(init, arch=settings["arch"], run=layout.root).require()
-    if not init_spec.resavable:
-        raise CxrbenchError(
-            f"--init {init}: pretraining from this source is not supported (its saved encoder could not be "
-            "loaded again); use random, imagenet, dinov2, file:PATH or a pretrain output"
-        )
-    prepared = load_prepared(layout, dataset)
     home = layout.encoder(name)
     stage = Stage(
         layout,
@@ -99,8 +102,13 @@ def pretrain(
         size = int(prepared.manifest.settings["image"]["size"])
         encoder = init_spec.build(input_size=size, seed=seed)
         torch.manual_seed(seed)  # the method's own layers (projection head) start the same in every run
-        method = method_cls(encoder, **options)
         train_rows = prepared.split("train")
+        fields = {f: None if f == "targets" else train_rows[f].to_numpy() for f in method_cls.fields}
+        if supervised:
+            fields["targets"] = prepared.targets(train_rows)
+            method = method_cls(encoder, num_labels=len(prepared.labels), task=prepared.task, **options)
+        else:
+            method = method_cls(encoder, **options)
         rows = train_rows["cache_index"].to_numpy(dtype=np.int64)
         steps = config.epochs * (len(rows) // max(min(config.batch_size, len(rows)), 1))
         bar = progress(steps, f"pretrain {name}") if dist.is_main else None
@@ -116,7 +124,7 @@ def pretrain(
                 advance=advance,
                 dist=dist,
                 num_workers=workers,
-                fields={f: train_rows[f].to_numpy() for f in method_cls.fields},
+                fields=fields,
             )
 
     def write(result) -> None:

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -305,26 +305,42 @@ def _coerce(text: str, tp: object, *, name: str) -> object:
     raise ValueError(text)
 
 
-def coerce_options(load: Callable[..., object], options: Mapping[str, object]) -> dict[str, object]:
+def option_names(load: Callable[..., object], *, skip: int = 1, hidden: Collection[str] = ()) -> list[str]:
+    """The keyword options of ``load`` after its first ``skip`` parameters, less ``hidden`` ones."""
+    params = list(inspect.signature(load).parameters.values())[skip:]
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in hidden]
+
+
+def coerce_options(
+    load: Callable[..., object],
+    options: Mapping[str, object],
+    *,
+    what: str | None = None,
+    skip: int = 1,
+    hidden: Collection[str] = (),
+) -> dict[str, object]:
     """Return ``options`` checked against ``load``'s keyword parameters, strings converted by annotation.
 
     Strings become what each parameter's annotation asks for: ``bool`` (true/false, 1/0, yes/no),
     ``int``, ``float``, ``Path``, ``list[...]`` (comma-separated), a ``Literal`` value, or None for
     ``none``/empty where the annotation allows None. Values that are not strings pass unchanged.
     An unknown option or an unreadable value is a one-line error naming it (and the known options).
+    ``what`` names the owner in messages (default: ``dataset NAME`` from ``load``'s module); the
+    first ``skip`` parameters (the dataset root, a method's encoder) and ``hidden`` ones, which the
+    caller fills in itself, are not options.
     """
-    dataset = load.__module__.rsplit(".", 1)[-1].replace("_", "-")
+    dataset = what or "dataset " + load.__module__.rsplit(".", 1)[-1].replace("_", "-")
     signature = inspect.signature(load)
-    params = list(signature.parameters.values())[1:]  # the first is the dataset root
+    params = list(signature.parameters.values())[skip:]
     if any(p.kind is p.VAR_KEYWORD for p in params):
-        raise ValueError(f"{dataset}: load() must list its options, not take **kwargs")
-    known = {p.name: p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    hints = get_type_hints(load)
+        raise ValueError(f"{dataset}: its options must be listed, not taken as **kwargs")
+    known = set(option_names(load, skip=skip, hidden=hidden))
+    hints = get_type_hints(load.__init__ if isinstance(load, type) else load)
     out: dict[str, object] = {}
     for key, value in options.items():
         if key not in known:
             listed = ", ".join(sorted(known)) or "none"
-            raise CxrbenchError(f"unknown option '{key}' for dataset {dataset} (known: {listed})")
+            raise CxrbenchError(f"unknown option '{key}' for {dataset} (known: {listed})")
         tp = hints.get(key, Any)
         if not isinstance(value, str):
             out[key] = value
@@ -332,7 +348,5 @@ def coerce_options(load: Callable[..., object], options: Mapping[str, object]) -
         try:
             out[key] = _coerce(value, tp, name=key)
         except (ValueError, CxrbenchError):
-            raise CxrbenchError(
-                f"option '{key}' for dataset {dataset}: cannot read '{value}' as {_type_name(tp)}"
-            ) from None
+            raise CxrbenchError(f"option '{key}' for {dataset}: cannot read '{value}' as {_type_name(tp)}") from None
     return out
