@@ -60,3 +60,24 @@ def test_pretraining_from_an_adapter_source_is_refused_at_once(run_copy: Path, t
         pretrain(run_copy, "simclr", dataset="synthetic", init=tiny_hf)
     assert "\n" not in err.value.message
     assert not (run_copy / "encoders" / "simclr").exists()
+
+
+def test_mixed_sources_compare_in_one_table(run_copy: Path, tiny_hf: str, tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    from tests.stages.conftest import ARCH
+
+    weights = tmp_path / "mine.safetensors"
+    torch.manual_seed(1)
+    save_file(timm.create_model(ARCH, num_classes=0).state_dict(), str(weights))
+    r = ("--run", str(run_copy))
+    encoders = {"random": ("--arch", ARCH), tiny_hf: (), f"file:{weights}": ("--arch", ARCH)}
+    for name, extra in encoders.items():
+        cli("probe", "--dataset", "synthetic", "--encoder", name, *extra, *r)
+    cli("evaluate", "--n-boot", "20", *r)
+    cli("compare", "--baseline", "random", "--n-boot", "20", "--no-plots", *r)
+    table = pd.read_parquet(run_copy / "comparisons" / "synthetic.parquet")
+    folders = {resolve_encoder(n, arch=ARCH if n != tiny_hf else None).folder for n in encoders if n != "random"}
+    assert set(table["encoder"]) == folders and len(folders) == 2
+    assert table["delta"].notna().all()
