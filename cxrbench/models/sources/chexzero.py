@@ -23,7 +23,9 @@ tokens after ``ln_post`` (class token first), as open_clip gives them.
 Preprocessing (``zero_shot.py`` ``make`` and ``train.py`` ``load_data``, ``pretrained=True``): the
 grey image repeated to three channels, normalised with the authors' MIMIC-CXR pixel statistics on the
 0-255 scale (mean 101.48761, std 83.43944, here divided by 255) and resized to 224 px. Other input
-sizes resample the position embeddings as timm does.
+sizes resample the position embeddings as timm does. The benchmark's cxrlearn fed every model the same
+CLIP-normalised 224 px images (``datasets/prepare_dataset.py`` ``_transform``); cxrbench uses the
+authors' own statistics.
 
 Weights: https://drive.google.com/drive/folders/1makFLiEMbSleYltaRxw81aBhEDMpVwno (linked from the
 CheXzero README; code MIT; cxrlearn ships the same model as ``pretrained/chexzero.pt``). Nothing is

@@ -24,7 +24,9 @@ Feature: the class token after ``encoder_norm`` (768 wide), what cxrlearn's feat
 (``VisionTransformer(get_fmap=True)``: ``x[:, 0]``) and what the fine-tuning head reads; tokens are all
 normed tokens, class token first. Preprocessing (``Fine-tune/NIH_ChestX-ray/utils/data_utils.py``
 ``transform_test`` and ``my_dataset.py``): RGB (grey repeated), 224 px, ImageNet mean and std. Other
-input sizes resample the position embeddings as timm does.
+input sizes resample the position embeddings as timm does. The benchmark's cxrlearn fed every model
+the same CLIP-normalised 224 px images (``datasets/prepare_dataset.py`` ``_transform``); cxrbench uses
+the authors' own statistics.
 
 Weights: https://drive.google.com/file/d/1JvtcYOdLWC9BTzCnCJqNzCP7R6CmUK1N/view (``refers_checkpoint.pth``,
 linked from the REFERS README; also in cxrlearn's ``pretrained.zip``; REFERS code MIT). Nothing is
