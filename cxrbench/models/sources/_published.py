@@ -184,3 +184,20 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> n
 
     load_exact(model, state, path)
     return model
+
+
+def fit_pos_embed(pos: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A ViT's absolute position embeddings ``[1, 1 + G*G, D]`` (class token first) resampled to the grid
+    of timm ``model`` when it runs at another input size, as timm resamples pretrained ViT weights
+    (``resample_abs_pos_embed``: bicubic, antialiased); unchanged when the shapes already agree or when
+    ``pos`` is not a class token plus a square grid (``load_exact`` then names the mismatch)."""
+    import math
+
+    target = tuple(model.pos_embed.shape)
+    side = math.isqrt(max(pos.shape[1] - 1, 0)) if pos.ndim == 3 else 0
+    if tuple(pos.shape) == target or side < 1 or side * side != pos.shape[1] - 1 or pos.shape[-1] != target[-1]:
+        return pos
+    from timm.layers import resample_abs_pos_embed
+
+    grid = tuple(int(g) for g in model.patch_embed.grid_size)
+    return resample_abs_pos_embed(pos.float(), new_size=list(grid), old_size=[side, side], num_prefix_tokens=1)
