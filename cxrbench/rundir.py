@@ -96,7 +96,8 @@ class RunLayout:
     root: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+        # absolute (symlinks kept as given), so a joined path is never mistaken for a run-relative one
+        object.__setattr__(self, "root", Path(self.root).expanduser().absolute())
 
     def _join(self, *parts: str) -> Path:
         return self.inside(self.root.joinpath(*(safe_name(p) for p in parts)))

@@ -430,3 +430,11 @@ def test_clear_tree_removes_empty_parents_up_to_the_run(tmp_path):
     assert not a.parent.exists() and b.exists()
     rundir.clear_tree(layout, b.parent)
     assert not (tmp_path / "run" / "checkpoints").exists() and (tmp_path / "run").exists()
+
+
+def test_a_relative_run_directory_gives_the_same_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    layout = rundir.RunLayout(Path("runs/default"))
+    assert layout.encoder("moco") == tmp_path / "runs" / "default" / "encoders" / "moco"
+    assert layout.inside("evaluation/metrics.parquet") == tmp_path / "runs/default/evaluation/metrics.parquet"
+    assert layout.relative(layout.predictions("ds", "enc", "probe")) == "predictions/ds/enc/probe.parquet"

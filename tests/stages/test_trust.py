@@ -224,3 +224,11 @@ def test_a_run_written_by_the_previous_version_still_evaluates_and_compares(run_
     assert set(table["encoder"]) == {"other-tool"}
     cli("probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--run", str(run_copy))
     assert not Manifest.read(run_copy / "predictions/synthetic/random/probe.manifest.json").sizes  # not redone
+
+
+def test_a_relative_run_directory_works_from_the_cli(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cli("prepare", "synthetic", "--n-patients", "40", "--size", "32", "--workers", "1", "--run", "rel/run")
+    cli("probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--run", "rel/run")
+    assert (tmp_path / "rel/run/predictions/synthetic/random/probe.parquet").is_file()
+    assert not (tmp_path / "rel/run/rel").exists()
