@@ -258,6 +258,9 @@ def _digest_value(h: Any, value: Any) -> None:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
+    from cxrbench.rundir import remove_stale_temporaries
+
+    remove_stale_temporaries(dst)  # left by a compare that was killed while copying
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
         shutil.copyfile(src, tmp)

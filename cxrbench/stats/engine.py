@@ -416,8 +416,11 @@ def _store_replicates(folder: Path, key: str, run: _Run) -> None:
             [[np.asarray(c.reps[k], dtype=np.float64) for k in _POINT_KEYS] for c in active], dtype=np.float64
         ).reshape(-1, 6, run.n_boot),
     }
+    from cxrbench.rundir import remove_stale_temporaries
+
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}.npz"
+    remove_stale_temporaries(path)  # left by a stage that was killed while writing it
     tmp = folder / f".{key}.npz.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as handle:
