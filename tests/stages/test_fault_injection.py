@@ -1,0 +1,262 @@
+"""Fault injection: every stage SIGKILLed at seeded random times, rerun until it finishes; the run it
+ends with equals an uninterrupted run's, file by file.
+
+One reference run (uninterrupted, each stage timed), then a second run of the same commands where
+each stage is started as a subprocess and SIGKILLed after a delay drawn from ``random.Random(SEED)``
+between 0.3 s and the stage's measured duration, again and again, then run to completion. A stage
+that finishes before its kill (a no-op kill) is done: its remaining kills pass to the next stage.
+At least ``MIN_KILLS`` kills must land in running processes.
+
+Both runs live at the same path (the reference is renamed away before the second starts): samples
+hold absolute image paths, so only then are their bytes, and the keys built on them, comparable.
+
+Compared: every file of the reference, and nothing more in the other run (no ``*.tmp-*`` left,
+no ``checkpoints/``). Parquet: pandas-equal, exactly, and bytes; safetensors: every tensor bitwise;
+manifests: key, settings, inputs, outputs hashes, seed and extra equal; every other file: bytes.
+Not compared byte for byte, and why:
+
+* ``.*.lock`` files: they name the pid that last held them.
+* ``manifest.json``: ``created`` and ``timings`` are wall-clock; the rest is compared as above.
+* ``logs/**.parquet`` (per-step training logs): ``images_per_s`` is a timing; every other column is
+  compared exactly, and their hashes are left out of the manifests' outputs comparison.
+* ``prepared/…/manifest.json``: its ``files`` input (and so its key) hashes the phantoms' mtimes,
+  which differ between two generations of the same bytes; the phantoms themselves are compared.
+* ``*.npz`` (bootstrap replicates cache): zip members carry their write time; arrays compared.
+PDF plots embed their creation time unless ``SOURCE_DATE_EPOCH`` is set, so both runs set it and
+PDFs are compared byte for byte like PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrbench.rundir import Manifest
+from tests.stages.conftest import ARCH
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+SEED = 20240611
+MIN_KILLS = 20
+MIN_DELAY = 0.3
+REPO = Path(__file__).resolve().parents[2]
+
+#: (name, arguments, kills wanted); 50 patients is the fewest with val and test positives of every label
+STAGES: list[tuple[str, list[str], int]] = [
+    ("prepare", ["prepare", "synthetic", "--n-patients", "50", "--size", "32", "--workers", "2"], 4),
+    ("pretrain", ["pretrain", "simclr", "--dataset", "synthetic", "--arch", ARCH, "--epochs", "2",
+                  "--batch-size", "16"], 4),
+    ("probe random", ["probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH], 3),
+    ("probe simclr", ["probe", "--dataset", "synthetic", "--encoder", "simclr"], 3),
+    ("finetune", ["finetune", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--epochs", "2",
+                  "--batch-size", "16", "--checkpoint-every", "1", "--optimizer", "adamw", "--lr", "1e-3"], 4),
+    ("evaluate", ["evaluate", "--n-boot", "50"], 3),
+    ("compare", ["compare", "--baseline", "random", "--n-boot", "50"], 3),
+]
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    # one intra-op thread: float sums are ordered alike in every process; PDFs without a wall-clock date
+    return {**os.environ, "PYTHONPATH": path, "CXRBENCH_QUIET": "1", "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1", "SOURCE_DATE_EPOCH": "0"}
+
+
+def _start(args: list[str], run: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cxrbench", *args, "--run", str(run)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, what: str) -> None:
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise AssertionError(f"{what} exited {proc.returncode}: {err.decode()[-2000:]}")
+
+
+def _run_to_end(args: list[str], run: Path, what: str) -> float:
+    started = time.monotonic()
+    _finish(_start(args, run), what)
+    return time.monotonic() - started
+
+
+def _group_alive(group: int) -> list[int]:
+    """Running (not zombie) processes of process group ``group``."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == group and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def _group_ends(group: int, after: str, within: float = 5.0) -> None:
+    """Whatever the killed stage started ends within ``within`` seconds (else killed, and the test fails)."""
+    deadline = time.monotonic() + within
+    while _group_alive(group):
+        if time.monotonic() > deadline:
+            left = _group_alive(group)
+            os.killpg(group, signal.SIGKILL)
+            raise AssertionError(f"after {after}: processes {left} outlived it by {within} s")
+        time.sleep(0.05)
+
+
+def _complete_manifests_are_intact(run: Path, after: str) -> None:
+    """What a kill leaves: a manifest that says complete always has all its outputs, as written."""
+    for path in run.rglob("*manifest.json"):
+        manifest = Manifest.read(path)
+        if manifest is not None and manifest.complete:
+            problem = manifest.intact(run)
+            assert problem is None, f"after {after}: {path.relative_to(run)} is complete but {problem}"
+
+
+def _files(run: Path) -> set[str]:
+    return {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+
+
+def _is_log(rel: str) -> bool:
+    return rel.startswith("logs/") and rel.endswith(".parquet")
+
+
+def _manifest_view(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    for name in ("created", "timings"):
+        data.pop(name)
+    for name in ("outputs", "sizes"):
+        data[name] = {rel: v for rel, v in data[name].items() if not _is_log(rel)}
+    if data["stage"] == "prepare":
+        data["inputs"].pop("files")  # mtimes of the generated phantoms
+        data.pop("key")
+    return data
+
+
+def _compare_file(rel: str, ref: Path, got: Path) -> None:
+    if rel.endswith("manifest.json"):
+        assert _manifest_view(got) == _manifest_view(ref), rel
+    elif rel.endswith(".parquet"):
+        expected, actual = pd.read_parquet(ref), pd.read_parquet(got)
+        if _is_log(rel):
+            expected, actual = expected.drop(columns="images_per_s"), actual.drop(columns="images_per_s")
+        else:
+            assert got.read_bytes() == ref.read_bytes(), rel
+        pd.testing.assert_frame_equal(actual, expected, check_exact=True, obj=rel)
+    elif rel.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(ref), "np") as a, safe_open(str(got), "np") as b:
+            assert a.metadata() == b.metadata() and sorted(a.keys()) == sorted(b.keys()), rel
+            for name in a.keys():
+                x, y = a.get_tensor(name), b.get_tensor(name)
+                assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), f"{rel}: {name}"
+        assert got.read_bytes() == ref.read_bytes(), rel
+    elif rel.endswith(".npz"):
+        with np.load(ref) as a, np.load(got) as b:
+            assert sorted(a.files) == sorted(b.files), rel
+            for name in a.files:
+                assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), f"{rel}: {name}"
+    else:  # text tables, json, csv, npy, png, pdf, ...
+        assert got.read_bytes() == ref.read_bytes(), rel
+
+
+def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    durations = {name: _run_to_end(args, run, f"reference {name}") for name, args, _ in STAGES}
+    reference = tmp_path / "reference"
+    run.rename(reference)
+
+    rng = random.Random(SEED)
+    landed: dict[str, int] = {}
+    events: list[str] = []
+    carried = 0
+    for name, args, wanted in STAGES:
+        wanted += carried
+        landed[name] = 0
+        while landed[name] < wanted:
+            delay = rng.uniform(MIN_DELAY, max(durations[name], MIN_DELAY + 0.1))
+            proc = _start(args, run)
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)  # the stage's process; its decode workers must follow
+                proc.wait()
+                _group_ends(proc.pid, f"{name} killed at {delay:.2f} s")
+                landed[name] += 1
+                events.append(f"{name}: killed at {delay:.2f} s")
+                _complete_manifests_are_intact(run, f"killing {name} at {delay:.2f} s")
+                continue
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            _finish(proc, name)
+            events.append(f"{name}: finished before {delay:.2f} s (no-op kill)")
+            break
+        else:
+            _run_to_end(args, run, name)
+            events.append(f"{name}: ran to the end")
+        carried = wanted - landed[name]
+
+    summary = f"durations {', '.join(f'{k} {v:.1f} s' for k, v in durations.items())}; kills {landed}"
+    print(summary, *events, sep="\n")
+    assert sum(landed.values()) >= MIN_KILLS, summary
+
+    files = _files(reference)
+    assert _files(run) == files  # nothing missing, and no leftovers: *.tmp-*, checkpoints/
+    assert not (run / "checkpoints").exists()
+    for rel in sorted(files):
+        _compare_file(rel, reference / rel, run / rel)
+
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+import pyarrow.parquet as pq
+from cxrbench import rundir
+
+def write_then_die(table, where, **options):  # SIGKILLed after the temporary file, before its rename
+    pq.write_table(table, where, **options)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+rundir.pq = type("pq", (), {"write_table": staticmethod(write_then_die)})
+from cxrbench.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_write_killed_before_its_rename_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """A kill inside ``atomic_path`` leaves ``.NAME.tmp-PID``; the rerun that writes NAME again removes it."""
+    run = tmp_path / "run"
+    args = ["prepare", "synthetic", "--n-patients", "10", "--size", "32", "--workers", "1", "--run", str(run)]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, *args], env=_env(), capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    left = [p.name for p in run.rglob("*.tmp-*")]
+    assert len(left) == 1 and left[0].startswith(".samples.parquet.tmp-"), left
+    subprocess.run([sys.executable, "-m", "cxrbench", *args], env=_env(), check=True, capture_output=True)
+    assert list(run.rglob("*.tmp-*")) == []
+
+
+def test_only_temporaries_of_writers_that_are_gone_are_removed(tmp_path: Path) -> None:
+    from cxrbench.rundir import write_text
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    target = tmp_path / "x.md"
+    stale, live = tmp_path / f".x.md.tmp-{gone.pid}", tmp_path / f".x.md.tmp-{os.getppid()}"  # a running writer
+    other = tmp_path / f".y.md.tmp-{gone.pid}"  # another file's: left for the writer of y.md
+    for path in (stale, live, other):
+        path.write_text("partial")
+    write_text(target, "whole")
+    assert target.read_text() == "whole"
+    assert (stale.exists(), live.exists(), other.exists()) == (False, True, True)
