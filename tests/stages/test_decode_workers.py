@@ -16,6 +16,7 @@ from cxrbench.data.adapters import get_adapter
 from cxrbench.data.transforms import Preprocess
 from cxrbench.rundir import Manifest, RunLayout
 from cxrbench.stages.prepare import generate
+from tests.stages import procs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -26,52 +27,6 @@ GONE_WITHIN = 5.0  # seconds after the parent's death
 def _env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "CXRBENCH_QUIET": "1"}
-
-
-def _stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time) of ``pid`` from /proc, or None when there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
-    return fields[0], fields[19]
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    """Every live descendant of ``pid``: pid -> start time (to tell a reused pid from the same process)."""
-    found: dict[int, str] = {}
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
-            try:
-                pids = [int(p) for p in children.read_text().split()]
-            except OSError:  # the thread or process ended meanwhile
-                continue
-            for child in pids:
-                stat = _stat(child)
-                if stat is not None and child not in found:
-                    found[child] = stat[1]
-                    todo.append(child)
-    return found
-
-
-def _alive(processes: dict[int, str]) -> dict[int, str]:
-    """Those of ``processes`` still running (a zombie has exited; it only waits to be reaped)."""
-    alive = {}
-    for pid, started in processes.items():
-        stat = _stat(pid)
-        if stat is not None and stat[1] == started and stat[0] != "Z":
-            alive[pid] = _cmdline(pid)
-    return alive
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
-    except OSError:
-        return "?"
 
 
 def _rows_done(cache: Path) -> int:
@@ -100,8 +55,8 @@ def test_sigkilled_prepare_takes_its_decode_workers_with_it(tmp_path: Path) -> N
                 raise AssertionError(f"prepare ended before decoding: {proc.stderr.read().decode()}")
             assert time.monotonic() < deadline, "no decoded chunk within 120 s"
             time.sleep(0.01)
-        family = _descendants(proc.pid)
-        commands = [_cmdline(pid) for pid in family]
+        family = procs.descendants(proc.pid)
+        commands = [procs.cmdline(pid) for pid in family]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert sum("spawn_main" in c for c in commands) == 2, f"expected 2 decode workers among {commands}"
@@ -109,14 +64,14 @@ def test_sigkilled_prepare_takes_its_decode_workers_with_it(tmp_path: Path) -> N
         assert manifest is not None and not manifest.complete, "prepare finished before the kill; use more images"
 
         deadline = time.monotonic() + GONE_WITHIN
-        while _alive(family) and time.monotonic() < deadline:
+        while procs.alive(family) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(family), f"still running {GONE_WITHIN} s after the parent died: {_alive(family)}"
+        assert not procs.alive(family), f"still running {GONE_WITHIN} s after the parent died: {procs.alive(family)}"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in _alive(family):  # a failed test leaves nothing behind either
+        for pid in procs.alive(family):  # a failed test leaves nothing behind either
             os.kill(pid, signal.SIGKILL)
 
     # and the killed build resumes: a rerun finishes the cache it started
@@ -151,19 +106,19 @@ def test_watchdog_ends_a_worker_without_the_death_signal(tmp_path: Path) -> None
         while not armed.exists() or not armed.read_text():
             assert middle.poll() is None and time.monotonic() < deadline, "worker never started"
             time.sleep(0.02)
-        worker = _descendants(middle.pid)
+        worker = procs.descendants(middle.pid)
         assert list(worker) == [int(armed.read_text())]
         middle.send_signal(signal.SIGKILL)
         middle.wait()
         deadline = time.monotonic() + 3
-        while _alive(worker) and time.monotonic() < deadline:
+        while procs.alive(worker) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(worker), "worker outlived its parent by 3 s"
+        assert not procs.alive(worker), "worker outlived its parent by 3 s"
     finally:
         if middle.poll() is None:
             middle.kill()
             middle.wait()
-        for pid in _alive(worker):
+        for pid in procs.alive(worker):
             os.kill(pid, signal.SIGKILL)
 
 
