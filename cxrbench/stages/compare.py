@@ -89,6 +89,9 @@ def _plots(plotting, folder: Path, dataset: str, preds: pd.DataFrame, table: pd.
                                    title=f"{dataset}: Δ AUC vs {baseline}", cache=cache)
     test = preds[preds["split"] == "test"]
     for label, rows in test.groupby("label", sort=True):
+        if rows["y_true"].dropna().nunique() < 2:  # evaluate left it out of the mean; no curve to draw
+            info(f"[yellow]warning:[/] {dataset}: no ROC plot for label '{label}': its test set has one class")
+            continue
         written += plotting.plot_roc(rows, label=label, baseline=baseline,
                                      out_stem=folder / safe_name(f"{dataset}-roc-{label}"), seed=seed, cache=cache)
     written += plotting.plot_label_efficiency(metrics, dataset=dataset, baseline=baseline,
