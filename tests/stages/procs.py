@@ -84,6 +84,11 @@ def run_cli(argv: list[str], stderr: str) -> None:
     with open(os.devnull, "w") as null, open(stderr, "w") as err:
         os.dup2(null.fileno(), 1)
         os.dup2(err.fileno(), 2)
+    # A resource tracker of its own, as a `cxrbench` process has: the semaphores of a killed
+    # decode pool are then cleaned up (and reported) here, not at the end of the pytest session.
+    from multiprocessing import resource_tracker
+
+    resource_tracker._resource_tracker._fd = resource_tracker._resource_tracker._pid = None
     from cxrbench.cli import main
 
     try:
