@@ -32,20 +32,33 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-weights_app = typer.Typer(help="Check which weights a suite needs and whether they are here (offline).",
-                          no_args_is_help=True)
+weights_app = typer.Typer(
+    help="Check which weights a suite needs and whether they are here (offline).", no_args_is_help=True
+)
 app.add_typer(weights_app, name="weights")
 
-RunOpt = Annotated[Path | None, typer.Option("--run", "--run-dir", help="Run directory [default: $CXRBENCH_RUN or ./runs/default].")]
+RunOpt = Annotated[
+    Path | None, typer.Option("--run", "--run-dir", help="Run directory [default: $CXRBENCH_RUN or ./runs/default].")
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the stage even if it is up to date.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device, e.g. cpu or cuda:0 [default: cuda if available].")]
-PrecisionOpt = Annotated[str | None, typer.Option(
-    "--precision", help="Training precision: bf16, fp16 (loss-scaled, for GPUs without fast bf16) or fp32 "
-    "[default: bf16 on GPU, fp32 on CPU].")]
-WorkersOpt = Annotated[int | None, typer.Option(
-    help="Processes reading batches from the image cache (default: 4 on CUDA, 0 on CPU).")]
-ArchOpt = Annotated[str | None, typer.Option("--arch", help="timm architecture, e.g. resnet50, densenet121, vit_base_patch16_224.")]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="torch device, e.g. cpu or cuda:0 [default: cuda if available].")
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="Training precision: bf16, fp16 (loss-scaled, for GPUs without fast bf16) or fp32 "
+        "[default: bf16 on GPU, fp32 on CPU].",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option(help="Processes reading batches from the image cache (default: 4 on CUDA, 0 on CPU).")
+]
+ArchOpt = Annotated[
+    str | None, typer.Option("--arch", help="timm architecture, e.g. resnet50, densenet121, vit_base_patch16_224.")
+]
 ConfigOpt = Annotated[Path, typer.Option("--config", help="Suites file.")]
 
 
@@ -78,8 +91,12 @@ def _root(
 
 @app.command(epilog="Example: cxrbench prepare padchest --root /data/padchest --split 60/20/20")
 def prepare(
-    dataset: Annotated[str, typer.Argument(help="Dataset adapter name (synthetic, nih, chexpert, padchest, csv, folder, ...).")],
-    root: Annotated[Path | None, typer.Option(help="Folder the dataset was unpacked into (synthetic: where to write phantoms).")] = None,
+    dataset: Annotated[
+        str, typer.Argument(help="Dataset adapter name (synthetic, nih, chexpert, padchest, csv, folder, ...).")
+    ],
+    root: Annotated[
+        Path | None, typer.Option(help="Folder the dataset was unpacked into (synthetic: where to write phantoms).")
+    ] = None,
     run: RunOpt = None,
     size: Annotated[int, typer.Option(help="Image size after preprocessing (pixels).")] = 224,
     aspect: Annotated[str, typer.Option(help="Aspect handling: pad, crop or stretch.")] = "pad",
@@ -90,15 +107,21 @@ def prepare(
     views: Annotated[str, typer.Option(help="frontal or all.")] = "frontal",
     seed: SeedOpt = 0,
     workers: Annotated[int | None, typer.Option(help="Decoding processes [default: CPU count].")] = None,
-    n_patients: Annotated[int | None, typer.Option(help="Generated datasets (synthetic): number of patients "
-                                                   "[default: 200]; same as --option n_patients=N.")] = None,
+    n_patients: Annotated[
+        int | None,
+        typer.Option(
+            help="Generated datasets (synthetic): number of patients [default: 200]; same as --option n_patients=N."
+        ),
+    ] = None,
     csv: Annotated[str | None, typer.Option(help="csv: metadata file (relative to --root).")] = None,
     path_column: Annotated[str | None, typer.Option(help="csv: image path column.")] = None,
     patient_column: Annotated[str | None, typer.Option(help="csv: patient id column.")] = None,
     label_columns: Annotated[str | None, typer.Option(help="csv: comma-separated label columns.")] = None,
     view_column: Annotated[str | None, typer.Option(help="csv: view column.")] = None,
     split_column: Annotated[str | None, typer.Option(help="csv: official split column.")] = None,
-    option: Annotated[list[str] | None, typer.Option(help="Adapter option KEY=VALUE, repeatable (e.g. labels=all).")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Adapter option KEY=VALUE, repeatable (e.g. labels=all).")
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Read a dataset as its creators distribute it; write samples.parquet and the image cache."""
@@ -110,8 +133,14 @@ def prepare(
 
     run_dir = _run(run)
     # the named flags are spellings of adapter options; a dataset without that option says so
-    given = {"n_patients": n_patients, "csv": csv, "path_column": path_column, "patient_column": patient_column,
-             "view_column": view_column, "split_column": split_column}
+    given = {
+        "n_patients": n_patients,
+        "csv": csv,
+        "path_column": path_column,
+        "patient_column": patient_column,
+        "view_column": view_column,
+        "split_column": split_column,
+    }
     options: dict = {k: v for k, v in given.items() if v is not None}
     if label_columns:
         options["label_columns"] = [c.strip() for c in label_columns.split(",") if c.strip()]
@@ -120,14 +149,24 @@ def prepare(
         if not sep or not key.strip():
             raise CxrbenchError(f"--option {item!r}: expected KEY=VALUE")
         options[key.strip().replace("-", "_")] = value
-    policy = LabelPolicy(uncertain=uncertain, min_positives=min_positives, views=views,
-                         split=parse_ratios(split), seed=seed)
-    manifest = prepare_stage(run_dir, dataset, root=root, options=options, policy=policy,
-                             image=Preprocess(size=size, aspect=aspect, equalize=equalize), workers=workers,
-                             force=force)
+    policy = LabelPolicy(
+        uncertain=uncertain, min_positives=min_positives, views=views, split=parse_ratios(split), seed=seed
+    )
+    manifest = prepare_stage(
+        run_dir,
+        dataset,
+        root=root,
+        options=options,
+        policy=policy,
+        image=Preprocess(size=size, aspect=aspect, equalize=equalize),
+        workers=workers,
+        force=force,
+    )
     extra = manifest.extra
-    out.print(f"[bold]{dataset}[/]: {extra['images']} images, {extra['patients']} patients, "
-              f"splits {extra['splits']}, quarantined {extra['quarantined']}")
+    out.print(
+        f"[bold]{dataset}[/]: {extra['images']} images, {extra['patients']} patients, "
+        f"splits {extra['splits']}, quarantined {extra['quarantined']}"
+    )
     from rich.table import Table
 
     table = Table("label", "train", "val", "test", title="positives / known per split")
@@ -163,9 +202,21 @@ def pretrain(
 
     run_dir = _run(run)
     with distributed.group(device) as (dist, _):
-        manifest = pretrain_stage(run_dir, method, dataset=dataset, name=name, arch=arch, epochs=epochs,
-                                  batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
-                                  num_workers=num_workers, force=force)
+        manifest = pretrain_stage(
+            run_dir,
+            method,
+            dataset=dataset,
+            name=name,
+            arch=arch,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            precision=precision,
+            num_workers=num_workers,
+            force=force,
+        )
         if dist.is_main:
             _written(run_dir, manifest)
 
@@ -175,7 +226,9 @@ def probe(
     dataset: Annotated[str, typer.Option(help="Prepared dataset.")],
     encoder: Annotated[str, typer.Option(help="imagenet, dinov2, random, file:PATH, or a pretrain output.")],
     arch: ArchOpt = None,
-    fraction: Annotated[list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")] = None,
+    fraction: Annotated[
+        list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")
+    ] = None,
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
@@ -188,8 +241,19 @@ def probe(
     run_dir = _run(run)
     fractions = [check_fraction(f) for f in fraction or [1.0]]
     for frac in fractions:
-        _written(run_dir, probe_stage(run_dir, dataset=dataset, encoder=encoder, arch=arch, fraction=frac, seed=seed,
-                                      device=device, force=force))
+        _written(
+            run_dir,
+            probe_stage(
+                run_dir,
+                dataset=dataset,
+                encoder=encoder,
+                arch=arch,
+                fraction=frac,
+                seed=seed,
+                device=device,
+                force=force,
+            ),
+        )
 
 
 @app.command(epilog="Example: cxrbench finetune --dataset synthetic --encoder simclr --epochs 2 --recipe ssl-cxr")
@@ -197,13 +261,17 @@ def finetune(
     dataset: Annotated[str, typer.Option(help="Prepared dataset.")],
     encoder: Annotated[str, typer.Option(help="imagenet, dinov2, random, file:PATH, or a pretrain output.")],
     arch: ArchOpt = None,
-    recipe: Annotated[str, typer.Option(help="ssl-cxr (SGD 1e-3, batch 32, cosine) or vit (AdamW 1e-5, weighted BCE, rotation+flip).")] = "ssl-cxr",
+    recipe: Annotated[
+        str, typer.Option(help="ssl-cxr (SGD 1e-3, batch 32, cosine) or vit (AdamW 1e-5, weighted BCE, rotation+flip).")
+    ] = "ssl-cxr",
     epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override the batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Override the learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="Override the optimizer: sgd or adamw.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")] = None,
-    fraction: Annotated[list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")] = None,
+    fraction: Annotated[
+        list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")
+    ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: per epoch only).")] = 0,
     num_workers: WorkersOpt = None,
     run: RunOpt = None,
@@ -226,9 +294,21 @@ def finetune(
     fractions = [check_fraction(f) for f in fraction or [1.0]]
     with distributed.group(device) as (dist, _):
         for frac in fractions:
-            manifest = finetune_stage(run_dir, dataset=dataset, encoder=encoder, arch=arch, recipe_name=recipe,
-                                      overrides=overrides, fraction=frac, seed=seed, checkpoint_every=checkpoint_every,
-                                      num_workers=num_workers, device=device, precision=precision, force=force)
+            manifest = finetune_stage(
+                run_dir,
+                dataset=dataset,
+                encoder=encoder,
+                arch=arch,
+                recipe_name=recipe,
+                overrides=overrides,
+                fraction=frac,
+                seed=seed,
+                checkpoint_every=checkpoint_every,
+                num_workers=num_workers,
+                device=device,
+                precision=precision,
+                force=force,
+            )
             if dist.is_main:
                 _written(run_dir, manifest)
 
@@ -265,8 +345,18 @@ def compare(
     from cxrbench.stages.compare import compare as compare_stage
 
     run_dir = _run(run)
-    manifest = compare_stage(run_dir, baseline=baseline, n_boot=n_boot, seed=seed, cluster=cluster, test=test,
-                             correction=correction, alpha=alpha, plots=plots, force=force)
+    manifest = compare_stage(
+        run_dir,
+        baseline=baseline,
+        n_boot=n_boot,
+        seed=seed,
+        cluster=cluster,
+        test=test,
+        correction=correction,
+        alpha=alpha,
+        plots=plots,
+        force=force,
+    )
     _show_tables(run_dir, manifest)
 
 
@@ -327,8 +417,9 @@ def weights_check(
     specs = check_weights(pairs, run=_run(run))
     table = Table("encoder", "arch", "source", "present", "location")
     for spec in specs:
-        table.add_row(spec.encoder, spec.arch, spec.source, "yes" if spec.present else "[red]no[/]",
-                      spec.location or "")
+        table.add_row(
+            spec.encoder, spec.arch, spec.source, "yes" if spec.present else "[red]no[/]", spec.location or ""
+        )
     for name in sorted(pending):
         table.add_row(name, chosen.arch or "", f"pretrained by `cxrbench run --suite {suite}`", "-", "")
     out.print(table)

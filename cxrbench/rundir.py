@@ -53,8 +53,12 @@ _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._+=-]+")
 
 def is_safe_name(name: str) -> bool:
     """True when ``name`` can be one path component as it is (no separators, no ``..``, no leading dot)."""
-    return (isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
-            and not name.endswith((" ", ".")))
+    return (
+        isinstance(name, str)
+        and bool(_SAFE_NAME.fullmatch(name))
+        and ".." not in name
+        and not name.endswith((" ", "."))
+    )
 
 
 def safe_name(name: str, *, readable: str | None = None) -> str:
@@ -502,9 +506,7 @@ class Stage:
     def _invalidate(self) -> None:
         """Mark the output unfinished before touching anything, and drop the previous outputs."""
         previous = Manifest.read(self.manifest_path)
-        Manifest(stage=self.name, key=self.key, settings=self.settings, complete=False).write(
-            self.manifest_path
-        )
+        Manifest(stage=self.name, key=self.key, settings=self.settings, complete=False).write(self.manifest_path)
         if previous is not None:
             for rel in previous.outputs:
                 path = self.layout.inside(rel)
@@ -543,4 +545,3 @@ class Stage:
             sizes=sizes,
         )
         self.manifest.write(self.manifest_path)
-

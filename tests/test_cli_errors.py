@@ -231,21 +231,25 @@ def test_end_to_end_one_line_and_exit_2(tmp_path):
 def test_end_to_end_debug_prints_a_traceback(tmp_path):
     done = _cli("--debug", "run", "--suite", "x", "--config", "nothere.toml", cwd=tmp_path)
     assert done.returncode != 0
-    assert (
-        "Traceback" in done.stderr
-        and "CxrbenchError" in done.stderr
-        and "nothere.toml" in done.stderr
-    )
+    assert "Traceback" in done.stderr and "CxrbenchError" in done.stderr and "nothere.toml" in done.stderr
 
 
 def test_unknown_adapter_option_is_named_with_the_known_ones(capsys, tmp_path):
-    _fails(capsys, ["prepare", "nih", "--root", str(tmp_path), "--option", "bogus=1", "--run", str(tmp_path)],
-           "bogus", "no_finding")
+    _fails(
+        capsys,
+        ["prepare", "nih", "--root", str(tmp_path), "--option", "bogus=1", "--run", str(tmp_path)],
+        "bogus",
+        "no_finding",
+    )
 
 
 def test_adapter_option_without_equals_sign(capsys, tmp_path):
-    _fails(capsys, ["prepare", "nih", "--root", str(tmp_path), "--option", "labels", "--run", str(tmp_path)],
-           "'labels'", "KEY=VALUE")
+    _fails(
+        capsys,
+        ["prepare", "nih", "--root", str(tmp_path), "--option", "labels", "--run", str(tmp_path)],
+        "'labels'",
+        "KEY=VALUE",
+    )
 
 
 @pytest.mark.parametrize("command", [["finetune", "--encoder", "random"], ["pretrain", "simclr"]])

@@ -35,14 +35,9 @@ def _error(tmp_path: Path, text: str) -> str:
 def test_shipped_benchmarks_toml_parses():
     suites = load_config(REPO / "benchmarks.toml")
     smoke = suites["smoke"]
-    assert smoke.datasets == (
-        DatasetSpec("synthetic", None, {"n_patients": 200, "size": 64, "seed": 0}),
-    )
+    assert smoke.datasets == (DatasetSpec("synthetic", None, {"n_patients": 200, "size": 64, "seed": 0}),)
     assert smoke.encoders == ("random", "simclr") and smoke.baseline == "random"
-    assert (
-        smoke.pretrain["simclr"].method == "simclr"
-        and smoke.pretrain["simclr"].options["epochs"] == 2
-    )
+    assert smoke.pretrain["simclr"].method == "simclr" and smoke.pretrain["simclr"].options["epochs"] == 2
     assert smoke.finetune["epochs"] == 6 and smoke.evaluate == {"n_boot": 200}
     nih = suites["nih-simclr"]
     assert nih.datasets[0].root == "/data/nih" and nih.datasets[0].options == {

@@ -98,9 +98,7 @@ def test_manifest_read_tolerates_garbage(tmp_path):
     assert Manifest.read(tmp_path / "bad.json") is None
     (tmp_path / "list.json").write_text("[1, 2]")
     assert Manifest.read(tmp_path / "list.json") is None
-    (tmp_path / "extra.json").write_text(
-        json.dumps({"stage": "s", "key": "k", "settings": {}, "bogus": 1})
-    )
+    (tmp_path / "extra.json").write_text(json.dumps({"stage": "s", "key": "k", "settings": {}, "bogus": 1}))
     assert Manifest.read(tmp_path / "extra.json") is None
 
 
@@ -115,10 +113,7 @@ def test_manifest_path_for_is_distinct_per_adaptation(tmp_path):
     sidecars = {manifest_path_for(tmp_path / n) for n in names}
     assert len(sidecars) == len(names)
     assert manifest_path_for(tmp_path / "probe.parquet") == tmp_path / "probe.manifest.json"
-    assert (
-        manifest_path_for(tmp_path / "finetune-f0.10-s1.parquet").name
-        == "finetune-f0.10-s1.manifest.json"
-    )
+    assert manifest_path_for(tmp_path / "finetune-f0.10-s1.parquet").name == "finetune-f0.10-s1.manifest.json"
 
 
 def test_stage_key_depends_on_settings_inputs_and_version(monkeypatch):
@@ -163,15 +158,10 @@ def test_stage_writes_complete_manifest_with_hashes(tmp_path):
     manifest = Manifest.read(tmp_path / "demo" / "manifest.json")
     assert manifest is not None and manifest.complete
     assert manifest.key == stage.key and manifest.seed == 3 and manifest.settings == {"k": 1}
-    assert manifest.outputs == {
-        "demo/out.parquet": rundir.file_hash(tmp_path / "demo" / "out.parquet")
-    }
+    assert manifest.outputs == {"demo/out.parquet": rundir.file_hash(tmp_path / "demo" / "out.parquet")}
     assert manifest.versions["cxrbench"] and manifest.versions["python"]
     assert manifest.timings["seconds"] >= 0
-    assert (
-        read_complete(tmp_path, tmp_path / "demo" / "manifest.json", what="demo", hint="x").key
-        == stage.key
-    )
+    assert read_complete(tmp_path, tmp_path / "demo" / "manifest.json", what="demo", hint="x").key == stage.key
 
 
 def test_stage_skips_when_up_to_date_and_says_so(tmp_path, capsys, monkeypatch):
@@ -198,9 +188,7 @@ def test_force_redoes_an_up_to_date_stage(tmp_path):
 
 @pytest.mark.parametrize("change", ["settings", "extra_inputs", "inputs"])
 def test_changed_settings_or_inputs_redo_the_stage(tmp_path, change):
-    upstream = Manifest(
-        stage="up", key="u", settings={}, outputs={"up/a.parquet": "hash-1"}, complete=True
-    )
+    upstream = Manifest(stage="up", key="u", settings={}, outputs={"up/a.parquet": "hash-1"}, complete=True)
     _, did = _run_stage(tmp_path, inputs=[upstream], extra_inputs={"rows": "r1"})
     assert did == 1
     kw = {"inputs": [upstream], "extra_inputs": {"rows": "r1"}}
@@ -209,11 +197,7 @@ def test_changed_settings_or_inputs_redo_the_stage(tmp_path, change):
     elif change == "extra_inputs":
         kw["extra_inputs"] = {"rows": "r2"}
     else:
-        kw["inputs"] = [
-            Manifest(
-                stage="up", key="u", settings={}, outputs={"up/a.parquet": "hash-2"}, complete=True
-            )
-        ]
+        kw["inputs"] = [Manifest(stage="up", key="u", settings={}, outputs={"up/a.parquet": "hash-2"}, complete=True)]
     _, did = _run_stage(tmp_path, **kw)
     assert did == 1
     _, did = _run_stage(tmp_path, **kw)
@@ -224,9 +208,7 @@ def test_missing_output_makes_the_stage_rerun(tmp_path):
     _run_stage(tmp_path)
     (tmp_path / "demo" / "out.parquet").unlink()
     with pytest.raises(CxrbenchError, match="out.parquet is missing"):
-        read_complete(
-            tmp_path, tmp_path / "demo" / "manifest.json", what="demo", hint="cxrbench demo"
-        )
+        read_complete(tmp_path, tmp_path / "demo" / "manifest.json", what="demo", hint="cxrbench demo")
     _, did = _run_stage(tmp_path)
     assert did == 1
 
@@ -239,9 +221,7 @@ def test_manifest_incomplete_while_the_stage_runs(tmp_path):
         during = Manifest.read(tmp_path / "demo" / "manifest.json")
         assert during is not None and during.complete is False
         with pytest.raises(CxrbenchError, match="is incomplete"):
-            read_complete(
-                tmp_path, tmp_path / "demo" / "manifest.json", what="demo", hint="cxrbench demo"
-            )
+            read_complete(tmp_path, tmp_path / "demo" / "manifest.json", what="demo", hint="cxrbench demo")
         stage.write_parquet(tmp_path / "demo" / "out.parquet", pd.DataFrame({"v": [5]}))
     assert Manifest.read(tmp_path / "demo" / "manifest.json").complete
 
@@ -290,9 +270,7 @@ with stage_lock(Path(sys.argv[1]), what="demo output"):
 
 
 def _spawn_holder(lock: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(lock)], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -354,8 +332,21 @@ def test_safe_names_stay_as_they_are(name):
     assert rundir.safe_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["file:/w/enc.safetensors", "hf:org/model", "../../x", "/../../../../x", "..",
-                                  ".hidden", "a/b", "x" * 200, "trailing.", "tab\there"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "file:/w/enc.safetensors",
+        "hf:org/model",
+        "../../x",
+        "/../../../../x",
+        "..",
+        ".hidden",
+        "a/b",
+        "x" * 200,
+        "trailing.",
+        "tab\there",
+    ],
+)
 def test_unsafe_names_become_one_path_component(name, tmp_path):
     safe = rundir.safe_name(name)
     assert rundir.is_safe_name(safe) and "/" not in safe and ":" not in safe and ".." not in safe
@@ -397,7 +388,8 @@ def test_stage_refuses_to_write_record_or_delete_outside_the_run(tmp_path):
         stage.record(victim)
     # a manifest that lists an outside file (tampered, or written by an old version) never deletes it
     Manifest(stage="compare", key="old", settings={}, outputs={"../victim.txt": "0"}, complete=True).write(
-        run / "comparisons" / "manifest.json")
+        run / "comparisons" / "manifest.json"
+    )
     with pytest.raises(CxrbenchError, match="outside the run"):
         with Stage(run, "compare", run / "comparisons" / "manifest.json", settings={"n": 2}).open():
             pass

@@ -44,8 +44,14 @@ class Recipe:
         return asdict(self)
 
     def train_config(self, batch_size: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=batch_size, lr=self.lr, optimizer=self.optimizer,
-                           weight_decay=self.weight_decay, momentum=self.momentum)
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+        )
 
 
 #: ``ssl-cxr``: SGD lr 1e-3 momentum 0.9, batch 32, cosine, 100 epochs (ssl-cxr-13-datasets).
@@ -53,8 +59,16 @@ class Recipe:
 #: flip (dinov2-vs-imagenet-vit); that paper gives no epoch count, so 30 with patience 5.
 RECIPES = {
     "ssl-cxr": Recipe(),
-    "vit": Recipe(optimizer="adamw", lr=1e-5, weight_decay=0.05, epochs=30, patience=5,
-                  weighted_loss=True, rotation_deg=8.0, hflip=True),
+    "vit": Recipe(
+        optimizer="adamw",
+        lr=1e-5,
+        weight_decay=0.05,
+        epochs=30,
+        patience=5,
+        weighted_loss=True,
+        rotation_deg=8.0,
+        hflip=True,
+    ),
 }
 
 
@@ -93,8 +107,9 @@ def positive_weights(targets: np.ndarray) -> np.ndarray:
     return np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
 
 
-def _loss_terms(logits: torch.Tensor, targets: torch.Tensor, *, task: str,
-                pos_weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss_terms(
+    logits: torch.Tensor, targets: torch.Tensor, *, task: str, pos_weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss and its denominator (known targets, or class weights for multiclass).
 
     Split so that ranks holding parts of one batch can share the denominator and reproduce the
@@ -120,13 +135,20 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, *, task: str, pos_weight:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, *, task: str, device: Device,
-            batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
+def predict(
+    model: nn.Module,
+    images: np.ndarray,
+    rows: np.ndarray,
+    *,
+    task: str,
+    device: Device,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> np.ndarray:
     """Probabilities ``[len(rows), K]``: sigmoid per label, or softmax for multiclass."""
     model.eval()
     out = []
-    for block in loader(RowBatches(images, rows, batch_size=batch_size), num_workers=num_workers,
-                        device=device.device):
+    for block in loader(RowBatches(images, rows, batch_size=batch_size), num_workers=num_workers, device=device.device):
         batch = to_device(block, device.device)
         with device.autocast():
             logits = model(batch).float()
@@ -138,13 +160,29 @@ class FinetuneTask(Task):
     """Classifier training: loss over known targets normalised by the whole batch, optional
     rotation/flip, and on rank 0 validation after each epoch, keeping the best epoch's weights."""
 
-    def __init__(self, model: Classifier, *, recipe: Recipe, task: str, images: np.ndarray,
-                 val: tuple[np.ndarray, np.ndarray], device: Device, dist: Dist, num_workers: int,
-                 pos_weight: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        model: Classifier,
+        *,
+        recipe: Recipe,
+        task: str,
+        images: np.ndarray,
+        val: tuple[np.ndarray, np.ndarray],
+        device: Device,
+        dist: Dist,
+        num_workers: int,
+        pos_weight: torch.Tensor | None,
+    ) -> None:
         self.model, self.recipe, self.task, self.images, self.val = model, recipe, task, images, val
         self.device, self.dist, self.num_workers, self.pos_weight = device, dist, num_workers, pos_weight
-        self.views = ViewSettings(min_scale=1.0, max_rotation_deg=recipe.rotation_deg, flip=recipe.hflip,
-                                  brightness=0.0, contrast=0.0, noise=0.0)
+        self.views = ViewSettings(
+            min_scale=1.0,
+            max_rotation_deg=recipe.rotation_deg,
+            flip=recipe.hflip,
+            brightness=0.0,
+            contrast=0.0,
+            noise=0.0,
+        )
         self.augment = recipe.rotation_deg > 0 or recipe.hflip
         self.history: list[dict[str, float]] = []
         self.best_auc, self.best_epoch = -1.0, -1
@@ -168,16 +206,17 @@ class FinetuneTask(Task):
         if not self.dist.is_main:  # only rank 0 validates and selects
             return
         rows, targets = self.val
-        auc = mean_auc(targets, predict(self.model, self.images, rows, task=self.task, device=self.device,
-                                        num_workers=self.num_workers))
+        auc = mean_auc(
+            targets,
+            predict(self.model, self.images, rows, task=self.task, device=self.device, num_workers=self.num_workers),
+        )
         self.history = [*self.history, {"epoch": epoch, "val_auc": auc, "loss": last_loss}]
         if auc > self.best_auc or self.best is None:
             self.best_auc, self.best_epoch = auc, epoch
             self.best = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "best_auc": self.best_auc, "best_epoch": self.best_epoch,
-                "best": self.best}
+        return {"history": self.history, "best_auc": self.best_auc, "best_epoch": self.best_epoch, "best": self.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_auc, self.best_epoch = state["best_auc"], state["best_epoch"]
@@ -221,13 +260,39 @@ def finetune_loop(
             f"batch size {batch_size} with {len(train_rows)} train images leaves a batch smaller than "
             f"the {dist.world_size} processes; use a batch size (and train set) of at least {dist.world_size}"
         )
-    data = EpochBatches(images, train_rows, {"targets": train_targets}, seed=seed, batch_size=batch_size,
-                        epochs=recipe.epochs, shard=dist.shard if dist.enabled else None)
+    data = EpochBatches(
+        images,
+        train_rows,
+        {"targets": train_targets},
+        seed=seed,
+        batch_size=batch_size,
+        epochs=recipe.epochs,
+        shard=dist.shard if dist.enabled else None,
+    )
     pos_weight = None
     if recipe.weighted_loss:
         pos_weight = torch.tensor(positive_weights(train_targets), dtype=torch.float32, device=device.device)
-    job = FinetuneTask(model, recipe=recipe, task=task, images=images, val=val, device=device, dist=dist,
-                       num_workers=num_workers, pos_weight=pos_weight)
-    log = fit(job, data, recipe.train_config(batch_size), seed=seed, device=device, checkpoint_dir=checkpoint_dir,
-              checkpoint_every=checkpoint_every, advance=advance, dist=dist, num_workers=num_workers)
+    job = FinetuneTask(
+        model,
+        recipe=recipe,
+        task=task,
+        images=images,
+        val=val,
+        device=device,
+        dist=dist,
+        num_workers=num_workers,
+        pos_weight=pos_weight,
+    )
+    log = fit(
+        job,
+        data,
+        recipe.train_config(batch_size),
+        seed=seed,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        advance=advance,
+        dist=dist,
+        num_workers=num_workers,
+    )
     return job.best, job.history, log

@@ -263,11 +263,7 @@ def _lbfgs(
     """
     K = theta.shape[0]
     everyone = torch.arange(K, device=theta.device)
-    z = (
-        fun.logits(theta)
-        if bool(theta[..., :-1].any())
-        else theta[..., -1:].expand(-1, -1, fun.XT.shape[1]).clone()
-    )
+    z = fun.logits(theta) if bool(theta[..., :-1].any()) else theta[..., -1:].expand(-1, -1, fun.XT.shape[1]).clone()
     f = fun.loss(z, None) + 0.5 * theta[..., :-1].pow(2).sum((1, 2))
     g = fun.grad(theta, fun.resid(z, None))
     S: list[torch.Tensor] = []

@@ -35,11 +35,13 @@ def predictions_table(rows: pd.DataFrame, labels: list[str], y_true: np.ndarray,
     n, k = y_true.shape
     if y_score.shape != (n, k) or len(rows) != n or len(labels) != k:
         raise ValueError("predictions: rows, labels and matrices disagree in shape")
-    return pa.table({
-        "sample_id": pa.array(np.repeat(rows["sample_id"].to_numpy(dtype=object), k), pa.string()),
-        "patient_id": pa.array(np.repeat(rows["patient_id"].to_numpy(dtype=object), k), pa.string()),
-        "split": pa.array(np.repeat(rows["split"].to_numpy(dtype=object), k), pa.string()),
-        "label": pa.array(np.tile(np.asarray(labels, dtype=object), n), pa.string()),
-        "y_true": pa.array(y_true.reshape(-1).astype(np.float64), pa.float64()),
-        "y_score": pa.array(y_score.reshape(-1).astype(np.float64), pa.float64()),
-    })
+    return pa.table(
+        {
+            "sample_id": pa.array(np.repeat(rows["sample_id"].to_numpy(dtype=object), k), pa.string()),
+            "patient_id": pa.array(np.repeat(rows["patient_id"].to_numpy(dtype=object), k), pa.string()),
+            "split": pa.array(np.repeat(rows["split"].to_numpy(dtype=object), k), pa.string()),
+            "label": pa.array(np.tile(np.asarray(labels, dtype=object), n), pa.string()),
+            "y_true": pa.array(y_true.reshape(-1).astype(np.float64), pa.float64()),
+            "y_score": pa.array(y_score.reshape(-1).astype(np.float64), pa.float64()),
+        }
+    )

@@ -85,8 +85,7 @@ class LinearProbe:
                 raise CxrbenchError("multiclass training labels hold fewer than 2 classes")
             if not bool(present.all()):
                 warnings.warn(
-                    f"{int((~present).sum())} class(es) never occur in training; their scores "
-                    "will be low but defined",
+                    f"{int((~present).sum())} class(es) never occur in training; their scores will be low but defined",
                     stacklevel=2,
                 )
             # problem k = c: one softmax model [G = L classes] per C

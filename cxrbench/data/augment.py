@@ -4,6 +4,7 @@ self-supervised methods and the rotation/flip of finetuning recipes.
 Each image in a batch gets its own crop, scale, flip, brightness/contrast and noise, drawn from a
 generator the caller seeds, so views are reproducible and cheap on GPU and CPU alike.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,9 +38,7 @@ def random_views(x: torch.Tensor, generator: torch.Generator, settings: ViewSett
     shift_y = uniform(-1, 1) * (1 - scale)
     flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0) if settings.flip else torch.ones_like(scale)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack(
-        [torch.stack([cos * flip, -sin, shift_x], 1), torch.stack([sin * flip, cos, shift_y], 1)], 1
-    )
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift_x], 1), torch.stack([sin * flip, cos, shift_y], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)

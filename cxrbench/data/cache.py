@@ -59,9 +59,7 @@ def build_cache(
     if not isinstance(settings, Preprocess):
         raise CxrbenchError(f"settings must be a Preprocess, got {type(settings).__name__}")
     if image_format is not None and image_format not in IMAGE_FORMATS:
-        raise CxrbenchError(
-            f"image_format must be one of {', '.join(IMAGE_FORMATS)} or None, got {image_format!r}"
-        )
+        raise CxrbenchError(f"image_format must be one of {', '.join(IMAGE_FORMATS)} or None, got {image_format!r}")
     if workers is None:
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -208,11 +206,7 @@ def _data_offset(file: Path, shape: tuple[int, ...]) -> int:
     """Return where the uint8 data of the .npy ``file`` starts, after checking its shape."""
     with open(file, "rb") as fh:
         version = np.lib.format.read_magic(fh)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         header = read(fh)  # (shape, fortran_order, dtype)
         if tuple(header[0]) != shape or header[1] or header[2] != np.uint8:
             raise ValueError(f"{file} holds {header[0]} {header[2]}, expected {shape} uint8")
@@ -331,8 +325,9 @@ def _pool_pass(queue, paths, settings, image_format, workers, window, record) ->
     ctx = multiprocessing.get_context("spawn")
     pending: dict[Future, np.ndarray] = {}
     # Workers end with this process, even when it is SIGKILLed (see die_with_parent).
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
-                               initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+    )
     try:
         while queue or pending:
             while queue and len(pending) < window:

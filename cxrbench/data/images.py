@@ -82,9 +82,7 @@ def read_image(path: str | Path, *, image_format: str | None = None, max_pixels:
     """
     limit = pixel_limit(max_pixels)
     if image_format is not None and image_format not in IMAGE_FORMATS:
-        raise CxrbenchError(
-            f"image_format must be one of {', '.join(IMAGE_FORMATS)} or None, got {image_format!r}"
-        )
+        raise CxrbenchError(f"image_format must be one of {', '.join(IMAGE_FORMATS)} or None, got {image_format!r}")
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -132,9 +130,7 @@ def _detect_format(path: Path, size: int) -> str:
         return "dicom"  # DICOM without the 128-byte preamble; pydicom reads it with force=True
     if suffix == ".img" and size == JSRT_BYTES:
         return "jsrt-raw"
-    raise ImageError(
-        f"unrecognised image format (suffix {suffix or 'none'!r}, unknown magic bytes)"
-    )
+    raise ImageError(f"unrecognised image format (suffix {suffix or 'none'!r}, unknown magic bytes)")
 
 
 def _check_shape(image: np.ndarray, path: Path) -> None:
@@ -188,7 +184,9 @@ def _read_pillow(path: Path, fmt: str, limit: int) -> np.ndarray:
                 arr = np.asarray(img)
     except Image.DecompressionBombError:
         pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageError(f"{name} declares over {pillow_limit / 1e6:.3g} Mpx, Pillow's decompression-bomb limit") from None
+        raise ImageError(
+            f"{name} declares over {pillow_limit / 1e6:.3g} Mpx, Pillow's decompression-bomb limit"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc)
         if "truncated" in text or isinstance(exc, EOFError) or "broken data stream" in text:
@@ -226,11 +224,7 @@ def _read_dicom(path: Path, limit: int) -> np.ndarray:
         if meta is None:
             ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian
-            if implicit
-            else ExplicitVRLittleEndian
-            if little
-            else ExplicitVRBigEndian
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         )
     frames = _check_dicom_pixels(ds, limit)
     if frames > 1:
@@ -345,9 +339,7 @@ def _check_dicom_pixels(ds, limit: int) -> int:
     return frames
 
 
-def window(
-    x: np.ndarray, center: float, width: float, lo: float, hi: float, *, function: str = "LINEAR"
-) -> np.ndarray:
+def window(x: np.ndarray, center: float, width: float, lo: float, hi: float, *, function: str = "LINEAR") -> np.ndarray:
     """Return ``x`` windowed onto ``[lo, hi]`` as float64 (DICOM PS3.3 C.11.2.1.2, C.11.2.1.3).
 
     LINEAR and LINEAR_EXACT are the standard's piecewise ramps written as one clipped line;
@@ -391,14 +383,10 @@ def _stored_range(ds) -> tuple[float, float]:
 # ---------------------------------------------------------------- JSRT raw
 def _read_jsrt(path: Path, size: int) -> np.ndarray:
     if size != JSRT_BYTES:
-        raise ImageError(
-            f"wrong size for JSRT raw: {size} bytes, expected {JSRT_BYTES} (2048x2048 16-bit)"
-        )
+        raise ImageError(f"wrong size for JSRT raw: {size} bytes, expected {JSRT_BYTES} (2048x2048 16-bit)")
     raw = np.fromfile(os.fspath(path), dtype=">u2").reshape(JSRT_SIDE, JSRT_SIDE)
     top = int(raw.max())
     if top > JSRT_MAX:
-        raise ImageError(
-            f"not 12-bit JSRT raw data (max value {top} > {JSRT_MAX}; wrong byte order?)"
-        )
+        raise ImageError(f"not 12-bit JSRT raw data (max value {top} > {JSRT_MAX}; wrong byte order?)")
     # The laser digitiser stores values that grow with film density (darker = higher).
     return (JSRT_MAX - raw.astype(np.float32)).astype(np.float32)

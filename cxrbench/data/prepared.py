@@ -50,5 +50,5 @@ def load_prepared(run: RunLayout | Path, dataset: str) -> Prepared:
         layout, directory / "manifest.json", what=f"prepared dataset '{dataset}'", hint=f"cxrbench prepare {dataset}"
     )
     samples = pd.read_parquet(directory / SAMPLES)
-    labels = [c[len(LABEL_PREFIX):] for c in label_columns(samples)]
+    labels = [c[len(LABEL_PREFIX) :] for c in label_columns(samples)]
     return Prepared(dataset, samples, labels, manifest.extra.get("task", "multilabel"), manifest, directory)

@@ -111,9 +111,7 @@ def build_samples(raw: RawDataset, policy: LabelPolicy, *, root: Path) -> tuple[
     duplicated = out["sample_id"].duplicated(keep=False)
     if duplicated.any():
         ids = pd.unique(out.loc[duplicated, "sample_id"])
-        raise CxrbenchError(
-            f"{len(ids)} sample id(s) are listed more than once by the adapter, e.g. {preview(ids, 2)}"
-        )
+        raise CxrbenchError(f"{len(ids)} sample id(s) are listed more than once by the adapter, e.g. {preview(ids, 2)}")
     out, dropped = drop_rare_labels(out, policy.min_positives)
     summary = {
         "label_mapping": {k: v for k, v in mapping.items() if LABEL_PREFIX + v in out},
@@ -133,7 +131,7 @@ def drop_rare_labels(samples: pd.DataFrame, min_positives: int) -> tuple[pd.Data
     for column in label_columns(samples):
         counts = samples.groupby("split")[column].apply(lambda v: int((v == 1.0).sum()))
         if any(counts.get(split, 0) < min_positives for split in SPLITS):
-            dropped.append(column[len(LABEL_PREFIX):])
+            dropped.append(column[len(LABEL_PREFIX) :])
     if len(dropped) == len(label_columns(samples)):
         raise CxrbenchError(f"--min-positives {min_positives} drops every label; lower it")
     return samples.drop(columns=[LABEL_PREFIX + d for d in dropped]), dropped
@@ -143,7 +141,7 @@ def prevalence_table(samples: pd.DataFrame) -> pd.DataFrame:
     """Positives / known per label and split, for the prepare summary."""
     rows = []
     for column in label_columns(samples):
-        row = {"label": column[len(LABEL_PREFIX):]}
+        row = {"label": column[len(LABEL_PREFIX) :]}
         for split in SPLITS:
             values = samples.loc[samples["split"] == split, column]
             known = values.notna().sum()
@@ -202,7 +200,7 @@ def _sample_ids(frame: pd.DataFrame, root_prefix: str) -> list[str]:
 
 def _relative(path: str, root_prefix: str) -> str:
     """The image path relative to the dataset root (the path itself if outside it)."""
-    return path[len(root_prefix):] if path.startswith(root_prefix) else path
+    return path[len(root_prefix) :] if path.startswith(root_prefix) else path
 
 
 def _optional(frame: pd.DataFrame, column: str, kind: type) -> object:

@@ -107,9 +107,7 @@ def _draw_studies(n_patients: int, seed: int) -> list[_Study]:
         if rng.random() < 0.13:
             for _ in range(1 if rng.random() < 0.75 else 2):
                 x, y = _lung_point(rng, int(rng.choice([-1, 1])), lateral_part=True)
-                nodules.append(
-                    _Lesion(x, y, float(rng.uniform(-0.35, 0.35)), float(rng.uniform(0.085, 0.125)))
-                )
+                nodules.append(_Lesion(x, y, float(rng.uniform(-0.35, 0.35)), float(rng.uniform(0.085, 0.125))))
         n_studies = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.3, 0.2, 0.15]))
         for s in range(n_studies):
             study_counter += 1
@@ -281,18 +279,12 @@ def _write_report(study: _Study, rng: np.random.Generator) -> None:
         if phrase:
             impression.append(phrase)
     view = {"PA": "PA and lateral" if study.lateral else "PA", "AP": "Portable AP"}[study.frontal]
-    findings.insert(
-        0, f"{view} views of the chest." if study.lateral else f"{view} view of the chest."
-    )
+    findings.insert(0, f"{view} views of the chest." if study.lateral else f"{view} view of the chest.")
     if rng.random() < 0.5:
         findings.append(_FILLER[int(rng.integers(len(_FILLER)))])
     if not impression:
         impression = ["No acute cardiopulmonary process."]
-    numbered = (
-        " ".join(f"{i}. {p}" for i, p in enumerate(impression, 1))
-        if len(impression) > 1
-        else impression[0]
-    )
+    numbered = " ".join(f"{i}. {p}" for i, p in enumerate(impression, 1)) if len(impression) > 1 else impression[0]
     study.report = "FINDINGS: " + " ".join(findings) + "\nIMPRESSION: " + numbered
 
 
@@ -312,9 +304,7 @@ def _clip01(x: np.ndarray) -> np.ndarray:
     return np.minimum(x, 1.0, out=x)
 
 
-def _ellipse(
-    u: np.ndarray, v: np.ndarray, cx: float, cy: float, ax: float, ay: float
-) -> np.ndarray:
+def _ellipse(u: np.ndarray, v: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
     """Normalised radius of (u, v) in an ellipse: < 1 inside."""
     return np.sqrt(((u - cx) / ax) ** 2 + ((v - cy) / ay) ** 2)
 
@@ -325,22 +315,16 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(Image.fromarray(small, mode="F").resize((size, size), Image.BICUBIC))
 
 
-def _vessels(
-    u: np.ndarray, v: np.ndarray, rng: np.random.Generator, *, centre: tuple[float, float]
-) -> np.ndarray:
+def _vessels(u: np.ndarray, v: np.ndarray, rng: np.random.Generator, *, centre: tuple[float, float]) -> np.ndarray:
     """Lung markings: wavy lines radiating from a hilum, fading and thinning towards the periphery."""
     du, dv = u - centre[0], v - centre[1]
     rho = np.sqrt(du * du + dv * dv) + 1e-3
     theta = np.arctan2(dv, du)
     out = np.zeros_like(u)
     for branches, width in ((int(rng.integers(7, 11)), 0.22), (int(rng.integers(15, 21)), 0.14)):
-        wiggle = float(rng.uniform(0.15, 0.35)) * np.sin(
-            float(rng.uniform(4, 8)) * rho + float(rng.uniform(0, 6.3))
-        )
+        wiggle = float(rng.uniform(0.15, 0.35)) * np.sin(float(rng.uniform(4, 8)) * rho + float(rng.uniform(0, 6.3)))
         line = np.abs(np.sin(0.5 * branches * theta + wiggle + float(rng.uniform(0, 6.3))))
-        out = np.maximum(
-            out, _clip01(1.0 - line / (width / (0.3 + rho))) * (0.6 if width < 0.2 else 1.0)
-        )
+        out = np.maximum(out, _clip01(1.0 - line / (width / (0.3 + rho))) * (0.6 if width < 0.2 else 1.0))
     return out * np.exp(-rho / 0.55)
 
 
@@ -356,9 +340,7 @@ def _grid(size: int, rng: np.random.Generator, *, scale: float) -> tuple[np.ndar
     return (c * x + s * y).astype(np.float32), (-s * x + c * y).astype(np.float32)
 
 
-def _nodule_density(
-    u: np.ndarray, v: np.ndarray, lesions: list[_Lesion], px: float, *, lateral: bool
-) -> np.ndarray:
+def _nodule_density(u: np.ndarray, v: np.ndarray, lesions: list[_Lesion], px: float, *, lateral: bool) -> np.ndarray:
     """Projected thickness of spheres: sqrt(1 - (d/r)^2), so edges are soft like real nodules."""
     out = np.zeros_like(u)
     for n in lesions:
@@ -385,11 +367,7 @@ def _consolidation_density(
     ragged = _smooth_noise(rng, size, 10)
     for c in lesions:
         cx = c.z if lateral else c.x
-        d = (
-            _ellipse(u, v, cx, c.y, c.r * (0.8 if lateral else 1.0), c.r * 1.25)
-            - 1.0
-            + 0.25 * ragged
-        )
+        d = _ellipse(u, v, cx, c.y, c.r * (0.8 if lateral else 1.0), c.r * 1.25) - 1.0 + 0.25 * ragged
         out = np.maximum(out, _inside(d, 0.35))
     return out * (0.8 + 0.2 * np.clip(ragged, -1, 1))
 
@@ -440,9 +418,7 @@ def _frontal(study: _Study, rng: np.random.Generator, size: int) -> np.ndarray:
         uc = hu + (u - hu) / f
         vc = np.where(v < hvv, hvv + (v - hvv) / f, v)
         yd = dome[side] + 0.28 * ((uc - cx) / hx) ** 2
-        collapsed = _inside(_ellipse(uc, vc, cx, 0.05, hx, 0.76) - 1.0, w / hx) * _inside(
-            vc - yd, w
-        )
+        collapsed = _inside(_ellipse(uc, vc, cx, 0.05, hx, 0.76) - 1.0, w / hx) * _inside(vc - yd, w)
         ptx_space = _clip01(lungs[side] - collapsed)
         edge = _inside(_ellipse(uc, vc, cx, 0.05, hx, 0.76) - 1.0, 1.5 * px / hx)
         pleural_line = 4.0 * edge * (1.0 - edge) * lungs[side]
@@ -459,15 +435,8 @@ def _frontal(study: _Study, rng: np.random.Generator, size: int) -> np.ndarray:
     a += 0.18 * pleural_line
 
     # Bones: spine, posterior ribs, clavicles.
-    a += (
-        0.12
-        * _inside(np.abs(u) - 0.07, px)
-        * (0.8 + 0.2 * np.cos(2 * np.pi * v / 0.14))
-        * (v > -0.9)
-    )
-    thorax = _inside(_ellipse(u, v, 0.0, -0.05, 0.86 * habitus, 0.75) - 1.0, 0.1) * (
-        np.abs(u) > 0.07
-    )
+    a += 0.12 * _inside(np.abs(u) - 0.07, px) * (0.8 + 0.2 * np.cos(2 * np.pi * v / 0.14)) * (v > -0.9)
+    thorax = _inside(_ellipse(u, v, 0.0, -0.05, 0.86 * habitus, 0.75) - 1.0, 0.1) * (np.abs(u) > 0.07)
     spacing = float(rng.uniform(0.12, 0.15))
     phase = (v - 0.45 * u * u) / spacing + float(rng.random())
     a += 0.11 * thorax * _clip01((np.cos(2 * np.pi * phase) - 0.3) / 0.7)
@@ -479,17 +448,11 @@ def _frontal(study: _Study, rng: np.random.Generator, size: int) -> np.ndarray:
     for side, height in study.effusion.items():
         cx = side * (0.1 + hx)
         lateralness = np.clip(side * (u - cx) / hx, -1.0, 1.0)
-        surface = (
-            dome[side] + 0.2 - height - 0.35 * height * lateralness
-        )  # meniscus rises laterally
-        fluid = _inside(surface - v, w) * _inside(
-            _ellipse(u, v, cx, 0.1, hx * 1.05, 0.85) - 1.0, w / hx
-        )
+        surface = dome[side] + 0.2 - height - 0.35 * height * lateralness  # meniscus rises laterally
+        fluid = _inside(surface - v, w) * _inside(_ellipse(u, v, cx, 0.1, hx * 1.05, 0.85) - 1.0, w / hx)
         a += fluid * (0.36 + 0.12 * _clip01((v - surface) / (height + 1e-3)))
     if study.consolidation:
-        a += (
-            0.3 * _consolidation_density(u, v, study.consolidation, rng, size, lateral=False) * lung
-        )
+        a += 0.3 * _consolidation_density(u, v, study.consolidation, rng, size, lateral=False) * lung
     if study.nodules:
         a += 0.6 * _nodule_density(u, v, study.nodules, px, lateral=False)
     return a
@@ -508,26 +471,17 @@ def _lateral(study: _Study, rng: np.random.Generator, size: int) -> np.ndarray:
     a -= 0.36 * lung * (1.0 - heart)
     a += 0.06 * heart
     a += 0.12 * _vessels(u, v, rng, centre=(0.0, 0.0)) * lung
-    spine = _inside(np.abs(u - 0.72) - 0.09, px) * (
-        0.75 + 0.25 * (np.cos(2 * np.pi * v / 0.16) > -0.6)
-    )
+    spine = _inside(np.abs(u - 0.72) - 0.09, px) * (0.75 + 0.25 * (np.cos(2 * np.pi * v / 0.16) > -0.6))
     a += 0.3 * spine
     a += 0.15 * _inside(np.abs(u + 0.62) - 0.025, px) * (v < 0.5)  # sternum
     if study.effusion:
         height = max(study.effusion.values())
         surface = yd - 0.05 - height * (0.4 + 0.8 * np.clip(u, 0.0, None))
-        a += (
-            0.35
-            * _inside(surface - v, w)
-            * _inside(_ellipse(u, v, 0.1, 0.2, 0.6, 0.7) - 1.0, w)
-            * body
-        )
+        a += 0.35 * _inside(surface - v, w) * _inside(_ellipse(u, v, 0.1, 0.2, 0.6, 0.7) - 1.0, w) * body
     if study.pneumothorax is not None:
         a -= 0.08 * _inside(_ellipse(u, v, -0.2, -0.45, 0.35, 0.3) - 1.0, 0.3) * lung
     if study.consolidation:
-        a += (
-            0.28 * _consolidation_density(u, v, study.consolidation, rng, size, lateral=True) * lung
-        )
+        a += 0.28 * _consolidation_density(u, v, study.consolidation, rng, size, lateral=True) * lung
     if study.nodules:
         a += 0.35 * _nodule_density(u, v, study.nodules, px, lateral=True)
     return a
@@ -618,9 +572,7 @@ def _workers() -> int:
 
 def _patient_chunks(studies: list[_Study], *, per_chunk: int) -> list[tuple[int, int]]:
     """Split study indices into runs of ``per_chunk`` whole patients."""
-    starts = [
-        i for i, s in enumerate(studies) if i == 0 or s.patient_id != studies[i - 1].patient_id
-    ]
+    starts = [i for i, s in enumerate(studies) if i == 0 or s.patient_id != studies[i - 1].patient_id]
     bounds = starts[::per_chunk] + [len(studies)]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
@@ -672,8 +624,9 @@ def write_phantoms(
         context = multiprocessing.get_context("fork")
         from cxrbench.data.cache import die_with_parent  # a killed prepare takes its workers with it
 
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             for n in pool.map(_write_chunk, jobs):
                 done += n
                 if progress is not None:

@@ -29,5 +29,3 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     torch.set_rng_state(state.pop("torch_rng"))
     return state
-
-

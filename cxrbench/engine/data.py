@@ -94,9 +94,18 @@ class EpochBatches(_CacheReader):
     this rank's part of each batch.
     """
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, fields: Mapping[str, Any] | None = None, *,
-                 seed: int, batch_size: int, epochs: int, drop_last: bool = False,
-                 shard: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        rows: np.ndarray,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        seed: int,
+        batch_size: int,
+        epochs: int,
+        drop_last: bool = False,
+        shard: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         super().__init__(images)
         self.rows = np.asarray(rows)
         self.fields = {name: values for name, values in (fields or {}).items() if values is not None}
@@ -151,8 +160,9 @@ class RowBatches(_CacheReader):
         return torch.from_numpy(read_rows(self.images, self.rows[k * self.batch_size : (k + 1) * self.batch_size]))
 
 
-def loader(dataset: torch.utils.data.Dataset, *, start: int = 0, num_workers: int = 0,
-           device: torch.device | None = None) -> torch.utils.data.DataLoader:
+def loader(
+    dataset: torch.utils.data.Dataset, *, start: int = 0, num_workers: int = 0, device: torch.device | None = None
+) -> torch.utils.data.DataLoader:
     """Items ``start, start+1, ...`` of ``dataset`` in order, read by ``num_workers`` processes.
 
     Order never depends on the worker count, so batches (and a resumed run) are the same with any;
@@ -161,9 +171,11 @@ def loader(dataset: torch.utils.data.Dataset, *, start: int = 0, num_workers: in
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise CxrbenchError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=num_workers,
+        dataset,
+        batch_size=None,
+        sampler=range(start, len(dataset)),
+        num_workers=num_workers,
         pin_memory=device is not None and device.type == "cuda",
-        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
     )
-
-

@@ -102,8 +102,9 @@ class _GatherBatch(torch.autograd.Function):
         return grad[lo:hi], None, None
 
 
-def stage_on_rank0(dist: Dist, stage: Stage, *, force: bool, work: Callable[[], Any],
-                   write: Callable[[Any], None]) -> None:
+def stage_on_rank0(
+    dist: Dist, stage: Stage, *, force: bool, work: Callable[[], Any], write: Callable[[Any], None]
+) -> None:
     """Run ``stage`` on every rank: all ranks ``work`` (train); rank 0 alone holds the stage's lock,
     ``write``s its result to the run directory, and tells the others whether there is work at all.
 

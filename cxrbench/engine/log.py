@@ -28,17 +28,33 @@ class StepLog:
         now = time.perf_counter()
         rate = self._images / max(now - self._clock, 1e-9)
         self._clock, self._images = now, 0
-        self.rows.append({"step": step, "epoch": epoch, **{k: float(v) for k, v in terms.items()},
-                          "lr": float(lr), "images_per_s": float(rate)})
+        self.rows.append(
+            {
+                "step": step,
+                "epoch": epoch,
+                **{k: float(v) for k, v in terms.items()},
+                "lr": float(lr),
+                "images_per_s": float(rate),
+            }
+        )
 
     def table(self) -> pa.Table:
         names: list[str] = []
         for row in self.rows:
             names += [k for k in row if k not in names]
-        return pa.table({n: [row.get(n) for row in self.rows] for n in names}) if self.rows else \
-            pa.table({"step": pa.array([], pa.int64()), "epoch": pa.array([], pa.int64()),
-                      "loss": pa.array([], pa.float64()), "lr": pa.array([], pa.float64()),
-                      "images_per_s": pa.array([], pa.float64())})
+        return (
+            pa.table({n: [row.get(n) for row in self.rows] for n in names})
+            if self.rows
+            else pa.table(
+                {
+                    "step": pa.array([], pa.int64()),
+                    "epoch": pa.array([], pa.int64()),
+                    "loss": pa.array([], pa.float64()),
+                    "lr": pa.array([], pa.float64()),
+                    "images_per_s": pa.array([], pa.float64()),
+                }
+            )
+        )
 
     def write(self, path: Path) -> Path:
         return write_parquet(path, self.table())

@@ -153,8 +153,9 @@ def fit(
     if checkpoint_every < 0:
         raise CxrbenchError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     if checkpoint_every % config.accumulate:
-        raise CxrbenchError(f"checkpoint every {checkpoint_every} steps is not a multiple of the "
-                            f"{config.accumulate} accumulated steps")
+        raise CxrbenchError(
+            f"checkpoint every {checkpoint_every} steps is not a multiple of the {config.accumulate} accumulated steps"
+        )
     model = device.prepare(task.model)
     optimizer = task.optimizer(config)
     per_epoch = -(-data.steps_per_epoch // config.accumulate)
@@ -180,15 +181,26 @@ def fit(
 
     def checkpoint(epoch: int, step: int) -> None:
         if dist.is_main:
-            save_checkpoint(checkpoint_dir, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-                "update": update, "running": running, "log": log.rows, "task": task.state_dict(),
-            })
+            save_checkpoint(
+                checkpoint_dir,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "update": update,
+                    "running": running,
+                    "log": log.rows,
+                    "task": task.state_dict(),
+                },
+            )
 
     first, steps = True, data.steps_per_epoch
-    for epoch, step, batch in loader(data, start=data.position(epoch0, step0), num_workers=num_workers,
-                                     device=device.device):
+    for epoch, step, batch in loader(
+        data, start=data.position(epoch0, step0), num_workers=num_workers, device=device.device
+    ):
         if step == 0 or first:
             if task.should_stop(epoch):
                 break

@@ -9,8 +9,9 @@ import warnings
 import torch
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, *,
-                  warmup_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warm-up over ``warmup_steps``, then cosine annealing of the learning rate to 0."""
     total = max(total_steps, 1)
     warmup = max(int(warmup_steps), 0)
@@ -33,8 +34,9 @@ def cosine_value(start: float, end: float, progress: float) -> float:
     return end - (end - start) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def optimizer_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+def optimizer_step(
+    scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> None:
     """Apply the (unscaled) gradients and advance the schedule by one step.
 
     With fp16 the scaler skips a step whose gradients overflowed (the first ones, while it finds

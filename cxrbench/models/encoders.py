@@ -53,9 +53,7 @@ class Encoder(nn.Module):
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Return x as 3 channels at ``input_size`` x ``input_size``, normalised with mean/std."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise CxrbenchError(
-                f"encoder input must have shape [B, 1 or 3, H, W], got {list(x.shape)}"
-            )
+            raise CxrbenchError(f"encoder input must have shape [B, 1 or 3, H, W], got {list(x.shape)}")
         x = x.to(self._mean.dtype)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -110,9 +108,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if suffix in (".pt", ".pth", ".bin", ".ckpt"):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         else:
-            raise CxrbenchError(
-                f"weights file {path} must end in .safetensors, .pt, .pth, .bin or .ckpt"
-            )
+            raise CxrbenchError(f"weights file {path} must end in .safetensors, .pt, .pth, .bin or .ckpt")
     except CxrbenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one line
@@ -165,9 +161,7 @@ def load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
             if items:
                 more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
                 parts.append(f"{label}: {', '.join(items[:3])}{more}")
-        raise CxrbenchError(
-            f"weights in {path} do not fit {type(model).__name__}; " + "; ".join(parts)
-        )
+        raise CxrbenchError(f"weights in {path} do not fit {type(model).__name__}; " + "; ".join(parts))
     model.load_state_dict({k: best[k] for k in target}, strict=True)
 
 

@@ -13,7 +13,9 @@ _NOT_METHODS = {"base", "losses"}
 
 def method_names() -> list[str]:
     """Every method ``cxrbench pretrain`` accepts."""
-    names = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_METHODS and not m.name.startswith("_")]
+    names = [
+        m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_METHODS and not m.name.startswith("_")
+    ]
     return sorted(n.replace("_", "-") for n in names)
 
 

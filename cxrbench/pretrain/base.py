@@ -32,8 +32,14 @@ class Method(nn.Module):
     beyond the pixels (``patient_id``, ``report``). ``drop_last``: contrastive losses need full batches.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"epochs": 100, "batch_size": 64, "lr": 1e-3, "optimizer": "adamw",
-                                          "weight_decay": 1e-4, "warmup_steps": 0}
+    defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 100,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "optimizer": "adamw",
+        "weight_decay": 1e-4,
+        "warmup_steps": 0,
+    }
     fields: ClassVar[tuple[str, ...]] = ()
     drop_last: ClassVar[bool] = True
 
@@ -85,11 +91,16 @@ class PretrainTask(Task):
 def train_config(method: type[Method], overrides: dict[str, Any]) -> TrainConfig:
     """The method's defaults with the user's ``overrides`` (None values ignored)."""
     settings = {**method.defaults, **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(epochs=int(settings["epochs"]), batch_size=int(settings["batch_size"]),
-                       lr=float(settings["lr"]), optimizer=str(settings.get("optimizer", "adamw")),
-                       weight_decay=float(settings.get("weight_decay", 0.0)),
-                       warmup_steps=int(settings.get("warmup_steps", 0)),
-                       accumulate=int(settings.get("accumulate", 1)), drop_last=method.drop_last)
+    return TrainConfig(
+        epochs=int(settings["epochs"]),
+        batch_size=int(settings["batch_size"]),
+        lr=float(settings["lr"]),
+        optimizer=str(settings.get("optimizer", "adamw")),
+        weight_decay=float(settings.get("weight_decay", 0.0)),
+        warmup_steps=int(settings.get("warmup_steps", 0)),
+        accumulate=int(settings.get("accumulate", 1)),
+        drop_last=method.drop_last,
+    )
 
 
 def pretrain_loop(
@@ -116,9 +127,27 @@ def pretrain_loop(
     batch_size = min(config.batch_size, len(rows))
     if dist.enabled and batch_size < dist.world_size:
         raise CxrbenchError(f"batch size {batch_size} is smaller than the {dist.world_size} processes")
-    data = EpochBatches(images, rows, fields, seed=seed, batch_size=batch_size, epochs=config.epochs,
-                        drop_last=config.drop_last, shard=dist.shard if dist.enabled else None)
+    data = EpochBatches(
+        images,
+        rows,
+        fields,
+        seed=seed,
+        batch_size=batch_size,
+        epochs=config.epochs,
+        drop_last=config.drop_last,
+        shard=dist.shard if dist.enabled else None,
+    )
     task = PretrainTask(method)
-    log = fit(task, data, config, seed=seed, device=device, checkpoint_dir=checkpoint_dir,
-              checkpoint_every=checkpoint_every, advance=advance, dist=dist, num_workers=num_workers)
+    log = fit(
+        task,
+        data,
+        config,
+        seed=seed,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        advance=advance,
+        dist=dist,
+        num_workers=num_workers,
+    )
     return task.history, log

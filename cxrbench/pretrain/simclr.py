@@ -23,9 +23,7 @@ class Method(MethodBase):
         super().__init__(encoder)
         self.temperature = temperature
         width = encoder.num_features
-        self.projector = nn.Sequential(
-            nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim)
-        )
+        self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
         self.views = ViewSettings()
 
     def loss(self, batch: Batch, step: Step) -> Loss:

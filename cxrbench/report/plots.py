@@ -400,9 +400,7 @@ def plot_forest(comparison: pd.DataFrame, out_stem: Path, *, title: str = "") ->
             color = colors(j % 10)
             for _, row in sub.iterrows():
                 y = n_lab - 1 - labels.index(row["_label"]) + offsets[j]
-                delta, low, high = (
-                    float(row[c]) for c in ("delta", "delta_ci_low", "delta_ci_high")
-                )
+                delta, low, high = (float(row[c]) for c in ("delta", "delta_ci_low", "delta_ci_high"))
                 sig = bool(row["significant"]) if pd.notna(row["significant"]) else False
                 if np.isfinite(low) and np.isfinite(high):
                     ax.plot([low, high], [y, y], color=color, lw=1.4, solid_capstyle="butt")
@@ -420,9 +418,7 @@ def plot_forest(comparison: pd.DataFrame, out_stem: Path, *, title: str = "") ->
         if MEAN_LABEL in labels and n_lab > 1:
             ax.axhline(0.5, color="0.75", lw=0.8)
         ax.set_yticks(range(n_lab))
-        ax.set_yticklabels(
-            [("mean (macro)" if lab == MEAN_LABEL else lab) for lab in reversed(labels)]
-        )
+        ax.set_yticklabels([("mean (macro)" if lab == MEAN_LABEL else lab) for lab in reversed(labels)])
         ax.set_ylim(-0.6, n_lab - 0.4)
         ax.set_xlabel("Δ AUC vs baseline (CI); filled = significant after correction")
         ax.grid(axis="x", color="0.9")
@@ -549,9 +545,7 @@ def plot_label_efficiency(
         & (metrics["label"].astype(str) == MEAN_LABEL)
     ]
     if data.empty:
-        raise CxrbenchError(
-            f"metrics has no {metric!r} rows for label 'mean' of dataset {dataset!r}"
-        )
+        raise CxrbenchError(f"metrics has no {metric!r} rows for label 'mean' of dataset {dataset!r}")
     data = data.assign(_fraction=_full_fraction(data["fraction"]))
     if data["_fraction"].nunique() < 2:
         return []
@@ -562,19 +556,10 @@ def plot_label_efficiency(
     with _figure((6.4, 4.4)) as (fig, ax):
         for model in models:
             sub = data[data["_model"] == model]
-            agg = (
-                sub.groupby("_fraction")[["value", "ci_low", "ci_high"]]
-                .mean()
-                .sort_index()
-                .reset_index()
-            )
+            agg = sub.groupby("_fraction")[["value", "ci_low", "ci_high"]].mean().sort_index().reset_index()
             color = colors[model]
-            ax.fill_between(
-                agg["_fraction"], agg["ci_low"], agg["ci_high"], color=color, alpha=0.18, lw=0
-            )
-            ax.plot(
-                agg["_fraction"], agg["value"], color=color, marker="o", ms=4, lw=1.6, label=model
-            )
+            ax.fill_between(agg["_fraction"], agg["ci_low"], agg["ci_high"], color=color, alpha=0.18, lw=0)
+            ax.plot(agg["_fraction"], agg["value"], color=color, marker="o", ms=4, lw=1.6, label=model)
             if sub.groupby("_fraction").size().max() > 1:
                 ax.plot(
                     sub["_fraction"],

@@ -117,10 +117,7 @@ def _full_fraction(fraction: pd.Series) -> pd.Series:
 
 
 def _group_key(row: pd.Series, keys: list[str]) -> tuple:
-    return tuple(
-        None if _is_missing(row[k]) else (float(row[k]) if k == "fraction" else row[k])
-        for k in keys
-    )
+    return tuple(None if _is_missing(row[k]) else (float(row[k]) if k == "fraction" else row[k]) for k in keys)
 
 
 def _distinct(values: pd.Series) -> int:
@@ -130,9 +127,7 @@ def _distinct(values: pd.Series) -> int:
 # --------------------------------------------------------------------------- per-dataset table
 
 
-def dataset_table(
-    comparison: pd.DataFrame, metrics: pd.DataFrame, *, dataset: str, baseline: str
-) -> pd.DataFrame:
+def dataset_table(comparison: pd.DataFrame, metrics: pd.DataFrame, *, dataset: str, baseline: str) -> pd.DataFrame:
     """Return the human table of one dataset: AUC and delta rows per model, labels as columns.
 
     Rows: a first ``n pos / neg`` row, then the baseline's AUC row(s) taken from ``metrics``,
@@ -206,9 +201,7 @@ def dataset_table(
             ]
         ).dropna()
         if not pool.empty:
-            counts[label] = (
-                f"{_fmt_count(pool.iloc[0]['n_pos'])} / {_fmt_count(pool.iloc[0]['n_neg'])}"
-            )
+            counts[label] = f"{_fmt_count(pool.iloc[0]['n_pos'])} / {_fmt_count(pool.iloc[0]['n_neg'])}"
     rows = [counts]
 
     for key, group in ordered_groups(base).items():
@@ -251,17 +244,13 @@ def footnote(
     were resampled independently.
     """
     if not isinstance(test, str) or not test.strip():
-        raise CxrbenchError(
-            f"test must be a non-empty string such as {sorted(_TESTS)}, got {test!r}"
-        )
+        raise CxrbenchError(f"test must be a non-empty string such as {sorted(_TESTS)}, got {test!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise CxrbenchError(f"n_boot must be a positive integer, got {n_boot!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise CxrbenchError(f"seed must be an integer, got {seed!r}")
     if not isinstance(correction, str) or not correction.strip():
-        raise CxrbenchError(
-            f"correction must be a non-empty string such as {sorted(_CORRECTIONS)}, got {correction!r}"
-        )
+        raise CxrbenchError(f"correction must be a non-empty string such as {sorted(_CORRECTIONS)}, got {correction!r}")
     if not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
         raise CxrbenchError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
     if not isinstance(ci_level, (int, float)) or not 0.0 < float(ci_level) < 1.0:
@@ -278,15 +267,9 @@ def footnote(
         if cluster.strip().lower() in ("", "none")
         else f"resampled by {cluster.strip()}"
     )
-    adjusted = (
-        "unadjusted p-values"
-        if corr_key == "none"
-        else f"p-values adjusted with the {corr_name} correction"
-    )
+    adjusted = "unadjusted p-values" if corr_key == "none" else f"p-values adjusted with the {corr_name} correction"
     delong_note = (
-        " (its normal CI for Δ AUC; the macro mean uses the bootstrap)"
-        if test.strip().lower() == "delong"
-        else ""
+        " (its normal CI for Δ AUC; the macro mean uses the bootstrap)" if test.strip().lower() == "delong" else ""
     )
     return (
         f"AUC with {level} percentile CI from {n_boot} paired bootstrap replicates of the test set "
@@ -433,9 +416,7 @@ def _full_data_rows(comparison: pd.DataFrame) -> pd.DataFrame:
     return comparison[np.isclose(frac, frac.max())]
 
 
-def _baseline_mean_row(
-    base: pd.DataFrame, *, adaptation: str, baseline_auc: float
-) -> pd.Series | None:
+def _baseline_mean_row(base: pd.DataFrame, *, adaptation: str, baseline_auc: float) -> pd.Series | None:
     """Return the baseline's mean-AUC metrics row matching ``adaptation`` (or ``baseline_auc``)."""
     if base.empty:
         return None
@@ -450,9 +431,7 @@ def _baseline_mean_row(
     return pool.iloc[0] if len(pool) == 1 else None
 
 
-def summary_table(
-    comparisons: dict[str, pd.DataFrame], metrics: pd.DataFrame, *, baseline: str
-) -> pd.DataFrame:
+def summary_table(comparisons: dict[str, pd.DataFrame], metrics: pd.DataFrame, *, baseline: str) -> pd.DataFrame:
     """Return the cross-dataset "maximum improvement over the baseline" table (one row per dataset).
 
     For every adaptation present: the baseline's mean AUC with CI (from ``metrics``), the encoder
@@ -461,9 +440,7 @@ def summary_table(
     ``best`` cell when an encoder ran with several seeds.
     """
     if not isinstance(comparisons, dict) or not comparisons:
-        raise CxrbenchError(
-            "comparisons must be a non-empty dict of dataset name -> comparison frame"
-        )
+        raise CxrbenchError("comparisons must be a non-empty dict of dataset name -> comparison frame")
     require_columns(metrics, METRICS_COLUMNS, name="metrics")
     if not isinstance(baseline, str) or not baseline:
         raise CxrbenchError(f"baseline must be a non-empty string, got {baseline!r}")
@@ -504,9 +481,7 @@ def summary_table(
             cell = fmt_ci(best["delta"], best["delta_ci_low"], best["delta_ci_high"])
             if not _is_missing(best["significant"]) and bool(best["significant"]):
                 cell += MARKER
-            brow = _baseline_mean_row(
-                base, adaptation=adaptation, baseline_auc=best["baseline_auc"]
-            )
+            brow = _baseline_mean_row(base, adaptation=adaptation, baseline_auc=best["baseline_auc"])
             if brow is not None:
                 b_cell = fmt_ci(brow["value"], brow["ci_low"], brow["ci_high"])
             else:

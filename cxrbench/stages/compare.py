@@ -42,58 +42,112 @@ def compare(
 
     layout = layout_of(run)
     metrics, metrics_manifest = load_metrics(layout)
-    settings = {"baseline": baseline, "n_boot": n_boot, "cluster": cluster, "test": test,
-                "correction": correction, "alpha": alpha, "plots": plots}
+    settings = {
+        "baseline": baseline,
+        "n_boot": n_boot,
+        "cluster": cluster,
+        "test": test,
+        "correction": correction,
+        "alpha": alpha,
+        "plots": plots,
+    }
     home = layout.comparisons
-    stage = Stage(layout, "compare", home / "manifest.json", settings=settings, inputs=[metrics_manifest],
-                  seed=seed, what="comparisons")
+    stage = Stage(
+        layout,
+        "compare",
+        home / "manifest.json",
+        settings=settings,
+        inputs=[metrics_manifest],
+        seed=seed,
+        what="comparisons",
+    )
     with stage.open(force=force) as todo:
         if todo:
-            note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha,
-                            cluster=cluster)
+            note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha, cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
             for dataset, preds in load_predictions(prediction_files(layout)).items():
                 if baseline not in set(preds["encoder"].unique()):
                     info(f"[yellow]skipping {dataset}: no predictions of baseline '{baseline}'[/]")
                     continue
-                table, notes = compare_dataset(preds, baseline=baseline, n_boot=n_boot, seed=seed,
-                                               cluster=cluster, test=test, correction=correction, alpha=alpha,
-                                               cache=layout.replicates(dataset))
+                table, notes = compare_dataset(
+                    preds,
+                    baseline=baseline,
+                    n_boot=n_boot,
+                    seed=seed,
+                    cluster=cluster,
+                    test=test,
+                    correction=correction,
+                    alpha=alpha,
+                    cache=layout.replicates(dataset),
+                )
                 for message in notes:
                     info(f"[yellow]warning:[/] {dataset}: {message}")
                 comparisons[dataset] = table
                 stage.write_parquet(home / f"{safe_name(dataset)}.parquet", table)
-                human = dataset_table(table, metrics[metrics["dataset"] == dataset], dataset=dataset,
-                                      baseline=baseline)
+                human = dataset_table(table, metrics[metrics["dataset"] == dataset], dataset=dataset, baseline=baseline)
                 caption = f"{dataset}: AUC [95% CI] and difference vs {baseline}"
                 for fmt in FORMATS:
-                    stage.write_text(home / f"{safe_name(dataset)}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
+                    stage.write_text(
+                        home / f"{safe_name(dataset)}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note)
+                    )
                 if plots:
-                    for path in _plots(plotting, home / "plots", dataset, preds, table, metrics, baseline=baseline,
-                                       seed=seed, cache=layout.plot_cache):
+                    for path in _plots(
+                        plotting,
+                        home / "plots",
+                        dataset,
+                        preds,
+                        table,
+                        metrics,
+                        baseline=baseline,
+                        seed=seed,
+                        cache=layout.plot_cache,
+                    ):
                         stage.record(path)
             if not comparisons:
                 encoders = sorted(set(metrics["encoder"]))
-                raise CxrbenchError(f"--baseline {baseline!r}: no dataset has predictions of it (encoders: {', '.join(encoders)})")
+                raise CxrbenchError(
+                    f"--baseline {baseline!r}: no dataset has predictions of it (encoders: {', '.join(encoders)})"
+                )
             summary = summary_table(comparisons, metrics, baseline=baseline)
             stage.write_parquet(home / "summary.parquet", summary)
             for fmt in FORMATS:
-                stage.write_text(home / f"summary.{fmt}", render(summary, fmt=fmt, caption=f"Maximum improvement over {baseline}", footnote=note))
+                stage.write_text(
+                    home / f"summary.{fmt}",
+                    render(summary, fmt=fmt, caption=f"Maximum improvement over {baseline}", footnote=note),
+                )
     return stage.manifest
 
 
-def _plots(plotting, folder: Path, dataset: str, preds: pd.DataFrame, table: pd.DataFrame,
-           metrics: pd.DataFrame, *, baseline: str, seed: int, cache: Path) -> list[Path]:
+def _plots(
+    plotting,
+    folder: Path,
+    dataset: str,
+    preds: pd.DataFrame,
+    table: pd.DataFrame,
+    metrics: pd.DataFrame,
+    *,
+    baseline: str,
+    seed: int,
+    cache: Path,
+) -> list[Path]:
     """Forest plot, ROC curve per label and label-efficiency curves of one dataset."""
-    written = plotting.plot_forest(table, folder / safe_name(f"{dataset}-forest"),
-                                   title=f"{dataset}: Δ AUC vs {baseline}", cache=cache)
+    written = plotting.plot_forest(
+        table, folder / safe_name(f"{dataset}-forest"), title=f"{dataset}: Δ AUC vs {baseline}", cache=cache
+    )
     test = preds[preds["split"] == "test"]
     for label, rows in test.groupby("label", sort=True):
         if rows["y_true"].dropna().nunique() < 2:  # evaluate left it out of the mean; no curve to draw
             info(f"[yellow]warning:[/] {dataset}: no ROC plot for label '{label}': its test set has one class")
             continue
-        written += plotting.plot_roc(rows, label=label, baseline=baseline,
-                                     out_stem=folder / safe_name(f"{dataset}-roc-{label}"), seed=seed, cache=cache)
-    written += plotting.plot_label_efficiency(metrics, dataset=dataset, baseline=baseline,
-                                              out_stem=folder / safe_name(f"{dataset}-efficiency"), cache=cache)
+        written += plotting.plot_roc(
+            rows,
+            label=label,
+            baseline=baseline,
+            out_stem=folder / safe_name(f"{dataset}-roc-{label}"),
+            seed=seed,
+            cache=cache,
+        )
+    written += plotting.plot_label_efficiency(
+        metrics, dataset=dataset, baseline=baseline, out_stem=folder / safe_name(f"{dataset}-efficiency"), cache=cache
+    )
     return written

@@ -37,8 +37,9 @@ def read_predictions(path: Path) -> pd.DataFrame:
     if missing:
         raise CxrbenchError(f"{path}: not a predictions file, missing columns {missing}")
     kind, fraction, seed = parse_adaptation(path.stem)
-    return frame.assign(dataset=path.parent.parent.name, encoder=path.parent.name, adaptation=kind,
-                        fraction=fraction, seed=seed)
+    return frame.assign(
+        dataset=path.parent.parent.name, encoder=path.parent.name, adaptation=kind, fraction=fraction, seed=seed
+    )
 
 
 def load_predictions(files: list[Path]) -> dict[str, pd.DataFrame]:
@@ -49,8 +50,9 @@ def load_predictions(files: list[Path]) -> dict[str, pd.DataFrame]:
     return {name: group.drop(columns="dataset") for name, group in frames.groupby("dataset", sort=True)}
 
 
-def evaluate(run: RunLayout | Path, *, n_boot: int = 1000, seed: int = 0, cluster: str = "image",
-             force: bool = False) -> Manifest:
+def evaluate(
+    run: RunLayout | Path, *, n_boot: int = 1000, seed: int = 0, cluster: str = "image", force: bool = False
+) -> Manifest:
     """Metrics with bootstrap CIs for every model of every dataset (test split; thresholds from val)."""
     from cxrbench.stats.engine import evaluate as evaluate_dataset
 
@@ -59,14 +61,16 @@ def evaluate(run: RunLayout | Path, *, n_boot: int = 1000, seed: int = 0, cluste
     settings = {"n_boot": n_boot, "cluster": cluster}
     hashes = {layout.relative(p): file_hash(p) for p in files}
     home = layout.evaluation
-    stage = Stage(layout, "evaluate", home / "manifest.json", settings=settings, extra_inputs=hashes, seed=seed,
-                  what="evaluation")
+    stage = Stage(
+        layout, "evaluate", home / "manifest.json", settings=settings, extra_inputs=hashes, seed=seed, what="evaluation"
+    )
     with stage.open(force=force) as todo:
         if todo:
             tables, warnings = [], []
             for dataset, preds in load_predictions(files).items():
-                metrics, notes = evaluate_dataset(preds, n_boot=n_boot, seed=seed, cluster=cluster,
-                                                  cache=layout.replicates(dataset))
+                metrics, notes = evaluate_dataset(
+                    preds, n_boot=n_boot, seed=seed, cluster=cluster, cache=layout.replicates(dataset)
+                )
                 tables.append(metrics.assign(dataset=dataset))
                 warnings += [f"{dataset}: {n}" for n in notes]
             metrics = pd.concat(tables, ignore_index=True)
@@ -81,6 +85,5 @@ def evaluate(run: RunLayout | Path, *, n_boot: int = 1000, seed: int = 0, cluste
 def load_metrics(run: RunLayout | Path) -> tuple[pd.DataFrame, Manifest]:
     """The evaluation's metrics table, or a one-line error saying to run `cxrbench evaluate`."""
     layout = layout_of(run)
-    manifest = read_complete(layout, layout.evaluation / "manifest.json", what="evaluation",
-                             hint="cxrbench evaluate")
+    manifest = read_complete(layout, layout.evaluation / "manifest.json", what="evaluation", hint="cxrbench evaluate")
     return pd.read_parquet(layout.metrics), manifest

@@ -58,16 +58,43 @@ def finetune(
     input_size = input_size or int(prepared.manifest.settings["image"]["size"])
     adaptation = adaptation_name("finetune", fraction=fraction, seed=seed)
     out = layout.predictions(dataset, spec.folder, adaptation)
-    settings = {**spec.settings, "recipe": recipe_name, **chosen.to_dict(), "fraction": fraction,
-                "input_size": input_size}
-    stage = Stage(layout, "finetune", manifest_path_for(out), settings=settings,
-                  inputs=[prepared.manifest, *spec.inputs], extra_inputs=spec.extra_inputs, seed=seed,
-                  what=f"finetune predictions {spec.folder}/{adaptation} on {dataset}")
+    settings = {
+        **spec.settings,
+        "recipe": recipe_name,
+        **chosen.to_dict(),
+        "fraction": fraction,
+        "input_size": input_size,
+    }
+    stage = Stage(
+        layout,
+        "finetune",
+        manifest_path_for(out),
+        settings=settings,
+        inputs=[prepared.manifest, *spec.inputs],
+        extra_inputs=spec.extra_inputs,
+        seed=seed,
+        what=f"finetune predictions {spec.folder}/{adaptation} on {dataset}",
+    )
     hw = Device.choose(device, precision=precision)
-    job = _Job(layout, dataset, spec, adaptation, out, chosen, fraction, seed, input_size, checkpoint_every,
-               batch_workers(num_workers, hw), hw, prepared, dist)
-    distributed.stage_on_rank0(dist, stage, force=force, work=lambda: job.train(stage),
-                               write=lambda result: job.write(stage, *result))
+    job = _Job(
+        layout,
+        dataset,
+        spec,
+        adaptation,
+        out,
+        chosen,
+        fraction,
+        seed,
+        input_size,
+        checkpoint_every,
+        batch_workers(num_workers, hw),
+        hw,
+        prepared,
+        dist,
+    )
+    distributed.stage_on_rank0(
+        dist, stage, force=force, work=lambda: job.train(stage), write=lambda result: job.write(stage, *result)
+    )
     return stage.manifest
 
 
@@ -112,7 +139,9 @@ class _Job:
         prepared, chosen = self.prepared, self.chosen
         train = prepared.split("train")
         if self.fraction < 1.0:
-            train = train[train["patient_id"].isin(fraction_patients(train["patient_id"], self.fraction, seed=self.seed))]
+            train = train[
+                train["patient_id"].isin(fraction_patients(train["patient_id"], self.fraction, seed=self.seed))
+            ]
         self.train_frame = train
         val = prepared.split("val")
         torch.manual_seed(self.seed)
@@ -121,10 +150,19 @@ class _Job:
         bar = progress(steps, f"finetune {self.spec.folder}/{self.dataset}") if self.dist.is_main else None
         with bar if bar is not None else contextlib.nullcontext(lambda n=1: None) as advance:
             return finetune_loop(
-                self.model, prepared.images(), (self.rows(train), prepared.targets(train)),
-                (self.rows(val), prepared.targets(val)), recipe=chosen, task=prepared.task, seed=self.seed,
-                device=self.hw, checkpoint_dir=self.checkpoints / stage.key[:16],
-                checkpoint_every=self.checkpoint_every, advance=advance, num_workers=self.workers, dist=self.dist,
+                self.model,
+                prepared.images(),
+                (self.rows(train), prepared.targets(train)),
+                (self.rows(val), prepared.targets(val)),
+                recipe=chosen,
+                task=prepared.task,
+                seed=self.seed,
+                device=self.hw,
+                checkpoint_dir=self.checkpoints / stage.key[:16],
+                checkpoint_every=self.checkpoint_every,
+                advance=advance,
+                num_workers=self.workers,
+                dist=self.dist,
             )
 
     def write(self, stage: Stage, best: dict[str, torch.Tensor], history: list[dict[str, float]], log) -> None:
@@ -132,8 +170,9 @@ class _Job:
         prepared, model, layout = self.prepared, self.model, self.layout
         model.load_state_dict(best)
         scored = prepared.samples[prepared.samples["split"].isin(["val", "test"])]
-        scores = predict(model, prepared.images(), self.rows(scored), task=prepared.task, device=self.hw,
-                         num_workers=self.workers)
+        scores = predict(
+            model, prepared.images(), self.rows(scored), task=prepared.task, device=self.hw, num_workers=self.workers
+        )
         stage.write_parquet(self.out, predictions_table(scored, prepared.labels, prepared.targets(scored), scores))
         weights = layout.finetuned(self.dataset, self.spec.folder, self.adaptation)
         with atomic_path(weights) as tmp:

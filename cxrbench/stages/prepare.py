@@ -45,8 +45,17 @@ def split_options(adapter, options: dict[str, Any]) -> tuple[dict[str, Any], dic
     return (coerce_options(generate, generated) if generate is not None else {}), coerce_options(adapter.load, loaded)
 
 
-def generate(layout: RunLayout, dataset: str, adapter, *, root: Path | None, options: dict[str, Any],
-             image: Preprocess, seed: int, force: bool = False) -> tuple[Path, Manifest]:
+def generate(
+    layout: RunLayout,
+    dataset: str,
+    adapter,
+    *,
+    root: Path | None,
+    options: dict[str, Any],
+    image: Preprocess,
+    seed: int,
+    force: bool = False,
+) -> tuple[Path, Manifest]:
     """Make the dataset's files with the adapter's ``generate`` (its own stage: once per setting).
 
     Options it does not get default to the prepare's image size (``phantom_size``) and seed
@@ -60,8 +69,14 @@ def generate(layout: RunLayout, dataset: str, adapter, *, root: Path | None, opt
     if "phantom_seed" in names:
         settings.setdefault("phantom_seed", seed)
     home = layout if _inside(layout, root) else RunLayout(root)  # a --root elsewhere keeps its own manifest
-    stage = Stage(home, "generate", root / "manifest.json", settings={"dataset": dataset, **settings}, seed=seed,
-                  what=f"{dataset} files in {root}")
+    stage = Stage(
+        home,
+        "generate",
+        root / "manifest.json",
+        settings={"dataset": dataset, **settings},
+        seed=seed,
+        what=f"{dataset} files in {root}",
+    )
     with stage.open(force=force) as todo:
         if todo:
             total = int(settings.get("n_patients", 0)) or None
@@ -113,8 +128,9 @@ def prepare(
     generate_options, options = split_options(adapter, dict(options or {}))
     inputs: list[Manifest] = []
     if hasattr(adapter, "generate"):
-        root, written = generate(layout, dataset, adapter, root=root, options=generate_options, image=image,
-                                 seed=policy.seed, force=force)
+        root, written = generate(
+            layout, dataset, adapter, root=root, options=generate_options, image=image, seed=policy.seed, force=force
+        )
         inputs.append(written)
     elif root is None:
         raise CxrbenchError(f"cxrbench prepare {dataset} needs --root (the folder you unpacked {dataset} into)")
@@ -131,15 +147,30 @@ def prepare(
         "image": image.to_dict(),
     }
     home = layout.prepared(dataset)
-    stage = Stage(layout, "prepare", home / "manifest.json", settings=settings, inputs=inputs,
-                  extra_inputs={"rows": f"{int(rows_hash) & (2**64 - 1):016x}",
-                                "files": files_fingerprint(samples["path"].tolist())},
-                  seed=policy.seed, what=f"prepared dataset '{dataset}'")
+    stage = Stage(
+        layout,
+        "prepare",
+        home / "manifest.json",
+        settings=settings,
+        inputs=inputs,
+        extra_inputs={
+            "rows": f"{int(rows_hash) & (2**64 - 1):016x}",
+            "files": files_fingerprint(samples["path"].tolist()),
+        },
+        seed=policy.seed,
+        what=f"prepared dataset '{dataset}'",
+    )
     with stage.open(force=force) as todo:
         if todo:
             with progress(len(samples), f"decode {dataset}") as advance:
-                reasons = build_cache(samples["path"].tolist(), home / CACHE_DIR, settings=image,
-                                      image_format=raw.image_format, workers=workers, progress=advance)
+                reasons = build_cache(
+                    samples["path"].tolist(),
+                    home / CACHE_DIR,
+                    settings=image,
+                    image_format=raw.image_format,
+                    workers=workers,
+                    progress=advance,
+                )
             bad = pd.Series([r is not None for r in reasons], index=samples.index)
             quarantine = samples.loc[bad, ["sample_id", "patient_id", "path"]].assign(
                 reason=[r for r in reasons if r is not None]

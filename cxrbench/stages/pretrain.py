@@ -64,15 +64,28 @@ def pretrain(
     hw = Device.choose(device, precision=precision)
     workers = batch_workers(num_workers, hw)
     settings = {
-        "method": method_name, "dataset": dataset, "arch": arch or DEFAULT_ARCH, "init": init,
-        "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "options": options,
+        "method": method_name,
+        "dataset": dataset,
+        "arch": arch or DEFAULT_ARCH,
+        "init": init,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "options": options,
     }
     prepared = load_prepared(layout, dataset)
     init_spec = resolve_encoder(init, arch=settings["arch"], run=layout.root).require()
     home = layout.encoder(name)
-    stage = Stage(layout, "pretrain", home / "manifest.json", settings=settings,
-                  inputs=[prepared.manifest, *init_spec.inputs], extra_inputs=init_spec.extra_inputs, seed=seed,
-                  what=f"pretrained encoder '{name}'")
+    stage = Stage(
+        layout,
+        "pretrain",
+        home / "manifest.json",
+        settings=settings,
+        inputs=[prepared.manifest, *init_spec.inputs],
+        extra_inputs=init_spec.extra_inputs,
+        seed=seed,
+        what=f"pretrained encoder '{name}'",
+    )
     checkpoints = layout.checkpoints("pretrain", name)
     method: Any = None
 
@@ -87,9 +100,19 @@ def pretrain(
         steps = config.epochs * (len(rows) // max(min(config.batch_size, len(rows)), 1))
         bar = progress(steps, f"pretrain {name}") if dist.is_main else None
         with bar if bar is not None else contextlib.nullcontext(lambda n=1: None) as advance:
-            return pretrain_loop(method, prepared.images(), rows, config, seed=seed, device=hw,
-                                 checkpoint_dir=checkpoints / stage.key[:16], advance=advance, dist=dist,
-                                 num_workers=workers, fields={f: train_rows[f].to_numpy() for f in method_cls.fields})
+            return pretrain_loop(
+                method,
+                prepared.images(),
+                rows,
+                config,
+                seed=seed,
+                device=hw,
+                checkpoint_dir=checkpoints / stage.key[:16],
+                advance=advance,
+                dist=dist,
+                num_workers=workers,
+                fields={f: train_rows[f].to_numpy() for f in method_cls.fields},
+            )
 
     def write(result) -> None:
         history, log = result
@@ -103,4 +126,3 @@ def pretrain(
 
     distributed.stage_on_rank0(dist, stage, force=force, work=train, write=write)
     return stage.manifest
-

@@ -22,22 +22,42 @@ from cxrbench.stages.finetune import check_fraction
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
-def features(run: RunLayout | Path, prepared: Prepared, spec: EncoderSpec, *, input_size: int | None,
-             batch_size: int = 64, device: str | None = None, force: bool = False) -> tuple[Manifest, Path]:
+def features(
+    run: RunLayout | Path,
+    prepared: Prepared,
+    spec: EncoderSpec,
+    *,
+    input_size: int | None,
+    batch_size: int = 64,
+    device: str | None = None,
+    force: bool = False,
+) -> tuple[Manifest, Path]:
     """Frozen features of every image, cached at ``RUN/features/DATASET/ENCODER.parquet``."""
     layout = layout_of(run)
     path = layout.features(prepared.name, spec.folder)
     settings = {**spec.settings, "input_size": input_size}
-    stage = Stage(layout, "features", manifest_path_for(path), settings=settings,
-                  inputs=[prepared.manifest, *spec.inputs], extra_inputs=spec.extra_inputs,
-                  what=f"features of {spec.folder} on {prepared.name}")
+    stage = Stage(
+        layout,
+        "features",
+        manifest_path_for(path),
+        settings=settings,
+        inputs=[prepared.manifest, *spec.inputs],
+        extra_inputs=spec.extra_inputs,
+        what=f"features of {spec.folder} on {prepared.name}",
+    )
     with stage.open(force=force) as todo:
         if todo:
             encoder = spec.build(input_size=input_size, seed=0)
             rows = prepared.samples["cache_index"].to_numpy(dtype=np.int64)
             with progress(len(rows), f"features {spec.folder}/{prepared.name}") as advance:
-                feats = extract_features(encoder, prepared.images(), rows, batch_size=batch_size,
-                                         device=Device.choose(device), advance=advance)
+                feats = extract_features(
+                    encoder,
+                    prepared.images(),
+                    rows,
+                    batch_size=batch_size,
+                    device=Device.choose(device),
+                    advance=advance,
+                )
             stage.write_parquet(path, features_table(prepared.samples["sample_id"].tolist(), feats))
     return stage.manifest, path
 
@@ -66,8 +86,15 @@ def probe(
     adaptation = adaptation_name("probe", fraction=fraction, seed=seed)
     out = layout.predictions(dataset, spec.folder, adaptation)
     settings: dict[str, Any] = {"fraction": fraction, "Cs": list(Cs), "max_iter": max_iter}
-    stage = Stage(layout, "probe", manifest_path_for(out), settings=settings, inputs=[prepared.manifest, feat_manifest],
-                  seed=seed, what=f"probe predictions {spec.folder}/{adaptation} on {dataset}")
+    stage = Stage(
+        layout,
+        "probe",
+        manifest_path_for(out),
+        settings=settings,
+        inputs=[prepared.manifest, feat_manifest],
+        seed=seed,
+        what=f"probe predictions {spec.folder}/{adaptation} on {dataset}",
+    )
     with stage.open(force=force) as todo:
         if todo:
             ids, feats = read_features(pq.read_table(feat_path))
@@ -82,11 +109,18 @@ def probe(
             def x(frame):
                 return feats[[by_id[s] for s in frame["sample_id"]]]
 
-            model = fit_probe(x(train), prepared.targets(train), x(val), prepared.targets(val),
-                              task=prepared.task, Cs=Cs, max_iter=max_iter, device=device)
+            model = fit_probe(
+                x(train),
+                prepared.targets(train),
+                x(val),
+                prepared.targets(val),
+                task=prepared.task,
+                Cs=Cs,
+                max_iter=max_iter,
+                device=device,
+            )
             scored = samples[samples["split"].isin(["val", "test"])]
-            table = predictions_table(scored, prepared.labels, prepared.targets(scored),
-                                      model.predict_proba(x(scored)))
+            table = predictions_table(scored, prepared.labels, prepared.targets(scored), model.predict_proba(x(scored)))
             stage.write_parquet(out, table)
             stage.extra["chosen_C"] = dict(zip(prepared.labels, map(float, np.atleast_1d(model.C_)), strict=True))
             stage.extra["n_train"] = len(train)

@@ -40,8 +40,9 @@ def prepare_settings(options: dict[str, Any]) -> tuple[LabelPolicy, Preprocess, 
         raise CxrbenchError(f"bad prepare option: {exc}") from None
 
 
-def run_suite(run: RunLayout | Path, suite: Suite, *, force: bool = False, device: str | None = None,
-              precision: str | None = None) -> dict[str, Manifest]:
+def run_suite(
+    run: RunLayout | Path, suite: Suite, *, force: bool = False, device: str | None = None, precision: str | None = None
+) -> dict[str, Manifest]:
     """Run every stage of ``suite``; returns the manifests by a readable stage name."""
     from cxrbench.stages.prepare import prepare
 
@@ -49,8 +50,9 @@ def run_suite(run: RunLayout | Path, suite: Suite, *, force: bool = False, devic
     done: dict[str, Manifest] = {}
     for spec in suite.datasets:
         policy, image, options = prepare_settings(spec.options)
-        done[f"prepare {spec.name}"] = prepare(run, spec.name, root=spec.root and Path(spec.root), options=options,
-                                                policy=policy, image=image, force=force)
+        done[f"prepare {spec.name}"] = prepare(
+            run, spec.name, root=spec.root and Path(spec.root), options=options, policy=policy, image=image, force=force
+        )
     record_path = run.suite_record(suite.name)
     fingerprint = _fingerprint(suite)
     if not force:
@@ -64,12 +66,22 @@ def run_suite(run: RunLayout | Path, suite: Suite, *, force: bool = False, devic
     from cxrbench.stages.finetune import finetune
     from cxrbench.stages.pretrain import pretrain
     from cxrbench.stages.probe import probe
+
     for name, spec in suite.pretrain.items():
         options = dict(spec.options)
         known = {k: options.pop(k) for k in ("epochs", "batch_size", "lr", "seed", "arch", "init") if k in options}
         known.setdefault("arch", suite.arch)
-        done[f"pretrain {name}"] = pretrain(run, spec.method, dataset=spec.dataset, name=name, options=options,
-                                            device=device, precision=precision, force=force, **known)
+        done[f"pretrain {name}"] = pretrain(
+            run,
+            spec.method,
+            dataset=spec.dataset,
+            name=name,
+            options=options,
+            device=device,
+            precision=precision,
+            force=force,
+            **known,
+        )
     finetune_options = dict(suite.finetune)
     recipe_name = finetune_options.pop("recipe", "ssl-cxr")
     for spec in suite.datasets:
@@ -78,14 +90,30 @@ def run_suite(run: RunLayout | Path, suite: Suite, *, force: bool = False, devic
                 for fraction in suite.fractions:
                     where = f"{spec.name}/{encoder} f={fraction} s={seed}"
                     if "probe" in suite.adaptations:
-                        done[f"probe {where}"] = probe(run, dataset=spec.name, encoder=encoder, arch=suite.arch,
-                                                       fraction=fraction, seed=seed, device=device, force=force,
-                                                       **suite.probe)
+                        done[f"probe {where}"] = probe(
+                            run,
+                            dataset=spec.name,
+                            encoder=encoder,
+                            arch=suite.arch,
+                            fraction=fraction,
+                            seed=seed,
+                            device=device,
+                            force=force,
+                            **suite.probe,
+                        )
                     if "finetune" in suite.adaptations:
                         done[f"finetune {where}"] = finetune(
-                            run, dataset=spec.name, encoder=encoder, arch=suite.arch, recipe_name=recipe_name,
-                            overrides=finetune_options, fraction=fraction, seed=seed, device=device,
-                            precision=precision, force=force,
+                            run,
+                            dataset=spec.name,
+                            encoder=encoder,
+                            arch=suite.arch,
+                            recipe_name=recipe_name,
+                            overrides=finetune_options,
+                            fraction=fraction,
+                            seed=seed,
+                            device=device,
+                            precision=precision,
+                            force=force,
                         )
     done["evaluate"] = evaluate(run, force=force, **suite.evaluate)
     done["compare"] = compare(run, baseline=suite.baseline, force=force, **suite.compare)
@@ -103,7 +131,9 @@ def _fingerprint(suite: Suite) -> str:
     return json_hash({"suite": dataclasses.asdict(suite), "version": __version__, "files": files})
 
 
-def _recorded(run: RunLayout, record_path: Path, fingerprint: str, prepared: dict[str, Manifest]) -> dict[str, Manifest] | None:
+def _recorded(
+    run: RunLayout, record_path: Path, fingerprint: str, prepared: dict[str, Manifest]
+) -> dict[str, Manifest] | None:
     """The manifests of the last finished run of this suite if nothing they depend on changed."""
     try:
         record = json.loads(record_path.read_text())

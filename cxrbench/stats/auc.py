@@ -137,7 +137,7 @@ class ScoreLayout:
         rows[~y] = np.where(tied, 2 * u + 1 + k, u + k)
         above = neg >= threshold
         complement = bool(above.sum() * 2 > neg.size)
-        thr_mask = (~above if complement else above)
+        thr_mask = ~above if complement else above
         self.rows = rows  # group row of each sample
         self.cols = np.arange(y.size) if cols is None else np.asarray(cols, dtype=np.int64)
         self.n_groups = int(u)  # distinct positive scores
@@ -215,8 +215,9 @@ def _reduce(grouped: Any, layout: ScoreLayout, xp: Any) -> dict[str, Any]:
     fp_u[fp_u <= 0] = 1
     ratio = tp_u / fp_u if xp is not np else np.divide(tp_u, fp_u, dtype=np.float64)
     ap_num = _rowdot(pp, ratio, xp)
-    wp, wn = wp[:, 0].double() if xp is not np else wp[:, 0].astype(np.float64), (
-        wn[:, 0].double() if xp is not np else wn[:, 0].astype(np.float64)
+    wp, wn = (
+        wp[:, 0].double() if xp is not np else wp[:, 0].astype(np.float64),
+        (wn[:, 0].double() if xp is not np else wn[:, 0].astype(np.float64)),
     )
     denom = wp * wn
     valid = denom > 0

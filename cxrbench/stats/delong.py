@@ -34,9 +34,7 @@ def _inputs(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
         raise CxrbenchError("scores hold NaN or infinite values")
     m = int(y.sum())
     if m < 2 or y.size - m < 2:
-        raise CxrbenchError(
-            f"DeLong's test needs at least 2 positives and 2 negatives; got {m} and {y.size - m}"
-        )
+        raise CxrbenchError(f"DeLong's test needs at least 2 positives and 2 negatives; got {m} and {y.size - m}")
     return y.astype(bool), s
 
 
@@ -94,9 +92,7 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, *, ci: float = 0.95) ->
         z = delta / se
         p = float(2.0 * _norm().sf(abs(z)))
     q = float(_norm().ppf(0.5 + ci / 2.0))
-    return DelongResult(
-        float(aucs[0]), float(aucs[1]), delta, se, float(z), p, delta - q * se, delta + q * se
-    )
+    return DelongResult(float(aucs[0]), float(aucs[1]), delta, se, float(z), p, delta - q * se, delta + q * se)
 
 
 def delong_ci(y_true: Any, y_score: Any, *, ci: float = 0.95) -> tuple[float, float, float]:

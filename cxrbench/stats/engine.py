@@ -84,9 +84,7 @@ def _resolve_device(device: str | None) -> str | None:
     """Return the torch device to use, or None for the numpy path (default: CUDA when available)."""
     if device is not None:
         return str(device)
-    if "torch" not in sys.modules and not (
-        os.path.exists("/proc/driver/nvidia") or shutil.which("nvidia-smi")
-    ):
+    if "torch" not in sys.modules and not (os.path.exists("/proc/driver/nvidia") or shutil.which("nvidia-smi")):
         return None  # no NVIDIA driver: skip importing torch (seconds and ~0.5 GiB) just to hear "no"
     try:
         import torch
@@ -302,9 +300,7 @@ def _align(t: _Table, *, n_boot: int, thresholds: bool, build: bool = True) -> _
                     "sample_ids, so they cannot be paired"
                 )
             elif not np.array_equal(y, ref[2]):
-                raise CxrbenchError(
-                    f"label {label!r}: {_name(model)} and {_name(ref[0])} disagree on y_true"
-                )
+                raise CxrbenchError(f"label {label!r}: {_name(model)} and {_name(ref[0])} disagree on y_true")
             if np.ptp(s) == 0 and label not in degenerate:
                 warnings.append(("data", f"label {label!r}: {_name(model)} gives every test sample the same score"))
             thr = float("nan")
@@ -476,9 +472,7 @@ def _val_threshold(
         warnings.append(f"label {label!r}: {_name(model)} has no validation predictions; no threshold")
         return float("nan")
     if y.min() == y.max():
-        warnings.append(
-            f"label {label!r}: {_name(model)} validation set has one class; no threshold"
-        )
+        warnings.append(f"label {label!r}: {_name(model)} validation set has one class; no threshold")
         return float("nan")
     return youden_threshold(y, score)
 
@@ -532,8 +526,7 @@ def evaluate(
     stored there as ``<replicate_key>.npz`` and read back instead of recomputed; the results are
     the same with or without it.
     """
-    run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=True,
-               cache=cache)
+    run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=True, cache=cache)
     rows: list[tuple] = []
     for model in run.models:
         per_metric: dict[str, dict[str, tuple[float, np.ndarray]]] = {}
@@ -602,8 +595,7 @@ def compare(
             raise CxrbenchError(
                 f"baseline encoder {baseline!r} is not in the predictions; encoders: {', '.join(encoders)}"
             )
-    run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=False,
-               cache=cache)
+    run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=False, cache=cache)
     warnings = run.texts(thresholds=False)
     present = set(run.models)
     rows: list[dict[str, Any]] = []

@@ -28,13 +28,16 @@ def test_recipe_overrides_and_ignores_none() -> None:
     assert recipe("ssl-cxr") == RECIPES["ssl-cxr"]
 
 
-@pytest.mark.parametrize("name,overrides,needle", [
-    ("nope", {}, "'nope'"),
-    ("ssl-cxr", {"learning_rate": 1}, "learning_rate"),
-    ("ssl-cxr", {"optimizer": "adam"}, "'adam'"),
-    ("ssl-cxr", {"epochs": 0}, "epochs"),
-    ("ssl-cxr", {"lr": -1.0}, "lr"),
-])
+@pytest.mark.parametrize(
+    "name,overrides,needle",
+    [
+        ("nope", {}, "'nope'"),
+        ("ssl-cxr", {"learning_rate": 1}, "learning_rate"),
+        ("ssl-cxr", {"optimizer": "adam"}, "'adam'"),
+        ("ssl-cxr", {"epochs": 0}, "epochs"),
+        ("ssl-cxr", {"lr": -1.0}, "lr"),
+    ],
+)
 def test_recipe_errors_name_the_bad_value(name: str, overrides: dict, needle: str) -> None:
     with pytest.raises(CxrbenchError, match=needle) as exc:
         recipe(name, **overrides)
@@ -51,8 +54,9 @@ def test_positive_weights_by_hand() -> None:
 def test_weighted_bce_masks_nan_and_matches_torch() -> None:
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 3, generator=gen)
-    targets = torch.tensor([[1, 0, np.nan], [0, 1, 1], [np.nan, 0, 0], [1, 1, 0], [0, np.nan, 1],
-                            [1, 0, 0]], dtype=torch.float32)
+    targets = torch.tensor(
+        [[1, 0, np.nan], [0, 1, 1], [np.nan, 0, 0], [1, 1, 0], [0, np.nan, 1], [1, 0, 0]], dtype=torch.float32
+    )
     w = torch.tensor([2.0, 0.5, 3.0])
     known = ~torch.isnan(targets)
     reference = F.binary_cross_entropy_with_logits(logits[known], targets[known], pos_weight=w.expand(6, 3)[known])
@@ -71,9 +75,12 @@ def test_multiclass_loss_is_weighted_cross_entropy() -> None:
     classes = torch.tensor([0, 1, 2, 3, 3, 2, 1, 1])
     onehot = F.one_hot(classes, 4).float()
     w = torch.tensor([1.0, 2.0, 0.5, 4.0])
-    torch.testing.assert_close(_loss(logits, onehot, task="multiclass", pos_weight=None), F.cross_entropy(logits, classes))
-    torch.testing.assert_close(_loss(logits, onehot, task="multiclass", pos_weight=w),
-                               F.cross_entropy(logits, classes, weight=w))
+    torch.testing.assert_close(
+        _loss(logits, onehot, task="multiclass", pos_weight=None), F.cross_entropy(logits, classes)
+    )
+    torch.testing.assert_close(
+        _loss(logits, onehot, task="multiclass", pos_weight=w), F.cross_entropy(logits, classes, weight=w)
+    )
 
 
 def test_mean_auc_matches_sklearn_skipping_one_class_labels() -> None:
@@ -117,9 +124,17 @@ def _run(tmp_path: Path, targets: np.ndarray, *, task: str, **settings):
     images = _images(len(targets))
     rows = np.arange(len(targets))
     chosen = recipe("ssl-cxr", batch_size=8, lr=0.05, **settings)
-    return finetune_loop(_model(targets.shape[1]), images, (rows[:32], targets[:32]), (rows[32:], targets[32:]),
-                         recipe=chosen, task=task, seed=0, device=Device.choose("cpu"),
-                         checkpoint_dir=tmp_path / "ck")
+    return finetune_loop(
+        _model(targets.shape[1]),
+        images,
+        (rows[:32], targets[:32]),
+        (rows[32:], targets[32:]),
+        recipe=chosen,
+        task=task,
+        seed=0,
+        device=Device.choose("cpu"),
+        checkpoint_dir=tmp_path / "ck",
+    )
 
 
 def test_early_stopping_stops_patience_epochs_after_the_best(tmp_path: Path) -> None:
@@ -158,8 +173,9 @@ def test_fp16_run_interrupted_after_a_checkpoint_resumes_to_the_same_weights(
 ) -> None:
     # the checkpoint carries the grad scaler; here its scale doubles every step, so a resumed run
     # that started a fresh scaler would end on a different scale than the uninterrupted one
-    monkeypatch.setattr(Device, "grad_scaler",
-                        lambda self: torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1))
+    monkeypatch.setattr(
+        Device, "grad_scaler", lambda self: torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)
+    )
     rng = np.random.default_rng(5)
     targets = (rng.random((48, 2)) < 0.4).astype(np.float32)
     images, rows = _images(48), np.arange(48)
@@ -167,9 +183,19 @@ def test_fp16_run_interrupted_after_a_checkpoint_resumes_to_the_same_weights(
     half = Device.choose("cpu", precision="fp16")
 
     def run(directory: Path, advance=lambda n=1: None):
-        return finetune_loop(_model(2), images, (rows[:32], targets[:32]), (rows[32:], targets[32:]), recipe=chosen,
-                             task="multilabel", seed=0, device=half, checkpoint_dir=directory, checkpoint_every=3,
-                             advance=advance)
+        return finetune_loop(
+            _model(2),
+            images,
+            (rows[:32], targets[:32]),
+            (rows[32:], targets[32:]),
+            recipe=chosen,
+            task="multilabel",
+            seed=0,
+            device=half,
+            checkpoint_dir=directory,
+            checkpoint_every=3,
+            advance=advance,
+        )
 
     reference, _, _ = run(tmp_path / "whole")
     calls = []

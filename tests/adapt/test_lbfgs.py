@@ -47,8 +47,15 @@ def test_softmax_problem_equals_sklearn_multinomial():
     y = (X @ rng.normal(size=(8, 3)) + rng.gumbel(size=(400, 3))).argmax(1)
     Y = torch.as_tensor(np.eye(3)[y].T)[None]  # [K=1, G=3, N]
     M = torch.ones(1, 1, 400, dtype=torch.float64)
-    theta, _ = fit_logistic(torch.as_tensor(X.T.copy()), Y, M, torch.tensor([0.7], dtype=torch.float64),
-                            softmax=True, tol=1e-10, max_iter=1000)
+    theta, _ = fit_logistic(
+        torch.as_tensor(X.T.copy()),
+        Y,
+        M,
+        torch.tensor([0.7], dtype=torch.float64),
+        softmax=True,
+        tol=1e-10,
+        max_iter=1000,
+    )
     lr = LogisticRegression(C=0.7, tol=1e-12, max_iter=10_000).fit(X, y)
     np.testing.assert_allclose(theta[0, :, :-1].numpy(), lr.coef_, atol=1e-5)
     np.testing.assert_allclose(theta[0, :, -1].numpy(), lr.intercept_, atol=1e-5)

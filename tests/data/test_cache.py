@@ -104,13 +104,9 @@ def test_resume_after_interruption_decodes_only_the_rest(tmp_path, monkeypatch):
 
     decoded = []
     real_read = cache_mod.read_image
-    monkeypatch.setattr(
-        cache_mod, "read_image", lambda p, **kw: decoded.append(p) or real_read(p, **kw)
-    )
+    monkeypatch.setattr(cache_mod, "read_image", lambda p, **kw: decoded.append(p) or real_read(p, **kw))
     progress = []
-    reasons = build_cache(
-        paths, tmp_path / "c", settings=SETTINGS, workers=0, chunk_size=3, progress=progress.append
-    )
+    reasons = build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0, chunk_size=3, progress=progress.append)
     assert decoded == paths[6:]  # the first two chunks (6 rows) were not decoded again
     assert progress[0] == 6 and sum(progress) == 10
     assert reasons[2] == "file not found"  # the earlier run's reason survives the resume
@@ -129,9 +125,7 @@ def test_changed_settings_or_paths_start_over(tmp_path, monkeypatch):
     build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0)
     decoded = []
     real_read = cache_mod.read_image
-    monkeypatch.setattr(
-        cache_mod, "read_image", lambda p, **kw: decoded.append(p) or real_read(p, **kw)
-    )
+    monkeypatch.setattr(cache_mod, "read_image", lambda p, **kw: decoded.append(p) or real_read(p, **kw))
     build_cache(paths, tmp_path / "c", settings=Preprocess(size=16, equalize=True), workers=0)
     assert decoded == paths
     decoded.clear()
@@ -200,9 +194,7 @@ def test_bounded_chunks_in_flight(tmp_path, monkeypatch):
         state["recorded"] += 1
 
     monkeypatch.setattr(cache_mod, "ProcessPoolExecutor", CountingPool)
-    reasons = build_cache(
-        paths, tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=2, progress=count
-    )
+    reasons = build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=2, progress=count)
     assert reasons == [None] * 30
     assert state["submitted"] == 15 and state["max_chunk"] == 2
     assert state["max_in_flight"] <= 4

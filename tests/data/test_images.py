@@ -158,16 +158,12 @@ def test_window_equals_pydicom(function, center, width):
     ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = center, width, function
     with np.errstate(over="ignore"):
         want = apply_windowing(x.copy(), ds)
-    np.testing.assert_allclose(
-        window(x, center, width, 0, 4095, function=function), want, rtol=1e-9, atol=1e-9
-    )
+    np.testing.assert_allclose(window(x, center, width, 0, 4095, function=function), want, rtol=1e-9, atol=1e-9)
 
 
 def test_dicom_sigmoid_and_bad_window(tmp_path):
     arr = np.arange(0, 4096, 64, dtype=np.uint16).reshape(8, 8)
-    path = write_dicom(
-        tmp_path / "s.dcm", arr, WindowCenter=1000, WindowWidth=500, VOILUTFunction="SIGMOID"
-    )
+    path = write_dicom(tmp_path / "s.dcm", arr, WindowCenter=1000, WindowWidth=500, VOILUTFunction="SIGMOID")
     want = 4095 / (1 + np.exp(-4 * (arr - 1000.0) / 500))
     np.testing.assert_allclose(read_image(path), want, rtol=1e-6)
     path = write_dicom(tmp_path / "bad.dcm", arr, WindowCenter=1000, WindowWidth=0)
@@ -183,9 +179,7 @@ def test_dicom_voi_lut_sequence_wins_over_window(tmp_path):
     item.LUTData = lut.tolist()
     item["LUTDescriptor"].VR = "US"
     item["LUTData"].VR = "US"
-    path = write_dicom(
-        tmp_path / "a.dcm", arr, VOILUTSequence=Sequence([item]), WindowCenter=5, WindowWidth=3
-    )
+    path = write_dicom(tmp_path / "a.dcm", arr, VOILUTSequence=Sequence([item]), WindowCenter=5, WindowWidth=3)
     want = lut[np.clip(arr.astype(int) - 10, 0, len(lut) - 1)]  # below/above clamp to the ends
     np.testing.assert_array_equal(read_image(path), want)
 
@@ -232,9 +226,7 @@ def test_jsrt_raw_rejects_wrong_size_and_byte_order(tmp_path):
     with pytest.raises(ImageError, match="wrong size for JSRT raw"):
         read_image(short, image_format="jsrt-raw")
     little = tmp_path / "little.IMG"
-    little.write_bytes(
-        np.full(2048 * 2048, 4000, dtype="<u2").tobytes()
-    )  # 4000 read as >u2 is huge
+    little.write_bytes(np.full(2048 * 2048, 4000, dtype="<u2").tobytes())  # 4000 read as >u2 is huge
     with pytest.raises(ImageError, match="byte order"):
         read_image(little, image_format="jsrt-raw")
 
@@ -330,9 +322,7 @@ def test_real_monochrome1_cr_by_hand(realdata):
     raw = ds.pixel_array.astype(np.float64)
     slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
     y_min, y_max = intercept, (2**ds.BitsStored - 1) * slope + intercept
-    windowed = linear_window(
-        raw * slope + intercept, float(ds.WindowCenter), float(ds.WindowWidth), y_min, y_max
-    )
+    windowed = linear_window(raw * slope + intercept, float(ds.WindowCenter), float(ds.WindowWidth), y_min, y_max)
     np.testing.assert_allclose(read_image(path), y_min + y_max - windowed, rtol=1e-5)
 
 
@@ -377,7 +367,9 @@ def _decode_in_fresh_process(path: Path, **env: str) -> tuple[str, float]:
         [sys.executable, "-c", _DECODE_PEAK, str(path)],
         env={**os.environ, "PYTHONPATH": repo, **env},
         cwd=repo,
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     reason, mib = done.stdout.strip().splitlines()[-2:]
@@ -425,6 +417,7 @@ def deflated_dicom(path: Path, rows: int, cols: int, *, frames: int = 1, pixel_b
 
 def png_of_zeros(path: Path, height: int, width: int) -> Path:
     """A valid 8-bit grey PNG of zeros, written row block by row block (never held whole)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

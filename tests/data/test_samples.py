@@ -77,9 +77,7 @@ def test_label_names_normalised_and_mapping_stored():
 
 
 def test_colliding_label_names_are_an_error():
-    raw = _raw(
-        [_row(0, **{"Lung Opacity": 1.0, "lung_opacity": 0.0})], ["Lung Opacity", "lung_opacity"]
-    )
+    raw = _raw([_row(0, **{"Lung Opacity": 1.0, "lung_opacity": 0.0})], ["Lung Opacity", "lung_opacity"])
     with pytest.raises(CxrbenchError, match="collide"):
         build_samples(raw, LabelPolicy(), root=ROOT)
 
@@ -167,9 +165,7 @@ def test_frontal_filter_leaves_out_unknown_views_and_counts_them():
     assert summary["excluded_unknown_view"] == 0 and summary["excluded_non_frontal"] == 2
     everything, summary = build_samples(raw, LabelPolicy(views="all"), root=ROOT)
     assert len(everything) == 5 and summary["excluded_unknown_view"] == 0
-    assert (
-        pa.Table.from_pandas(everything, preserve_index=False).column("view").to_pylist() == views
-    )
+    assert pa.Table.from_pandas(everything, preserve_index=False).column("view").to_pylist() == views
 
 
 def test_frontal_without_projection_counts_as_frontal():
@@ -207,9 +203,7 @@ def test_splits_are_by_patient_and_match_assign_splits():
 
 
 def test_official_split_with_trainval():
-    rows = [
-        dict(_row(i, Edema=1.0), split=s) for i, s in enumerate(["trainval"] * 30 + ["test"] * 5)
-    ]
+    rows = [dict(_row(i, Edema=1.0), split=s) for i, s in enumerate(["trainval"] * 30 + ["test"] * 5)]
     samples, _ = build_samples(_raw(rows, ["Edema"]), LabelPolicy(), root=ROOT)
     assert set(samples["split"].iloc[:30]) == {"train", "val"}
     assert set(samples["split"].iloc[30:]) == {"test"}
@@ -223,9 +217,7 @@ def test_sample_ids_relative_to_root_and_duplicates_rejected():
     samples, _ = build_samples(_raw(rows, ["Edema"]), LabelPolicy(), root=ROOT)
     assert samples["sample_id"].tolist() == ["img/0.png", "/elsewhere/x.png"]
     with pytest.raises(CxrbenchError, match="img/0.png"):
-        build_samples(
-            _raw([_row(0, Edema=1.0), _row(0, Edema=0.0)], ["Edema"]), LabelPolicy(), root=ROOT
-        )
+        build_samples(_raw([_row(0, Edema=1.0), _row(0, Edema=0.0)], ["Edema"]), LabelPolicy(), root=ROOT)
 
 
 def test_adapter_sample_ids_win_over_paths():
@@ -245,9 +237,7 @@ def test_duplicate_adapter_ids_are_one_short_line_naming_two():
 
 
 def test_empty_dataset_names_the_root():
-    raw = RawDataset(
-        frame=pd.DataFrame(columns=["path", "patient_id", "view", "Edema"]), labels=["Edema"]
-    )
+    raw = RawDataset(frame=pd.DataFrame(columns=["path", "patient_id", "view", "Edema"]), labels=["Edema"])
     with pytest.raises(CxrbenchError, match="/data/ds"):
         build_samples(raw, LabelPolicy(), root=ROOT)
 
@@ -296,13 +286,8 @@ def test_min_positives_dropping_every_label_is_an_error():
 
 
 def test_min_positives_recorded_in_summary():
-    rows = [
-        dict(_row(i, Common=1.0, Rare=float(i == 0)), split=s)
-        for i, s in enumerate(["train", "val", "test"] * 3)
-    ]
-    samples, summary = build_samples(
-        _raw(rows, ["Common", "Rare"]), LabelPolicy(min_positives=2), root=ROOT
-    )
+    rows = [dict(_row(i, Common=1.0, Rare=float(i == 0)), split=s) for i, s in enumerate(["train", "val", "test"] * 3)]
+    samples, summary = build_samples(_raw(rows, ["Common", "Rare"]), LabelPolicy(min_positives=2), root=ROOT)
     assert label_columns(samples) == ["label:common"]
     assert summary["dropped_labels"] == ["rare"]
     assert summary["label_mapping"] == {"Common": "common"}

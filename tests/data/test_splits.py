@@ -132,9 +132,7 @@ def test_trainval_goes_to_train_or_val_per_patient(pids, seed, ratios):
 
 def test_trainval_proportion_follows_train_to_val_ratio():
     n = 6000
-    splits = assign_splits(
-        [str(i) for i in range(n)], ["trainval"] * n, ratios=(0.6, 0.2, 0.2), seed=5
-    )
+    splits = assign_splits([str(i) for i in range(n)], ["trainval"] * n, ratios=(0.6, 0.2, 0.2), seed=5)
     share = float((splits == "train").mean())
     assert abs(share - 0.75) < 5 * math.sqrt(0.75 * 0.25 / n)
 

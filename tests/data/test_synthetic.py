@@ -36,9 +36,7 @@ def table(dataset: Path) -> pd.DataFrame:
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -115,15 +113,11 @@ def test_csv_columns_and_encodings(dataset, table):
     assert set(table["View"]) == {"PA", "AP", "LATERAL"}
     assert set(table["Sex"]) == {"M", "F"}
     assert table["Age"].between(18, 100).all()
-    for path, patient, study, view in table[["Path", "PatientID", "StudyID", "View"]].itertuples(
-        index=False
-    ):
+    for path, patient, study, view in table[["Path", "PatientID", "StudyID", "View"]].itertuples(index=False):
         assert path == f"images/{patient}/{study}_{view}.png"
     assert all((dataset / p).is_file() for p in table["Path"])
     assert table["Path"].is_unique
-    assert set(p.relative_to(dataset).as_posix() for p in dataset.rglob("*.png")) == set(
-        table["Path"]
-    )
+    assert set(p.relative_to(dataset).as_posix() for p in dataset.rglob("*.png")) == set(table["Path"])
 
 
 def test_several_images_per_patient_and_one_frontal_per_study(table):
@@ -135,11 +129,7 @@ def test_several_images_per_patient_and_one_frontal_per_study(table):
     # a study belongs to one patient, and patient-level facts agree across its images
     assert (table.groupby("StudyID")["PatientID"].nunique() == 1).all()
     assert (table.groupby("PatientID")["Sex"].nunique() == 1).all()
-    assert (
-        (table.groupby("StudyID")[list(FINDINGS) + ["Report"]].nunique(dropna=False) == 1)
-        .all()
-        .all()
-    )
+    assert (table.groupby("StudyID")[list(FINDINGS) + ["Report"]].nunique(dropna=False) == 1).all().all()
 
 
 def test_prevalences_are_realistic(table):
@@ -297,8 +287,6 @@ def test_adapter_errors_are_one_line(tmp_path):
     with pytest.raises(CxrbenchError, match="missing columns"):
         load(tmp_path)
     header = ",".join(f'"{c}"' if " " in c else c for c in COLUMNS)
-    (tmp_path / "metadata.csv").write_text(
-        header + "\nimages/a.png,p1,s1,PA,M,50,FINDINGS: x,2.0,,,,\n"
-    )
+    (tmp_path / "metadata.csv").write_text(header + "\nimages/a.png,p1,s1,PA,M,50,FINDINGS: x,2.0,,,,\n")
     with pytest.raises(CxrbenchError, match="Cardiomegaly"):
         load(tmp_path)

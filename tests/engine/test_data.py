@@ -65,8 +65,9 @@ def test_num_workers_is_validated() -> None:
 def test_fields_that_are_not_numbers_come_as_lists_and_lengths_are_checked() -> None:
     images = _images(6, 4)
     ids = np.array([f"p{i}" for i in range(6)], dtype=object)
-    data = EpochBatches(images, np.arange(6), {"patient_id": ids, "age": np.arange(6.0)}, seed=0, batch_size=4,
-                        epochs=1)
+    data = EpochBatches(
+        images, np.arange(6), {"patient_id": ids, "age": np.arange(6.0)}, seed=0, batch_size=4, epochs=1
+    )
     _, _, batch = data[0]
     idx = data.plan(0)[0]
     assert batch["patient_id"] == [f"p{i}" for i in idx]

@@ -20,9 +20,27 @@ from tests.stages.conftest import cli, phantom_run, run_copy  # noqa: F401  (fix
 # A ViT has no BatchNorm, so 2 ranks with half-batches compute the single-process gradient exactly
 # (up to summation order); resnet's per-rank batch statistics would not.
 ARCH = "vit_tiny_patch16_224"
-ARGS = ["finetune", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--epochs", "2",
-        "--batch-size", "16", "--fraction", "0.25", "--optimizer", "sgd", "--lr", "0.01",
-        "--checkpoint-every", "2"]
+ARGS = [
+    "finetune",
+    "--dataset",
+    "synthetic",
+    "--encoder",
+    "random",
+    "--arch",
+    ARCH,
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--fraction",
+    "0.25",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.01",
+    "--checkpoint-every",
+    "2",
+]
 OUT = "predictions/synthetic/random/finetune-f0.25-s0.parquet"
 WEIGHTS = "finetuned/synthetic/random/finetune-f0.25-s0.safetensors"
 MANIFEST = "predictions/synthetic/random/finetune-f0.25-s0.manifest.json"
@@ -56,8 +74,19 @@ def _torchrun_and_single(run: Path, single: Path, args: list[str]) -> None:
     # goes through $CXRBENCH_RUN instead.
     env = {**os.environ, "CXRBENCH_QUIET": "1", "OMP_NUM_THREADS": "1", "CXRBENCH_RUN": str(run)}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "cxrbench", *args, "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cxrbench",
+        *args,
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     wrote = [line for line in done.stdout.splitlines() if line.startswith("wrote ")]
@@ -90,8 +119,22 @@ def test_torchrun_two_cpu_ranks_equal_single_process(run_copy: Path, tmp_path: P
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
-PRETRAIN = ["pretrain", "simclr", "--dataset", "synthetic", "--arch", ARCH, "--epochs", "1", "--batch-size", "10",
-            "--lr", "0.001", "--name", "ddp-simclr"]
+PRETRAIN = [
+    "pretrain",
+    "simclr",
+    "--dataset",
+    "synthetic",
+    "--arch",
+    ARCH,
+    "--epochs",
+    "1",
+    "--batch-size",
+    "10",
+    "--lr",
+    "0.001",
+    "--name",
+    "ddp-simclr",
+]
 ENCODER = "encoders/ddp-simclr/encoder.safetensors"
 
 

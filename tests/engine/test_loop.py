@@ -57,10 +57,18 @@ def _data(batch_size: int, epochs: int = 2) -> EpochBatches:
 
 def _fit(tmp_path: Path, *, batch_size: int, accumulate: int = 1, name: str = "ck", **kwargs):
     task = _Regression()
-    config = TrainConfig(epochs=2, batch_size=batch_size, lr=0.05, optimizer="sgd", momentum=0.0,
-                         accumulate=accumulate, warmup_steps=kwargs.pop("warmup_steps", 0))
-    log = fit(task, _data(batch_size), config, seed=0, device=Device.choose("cpu"),
-              checkpoint_dir=tmp_path / name, **kwargs)
+    config = TrainConfig(
+        epochs=2,
+        batch_size=batch_size,
+        lr=0.05,
+        optimizer="sgd",
+        momentum=0.0,
+        accumulate=accumulate,
+        warmup_steps=kwargs.pop("warmup_steps", 0),
+    )
+    log = fit(
+        task, _data(batch_size), config, seed=0, device=Device.choose("cpu"), checkpoint_dir=tmp_path / name, **kwargs
+    )
     return task, log
 
 
@@ -131,8 +139,14 @@ def test_early_stop_hook_and_bad_settings(tmp_path: Path) -> None:
             return epoch >= 1
 
     task = _StopsAtOne()
-    fit(task, _data(8), TrainConfig(epochs=2, batch_size=8, lr=0.1), seed=0, device=Device.choose("cpu"),
-        checkpoint_dir=tmp_path / "s")
+    fit(
+        task,
+        _data(8),
+        TrainConfig(epochs=2, batch_size=8, lr=0.1),
+        seed=0,
+        device=Device.choose("cpu"),
+        checkpoint_dir=tmp_path / "s",
+    )
     assert len(task.epochs) == 1
     with pytest.raises(CxrbenchError, match="not a multiple"):
         _fit(tmp_path, batch_size=4, accumulate=2, checkpoint_every=3)

@@ -53,9 +53,7 @@ def hub_cache(tmp_path, monkeypatch) -> Callable[[str], dict[str, torch.Tensor]]
             "num_classes": model.num_classes,
             "num_features": model.num_features,
             "pretrained_cfg": {
-                k: v
-                for k, v in model.pretrained_cfg.items()
-                if k in ("tag", "input_size", "mean", "std")
+                k: v for k, v in model.pretrained_cfg.items() if k in ("tag", "input_size", "mean", "std")
             },
         }
         _write_blob(repo_dir, snapshot, "config.json", json.dumps(config).encode())

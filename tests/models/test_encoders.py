@@ -49,9 +49,7 @@ def test_vit_in21k_weights_take_their_config_and_resample_to_input_size(hub_cach
     # 224 px position embeddings (14 x 14 + cls) resampled to 64 px (4 x 4 + cls)
     assert enc.backbone.pos_embed.shape == (1, 17, 192)
     torch.testing.assert_close(enc.backbone.cls_token, state["cls_token"])
-    torch.testing.assert_close(
-        enc.backbone.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"]
-    )
+    torch.testing.assert_close(enc.backbone.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
     assert enc(torch.rand(2, 1, 80, 96)).shape == (2, 192)
 
 
@@ -132,9 +130,7 @@ def test_file_key_and_shape_mismatches_are_one_line(tmp_path):
     with pytest.raises(CxrbenchError) as err:
         create_encoder(f"file:{path}", arch=SMALL)
     msg = err.value.message
-    assert (
-        "missing: bn1.bias" in msg and "shape: conv1.weight [64, 3, 3, 3] vs [64, 3, 7, 7]" in msg
-    )
+    assert "missing: bn1.bias" in msg and "shape: conv1.weight [64, 3, 3, 3] vs [64, 3, 7, 7]" in msg
 
 
 def test_file_with_unknown_suffix_or_missing(tmp_path):
@@ -205,7 +201,5 @@ def test_dinov2_loads_from_cache_at_224_with_its_patch_size(hub_cache):
     assert enc.input_size == 224 and enc.patch_size == 14 and enc.num_features == 384
     assert (enc.mean, enc.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert enc.backbone.pos_embed.shape[1] == 16 * 16 + 1  # resampled from 37 x 37
-    torch.testing.assert_close(
-        enc.backbone.blocks[0].mlp.fc1.weight, state["blocks.0.mlp.fc1.weight"]
-    )
+    torch.testing.assert_close(enc.backbone.blocks[0].mlp.fc1.weight, state["blocks.0.mlp.fc1.weight"])
     assert enc(torch.rand(1, 1, 100, 100)).shape == (1, 384)

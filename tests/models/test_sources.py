@@ -21,14 +21,10 @@ def require_weights(name, arch=None, run_dir=None):
     return resolve_encoder(name, arch=arch, run=run_dir).require().weights
 
 
-
 def test_default_sources_resolve_to_documented_hub_repos():
     assert resolve("imagenet").hub_repo == "timm/resnet50.tv_in1k"
     assert resolve("imagenet", arch="densenet121").hub_repo == "timm/densenet121.tv_in1k"
-    assert (
-        resolve("imagenet", arch="vit_base_patch16_224").hub_repo
-        == "timm/vit_base_patch16_224.augreg_in21k"
-    )
+    assert resolve("imagenet", arch="vit_base_patch16_224").hub_repo == "timm/vit_base_patch16_224.augreg_in21k"
     assert resolve("imagenet", arch="resnet50.a1_in1k").hub_repo == "timm/resnet50.a1_in1k"
     assert resolve("dinov2").hub_repo == "timm/vit_base_patch14_dinov2.lvd142m"
     assert resolve("random").source == "random" and resolve("random").arch == "resnet50"
@@ -141,9 +137,10 @@ def test_a_run_output_is_keyed_on_its_pretrain_manifest(tmp_path):
     stage = Stage(run, "pretrain", home / "manifest.json", settings={"x": 1})
     with stage.open() as todo:
         assert todo
-        for name, text in (("encoder.json", '{"arch": "resnet18", "mean": [0.5, 0.5, 0.5], '
-                                            '"std": [0.5, 0.5, 0.5], "input_size": 32}'),
-                           ("encoder.safetensors", "x")):
+        for name, text in (
+            ("encoder.json", '{"arch": "resnet18", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "input_size": 32}'),
+            ("encoder.safetensors", "x"),
+        ):
             stage.write_text(home / name, text)
     spec = resolve("moco", run_dir=run)
     assert spec.weights.present and spec.input_size == 32 and spec.mean == (0.5, 0.5, 0.5)

@@ -134,17 +134,11 @@ def main() -> None:
             t0 = time.perf_counter()
             paths = generate(root / kind, kind, n_files, args.side)
             mb = sum(os.path.getsize(p) for p in paths) / len(paths) / 2**20
-            print(
-                f"\n[{kind}] generated {n_files} files ({mb:.1f} MiB each) in "
-                f"{time.perf_counter() - t0:.1f}s"
-            )
+            print(f"\n[{kind}] generated {n_files} files ({mb:.1f} MiB each) in {time.perf_counter() - t0:.1f}s")
             subset = paths[: args.n]
-            serial, serial_cpu = min(
-                timed_build(subset, root / "out", 0, args.size) for _ in range(args.repeats)
-            )
+            serial, serial_cpu = min(timed_build(subset, root / "out", 0, args.size) for _ in range(args.repeats))
             parallel, parallel_cpu = min(
-                timed_build(subset, root / "out", args.workers, args.size)
-                for _ in range(args.repeats)
+                timed_build(subset, root / "out", args.workers, args.size) for _ in range(args.repeats)
             )
             print(
                 f"  single process : {args.n / serial:7.1f} images/s ({serial:.2f}s wall, "
@@ -155,9 +149,7 @@ def main() -> None:
                 f"({parallel:.2f}s wall incl. spawn start-up, "
                 f"{1000 * parallel_cpu / args.n:.1f} ms CPU/image)"
             )
-            print(
-                f"  speed-up       : {serial / parallel:.2f}x wall (goal >= 1.7x on 2 free cores)"
-            )
+            print(f"  speed-up       : {serial / parallel:.2f}x wall (goal >= 1.7x on 2 free cores)")
             ideal = min(args.workers, n_cores) * serial_cpu / parallel_cpu
             print(f"  CPU-bound bound: {ideal:.2f}x (workers x serial CPU / parallel CPU)")
             for n in sizes:
@@ -177,9 +169,7 @@ def main() -> None:
                     str(args.size),
                 ]
                 result = json.loads(
-                    subprocess.run(cmd, capture_output=True, text=True, check=True)
-                    .stdout.strip()
-                    .splitlines()[-1]
+                    subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
                 )
                 print(
                     f"  peak RSS, {n:5d} images: parent {result['parent_mib']:7.1f} MiB, "

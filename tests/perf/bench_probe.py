@@ -67,14 +67,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--labels", type=int, default=14)
     parser.add_argument("--C", type=float, default=0.01, help="C for the equal-C comparison")
-    parser.add_argument(
-        "--sk-labels", type=int, default=3, help="labels timed with sklearn (scaled to all labels)"
-    )
+    parser.add_argument("--sk-labels", type=int, default=3, help="labels timed with sklearn (scaled to all labels)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-iter", type=int, default=200)
     parser.add_argument("--grid", action="store_true", help="also time the default 5-C grid")
-    parser.add_argument("--features", choices=("lowrank", "powerlaw"), default="lowrank",
-                        help="synthetic feature spectrum (see make_features)")
+    parser.add_argument(
+        "--features",
+        choices=("lowrank", "powerlaw"),
+        default="lowrank",
+        help="synthetic feature spectrum (see make_features)",
+    )
     parser.add_argument("--device", default="cpu", help="device of the torch fit (cuda: the GPU goal is < 1 s)")
     args = parser.parse_args()
 
@@ -140,8 +142,7 @@ def main() -> None:
     note = f" (sklearn timed on {k} of {args.labels} labels and scaled)" if k < args.labels else ""
     print(f"sklearn scaler + per label, all {args.labels} labels: {scaled:.1f}s{note}")
     print(
-        f"speed-up: {scaled / t_torch:.1f}x (goal >= 10x); "
-        f"max |test AUC difference|: {max(deltas):.4f} (goal <= 0.002)"
+        f"speed-up: {scaled / t_torch:.1f}x (goal >= 10x); max |test AUC difference|: {max(deltas):.4f} (goal <= 0.002)"
     )
 
     if args.grid:

@@ -20,8 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def timed(args: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cxrbench", *args], check=True, cwd=REPO,
-                   env={**os.environ, "CXRBENCH_QUIET": "1"}, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "cxrbench", *args],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "CXRBENCH_QUIET": "1"},
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -35,8 +40,10 @@ def main() -> None:
         noop = [timed(run) for _ in range(args.repeats)]
     median = statistics.median(noop)
     print(f"smoke suite, full run:      {full:7.1f} s   (goal < 180 s)")
-    print(f"smoke suite, no-op rerun:   {median:7.2f} s   median of {args.repeats} "
-          f"[min {min(noop):.2f}, max {max(noop):.2f}]   (goal < 2 s)")
+    print(
+        f"smoke suite, no-op rerun:   {median:7.2f} s   median of {args.repeats} "
+        f"[min {min(noop):.2f}, max {max(noop):.2f}]   (goal < 2 s)"
+    )
     print(f"no-op / full:               {median / full:7.4f}")
 
 

@@ -165,8 +165,10 @@ def main() -> None:
         print(f"problem: {N_TEST} test + {N_VAL} val images x {N_LABELS} labels x {N_MODELS} encoders "
               f"x {args.n_boot} replicates; ROC bands {ROC_BOOT} replicates")  # fmt: skip
         t_naive = naive(args.naive_reps) * args.n_boot
-        print(f"naive roc_auc_score loop: {t_naive:8.1f} s (timed on {args.naive_reps} replicates, "
-              f"scaled linearly to {args.n_boot})")
+        print(
+            f"naive roc_auc_score loop: {t_naive:8.1f} s (timed on {args.naive_reps} replicates, "
+            f"scaled linearly to {args.n_boot})"
+        )
         e, _ = _subprocess("evaluate", run, args)
         c, p = _subprocess("compare", run, args)
         c2, p2 = _subprocess("compare", run, args)

@@ -68,9 +68,7 @@ def plain_extract(backbone, *, batch: int, size: int, warmup: int, steps: int, d
     return batch * steps / (time.perf_counter() - start)
 
 
-def pipeline_extract(
-    encoder, images: np.ndarray, *, batch: int, warmup: int, steps: int, device
-) -> float:
+def pipeline_extract(encoder, images: np.ndarray, *, batch: int, warmup: int, steps: int, device) -> float:
     """Return img/s of ``extract_features`` over ``steps`` batches read from the cache."""
     from cxrbench.adapt.features import extract_features
 
@@ -168,9 +166,7 @@ def pipeline_train(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--archs", default=DEFAULT_ARCHS, help="comma-separated timm archs")
     parser.add_argument("--batch", type=int, default=64)
@@ -188,8 +184,7 @@ def main() -> None:
     parser.add_argument(
         "--train-channels-last",
         action="store_true",
-        help="also time finetune_loop with the model converted to channels_last "
-        "beforehand (CUDA only)",
+        help="also time finetune_loop with the model converted to channels_last beforehand (CUDA only)",
     )
     args = parser.parse_args()
     for name in ("batch", "steps", "warmup", "repeats", "threads"):
@@ -213,9 +208,7 @@ def main() -> None:
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     n = args.batch * (args.warmup + args.steps)
     what = (
-        torch.cuda.get_device_name(device.device)
-        if device.device.type == "cuda"
-        else (f"CPU, {args.threads} threads")
+        torch.cuda.get_device_name(device.device) if device.device.type == "cuda" else (f"CPU, {args.threads} threads")
     )
     print(
         f"device: {what}; {'bf16 autocast' if device.amp else 'fp32'}; torch {torch.__version__}; "
@@ -241,11 +234,7 @@ def main() -> None:
                         pipe.append(pipeline_extract(encoder, images, **common))
                         plain.append(plain_extract(encoder.backbone, size=args.size, **common))
                     else:
-                        pipe.append(
-                            pipeline_train(
-                                encoder, images, **common, channels_last=kind == "train-cl"
-                            )
-                        )
+                        pipe.append(pipeline_train(encoder, images, **common, channels_last=kind == "train-cl"))
                         plain.append(plain_train(encoder.backbone, size=args.size, **common))
                 p, q = statistics.median(pipe), statistics.median(plain)
                 results.append((arch, kind, p, q))

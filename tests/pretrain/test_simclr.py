@@ -36,8 +36,16 @@ def _pretrain(directory, *, device=None, **kwargs):
     torch.manual_seed(0)
     method = Method(_Tiny(), projection_dim=4)
     images = np.random.default_rng(0).integers(0, 256, (14, 16, 16), dtype=np.uint8)
-    history, _ = pretrain_loop(method, images, np.arange(14), CONFIG, seed=0,
-                               device=device or Device.choose("cpu"), checkpoint_dir=directory, **kwargs)
+    history, _ = pretrain_loop(
+        method,
+        images,
+        np.arange(14),
+        CONFIG,
+        seed=0,
+        device=device or Device.choose("cpu"),
+        checkpoint_dir=directory,
+        **kwargs,
+    )
     return method, history
 
 
@@ -73,5 +81,12 @@ def test_pretrain_loop_in_fp16_checkpoints_its_grad_scaler(tmp_path) -> None:
 
 def test_pretrain_needs_training_images(tmp_path) -> None:
     with pytest.raises(CxrbenchError, match="needs images in the train split"):
-        pretrain_loop(Method(_Tiny()), np.zeros((0, 16, 16), np.uint8), np.arange(0), CONFIG, seed=0,
-                      device=Device.choose("cpu"), checkpoint_dir=tmp_path)
+        pretrain_loop(
+            Method(_Tiny()),
+            np.zeros((0, 16, 16), np.uint8),
+            np.arange(0),
+            CONFIG,
+            seed=0,
+            device=Device.choose("cpu"),
+            checkpoint_dir=tmp_path,
+        )

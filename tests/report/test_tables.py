@@ -49,9 +49,7 @@ def _comparison(deltas: dict[tuple[str, str], float], *, fraction=1.0, seed=0) -
     return pd.DataFrame(rows)
 
 
-def _metrics(
-    dataset: str, adaptations=("probe", "finetune"), *, offset: float = 0.0
-) -> pd.DataFrame:
+def _metrics(dataset: str, adaptations=("probe", "finetune"), *, offset: float = 0.0) -> pd.DataFrame:
     rows = []
     for a, adaptation in enumerate(adaptations):
         for i, label in enumerate([*LABELS, "mean"]):
@@ -91,9 +89,7 @@ def table(comparison) -> pd.DataFrame:
 
 @pytest.fixture
 def note() -> str:
-    return footnote(
-        test="bootstrap", n_boot=1000, seed=7, correction="bh", alpha=0.05, cluster="patient_id"
-    )
+    return footnote(test="bootstrap", n_boot=1000, seed=7, correction="bh", alpha=0.05, cluster="patient_id")
 
 
 # --------------------------------------------------------------------------- formatting
@@ -130,9 +126,7 @@ def test_cells_match_inputs_and_markers_only_on_significant(table, comparison):
         assert auc_cell == f"{rec['auc']:.3f} [{rec['auc_ci_low']:.3f}, {rec['auc_ci_high']:.3f}]"
         assert delta_cell.endswith("*") == bool(rec["significant"])
         assert not auc_cell.endswith("*")
-        assert delta_cell.rstrip("*") == fmt_ci(
-            rec["delta"], rec["delta_ci_low"], rec["delta_ci_high"]
-        )
+        assert delta_cell.rstrip("*") == fmt_ci(rec["delta"], rec["delta_ci_low"], rec["delta_ci_high"])
     numbers = table[table["statistic"] != tables.STAT_N][[*LABELS, "mean"]].to_numpy().ravel()
     assert all(CELL.match(c) for c in numbers)
 
@@ -214,9 +208,7 @@ def test_latex_booktabs_and_escaping(table, note):
     for ln in table_lines:
         assert ln.endswith(r" \\")
         assert len(re.findall(r"(?<!\\)&", ln)) == table.shape[1] - 1  # only column separators
-    assert sum(ln.count("*") for ln in table_lines) == int(
-        table.apply(lambda c: c.str.endswith("*")).to_numpy().sum()
-    )
+    assert sum(ln.count("*") for ln in table_lines) == int(table.apply(lambda c: c.str.endswith("*")).to_numpy().sum())
 
 
 class _Cells(HTMLParser):
@@ -304,9 +296,7 @@ def test_footnote_validation(kwargs, match):
 
 
 def test_summary_picks_best_model_per_dataset_and_adaptation():
-    nih = _comparison(
-        {("dinov2", "probe"): 0.05, ("moco", "probe"): 0.07, ("dinov2", "finetune"): 0.01}
-    )
+    nih = _comparison({("dinov2", "probe"): 0.05, ("moco", "probe"): 0.07, ("dinov2", "finetune"): 0.01})
     # a label-efficiency row with a larger delta must be ignored (not full data)
     nih = pd.concat([nih, _comparison({("bigger", "probe"): 0.5}, fraction=0.1)], ignore_index=True)
     pad = _comparison({("dinov2", "probe"): -0.03, ("moco", "probe"): -0.04})

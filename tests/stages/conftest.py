@@ -25,8 +25,20 @@ def cli(*args: str) -> None:
 def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run with `prepare synthetic` (200 patients, 64 px) done."""
     run = tmp_path_factory.mktemp("phantom-run")
-    cli("prepare", "synthetic", "--n-patients", "200", "--size", "64", "--seed", "0", "--run", str(run),
-        "--workers", "1")
+    cli(
+        "prepare",
+        "synthetic",
+        "--n-patients",
+        "200",
+        "--size",
+        "64",
+        "--seed",
+        "0",
+        "--run",
+        str(run),
+        "--workers",
+        "1",
+    )
     return run
 
 

@@ -43,8 +43,24 @@ def test_sigkilled_prepare_takes_its_decode_workers_with_it(tmp_path: Path) -> N
     options = {"n_patients": 250, "phantom_size": 64}
     image = Preprocess(size=384, equalize=True)
     generate(RunLayout(run), "synthetic", get_adapter("synthetic"), root=None, options=options, image=image, seed=0)
-    command = [sys.executable, "-m", "cxrbench", "prepare", "synthetic", "--n-patients", "250", "--size", "384",
-               "--equalize", "--option", "phantom_size=64", "--workers", "2", "--run", str(run)]
+    command = [
+        sys.executable,
+        "-m",
+        "cxrbench",
+        "prepare",
+        "synthetic",
+        "--n-patients",
+        "250",
+        "--size",
+        "384",
+        "--equalize",
+        "--option",
+        "phantom_size=64",
+        "--workers",
+        "2",
+        "--run",
+        str(run),
+    ]
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cache = run / "prepared/synthetic/cache"
     family: dict[int, str] = {}

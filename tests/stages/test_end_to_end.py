@@ -27,8 +27,24 @@ def pipeline(phantom_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     cli("probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, *r)
     cli("probe", "--dataset", "synthetic", "--encoder", "simclr", *r)
     for encoder in ("random", "simclr"):
-        cli("finetune", "--dataset", "synthetic", "--encoder", encoder, "--arch", ARCH, "--epochs", "6",
-            "--optimizer", "adamw", "--lr", "0.001", "--batch-size", "32", *r)
+        cli(
+            "finetune",
+            "--dataset",
+            "synthetic",
+            "--encoder",
+            encoder,
+            "--arch",
+            ARCH,
+            "--epochs",
+            "6",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.001",
+            "--batch-size",
+            "32",
+            *r,
+        )
     cli("evaluate", "--n-boot", "100", *r)
     cli("compare", "--baseline", "random", "--n-boot", "100", "--no-plots", *r)
     return run
@@ -49,7 +65,11 @@ def test_samples_contract(pipeline: Path) -> None:
 def test_predictions_contract(pipeline: Path) -> None:
     files = sorted((pipeline / "predictions/synthetic").glob("*/*.parquet"))
     assert [f.relative_to(pipeline / "predictions/synthetic").as_posix() for f in files] == [
-        "random/finetune.parquet", "random/probe.parquet", "simclr/finetune.parquet", "simclr/probe.parquet"]
+        "random/finetune.parquet",
+        "random/probe.parquet",
+        "simclr/finetune.parquet",
+        "simclr/probe.parquet",
+    ]
     for path in files:
         table = pq.read_table(path)
         assert table.column_names == PRED_COLUMNS

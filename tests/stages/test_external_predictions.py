@@ -13,14 +13,16 @@ from tests.stages.conftest import cli
 
 def _write(run: Path, encoder: str, scores: np.ndarray, y: np.ndarray, patients: np.ndarray) -> None:
     n = len(y)
-    frame = pd.DataFrame({
-        "sample_id": [f"img{i}" for i in range(n)] * 2,
-        "patient_id": list(patients) * 2,
-        "split": ["val"] * n + ["test"] * n,
-        "label": "effusion",
-        "y_true": np.concatenate([y, y]).astype(float),
-        "y_score": np.concatenate([scores, scores]),
-    })
+    frame = pd.DataFrame(
+        {
+            "sample_id": [f"img{i}" for i in range(n)] * 2,
+            "patient_id": list(patients) * 2,
+            "split": ["val"] * n + ["test"] * n,
+            "label": "effusion",
+            "y_true": np.concatenate([y, y]).astype(float),
+            "y_score": np.concatenate([scores, scores]),
+        }
+    )
     path = run / "predictions/external/" / encoder / "probe.parquet"
     path.parent.mkdir(parents=True)
     frame.to_parquet(path)
@@ -36,8 +38,7 @@ def test_external_predictions_are_evaluated_and_compared(tmp_path: Path) -> None
     _write(run, "imagenet", weak, y, patients)
     _write(run, "mine", good, y, patients)
     cli("evaluate", "--n-boot", "200", "--cluster", "patient", "--run", str(run))
-    cli("compare", "--baseline", "imagenet", "--n-boot", "200", "--cluster", "patient", "--no-plots",
-        "--run", str(run))
+    cli("compare", "--baseline", "imagenet", "--n-boot", "200", "--cluster", "patient", "--no-plots", "--run", str(run))
 
     metrics = pd.read_parquet(run / "evaluation/metrics.parquet")
     auc = metrics[(metrics["metric"] == "auc") & (metrics["label"] == "effusion")].set_index("encoder")

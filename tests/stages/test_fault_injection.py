@@ -62,12 +62,36 @@ REPO = Path(__file__).resolve().parents[2]
 #: every label
 STAGES: list[tuple[str, list[str], int]] = [
     ("prepare", ["prepare", "synthetic", "--n-patients", "50", "--size", "32", "--workers", "2"], 3),
-    ("pretrain", ["pretrain", "simclr", "--dataset", "synthetic", "--arch", ARCH, "--epochs", "2",
-                  "--batch-size", "16"], 3),
+    (
+        "pretrain",
+        ["pretrain", "simclr", "--dataset", "synthetic", "--arch", ARCH, "--epochs", "2", "--batch-size", "16"],
+        3,
+    ),
     ("probe random", ["probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH], 3),
     ("probe simclr", ["probe", "--dataset", "synthetic", "--encoder", "simclr"], 3),
-    ("finetune", ["finetune", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--epochs", "2",
-                  "--batch-size", "16", "--checkpoint-every", "1", "--optimizer", "adamw", "--lr", "1e-3"], 3),
+    (
+        "finetune",
+        [
+            "finetune",
+            "--dataset",
+            "synthetic",
+            "--encoder",
+            "random",
+            "--arch",
+            ARCH,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--checkpoint-every",
+            "1",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "1e-3",
+        ],
+        3,
+    ),
     ("evaluate", ["evaluate", "--n-boot", "50"], 3),
     ("compare", ["compare", "--baseline", "random", "--n-boot", "50"], 3),
 ]
@@ -76,10 +100,25 @@ STAGES: list[tuple[str, list[str], int]] = [
 ENV = {"CXRBENCH_QUIET": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SOURCE_DATE_EPOCH": "0"}
 #: imported once by the fork server, so a stage's process starts working at once (timm, imported
 #: lazily by the encoder sources, alone takes 3 s)
-PRELOAD = ["tests.stages.procs", "cxrbench.cli", "cxrbench.stages.prepare", "cxrbench.stages.pretrain",
-           "cxrbench.pretrain.simclr", "cxrbench.stages.probe", "cxrbench.stages.finetune",
-           "cxrbench.stages.evaluate", "cxrbench.stages.compare", "cxrbench.stats.engine", "cxrbench.report.plots",
-           "timm", "scipy.stats", "scipy.sparse", "PIL.Image", "safetensors.torch", "sympy"]
+PRELOAD = [
+    "tests.stages.procs",
+    "cxrbench.cli",
+    "cxrbench.stages.prepare",
+    "cxrbench.stages.pretrain",
+    "cxrbench.pretrain.simclr",
+    "cxrbench.stages.probe",
+    "cxrbench.stages.finetune",
+    "cxrbench.stages.evaluate",
+    "cxrbench.stages.compare",
+    "cxrbench.stats.engine",
+    "cxrbench.report.plots",
+    "timm",
+    "scipy.stats",
+    "scipy.sparse",
+    "PIL.Image",
+    "safetensors.torch",
+    "sympy",
+]
 
 
 def _env() -> dict[str, str]:

@@ -17,8 +17,23 @@ from cxrbench.stages.evaluate import prediction_files
 from cxrbench.stages.suite import run_suite
 from tests.stages.conftest import ARCH, cli
 
-FINETUNE = ["finetune", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--epochs", "2",
-            "--optimizer", "adamw", "--lr", "0.001", "--checkpoint-every", "2"]
+FINETUNE = [
+    "finetune",
+    "--dataset",
+    "synthetic",
+    "--encoder",
+    "random",
+    "--arch",
+    ARCH,
+    "--epochs",
+    "2",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "0.001",
+    "--checkpoint-every",
+    "2",
+]
 
 
 def _kill_after_first_checkpoint(run: Path) -> None:
@@ -26,8 +41,12 @@ def _kill_after_first_checkpoint(run: Path) -> None:
 
     # same intra-op thread count as the in-process runs: float sums must be ordered alike
     env = {**os.environ, "CXRBENCH_QUIET": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "cxrbench", *FINETUNE, "--run", str(run)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cxrbench", *FINETUNE, "--run", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while not list((run / "checkpoints").rglob("last.pt")):
         if proc.poll() is not None:
@@ -122,8 +141,20 @@ def test_changed_settings_redo_the_stage(run_copy: Path) -> None:
     assert Manifest.read(manifest).created == before.created  # up to date: untouched
     cli(*args, "--force")
     assert Manifest.read(manifest).key == before.key
-    cli("prepare", "synthetic", "--n-patients", "200", "--size", "64", "--uncertain", "positive",
-        "--run", str(run_copy), "--workers", "1")
+    cli(
+        "prepare",
+        "synthetic",
+        "--n-patients",
+        "200",
+        "--size",
+        "64",
+        "--uncertain",
+        "positive",
+        "--run",
+        str(run_copy),
+        "--workers",
+        "1",
+    )
     cli(*args)  # prepared data changed, so the probe's key changes and it is redone
     assert Manifest.read(manifest).key != before.key
 

@@ -15,13 +15,17 @@ def _labels(rng: np.random.Generator, n: int = 120) -> pd.DataFrame:
     frames = []
     for label, test_positives in (("effusion", True), ("nodule", False)):
         y_test = rng.integers(0, 2, n).astype(float) if test_positives else np.zeros(n)
-        frames.append(pd.DataFrame({
-            "sample_id": [f"img{i}" for i in range(2 * n)],
-            "patient_id": [f"p{i // 2}" for i in range(2 * n)],
-            "split": ["val"] * n + ["test"] * n,
-            "label": label,
-            "y_true": np.concatenate([rng.integers(0, 2, n).astype(float), y_test]),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "sample_id": [f"img{i}" for i in range(2 * n)],
+                    "patient_id": [f"p{i // 2}" for i in range(2 * n)],
+                    "split": ["val"] * n + ["test"] * n,
+                    "label": label,
+                    "y_true": np.concatenate([rng.integers(0, 2, n).astype(float), y_test]),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 

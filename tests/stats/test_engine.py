@@ -54,7 +54,9 @@ def test_evaluate_matches_sklearn_on_the_same_resamples():
                 idx = np.repeat(np.arange(60), c)
                 reps.append(roc_auc_score(y[idx], s[idx]) if np.unique(y[idx]).size == 2 else np.nan)
             assert row.loc["auc", "value"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-            assert (row.loc["auc", "ci_low"], row.loc["auc", "ci_high"]) == pytest.approx(percentile_ci(reps), abs=1e-12)
+            assert (row.loc["auc", "ci_low"], row.loc["auc", "ci_high"]) == pytest.approx(
+                percentile_ci(reps), abs=1e-12
+            )
             _, yv, sv = _arrays(df, enc, lab, "val")
             t = youden_threshold(yv, sv)
             assert row.loc["threshold", "value"] == t
@@ -85,7 +87,9 @@ def test_compare_deltas_pvalues_and_correction(test):
         _, y, s = _arrays(df, "dinov2", row.label)
         _, _, sb = _arrays(df, "imagenet", row.label)
         auc_ev = ev[(ev.encoder == "dinov2") & (ev.label == row.label) & (ev.metric == "auc")].iloc[0]
-        assert (row.auc, row.auc_ci_low, row.auc_ci_high) == pytest.approx((auc_ev.value, auc_ev.ci_low, auc_ev.ci_high))
+        assert (row.auc, row.auc_ci_low, row.auc_ci_high) == pytest.approx(
+            (auc_ev.value, auc_ev.ci_low, auc_ev.ci_high)
+        )
         assert row.delta == pytest.approx(roc_auc_score(y, s) - roc_auc_score(y, sb), abs=1e-12)
         if test == "delong":
             res = delong_test(y, s, sb)
@@ -148,7 +152,13 @@ def test_degenerate_label_constant_scores_and_dropped_replicates_are_reported():
     assert any("same score" in w for w in warns)
     # label a has 12 samples and few positives: some replicates lack a positive
     a_pos = int(df[(df.label == "a") & (df.split == "test") & (df.encoder == "imagenet")].y_true.sum())
-    expected = int((bootstrap_counts(12, n_boot=200, seed=0)[:, :12] @ np.r_[df[(df.label == "a") & (df.split == "test") & (df.encoder == "imagenet")].y_true] == 0).sum())
+    expected = int(
+        (
+            bootstrap_counts(12, n_boot=200, seed=0)[:, :12]
+            @ np.r_[df[(df.label == "a") & (df.split == "test") & (df.encoder == "imagenet")].y_true]
+            == 0
+        ).sum()
+    )
     assert a_pos >= 1
     if expected:
         assert any(f"{expected} of 200 bootstrap replicates" in w for w in warns)
@@ -307,11 +317,15 @@ def test_compare_reuses_the_replicates_of_evaluate_bitwise(tmp_path, monkeypatch
         out, _ = compare(df, baseline="imagenet", cache=tmp_path, **kw)
         known_test = df[(df.split == "test") & df.y_true.notna()]
         order = pd.Index(pd.unique(known_test.sample_id))
-        g = known_test[(known_test.encoder == "moco") & (known_test.adaptation == "finetune") & (known_test.label == "z")]
+        g = known_test[
+            (known_test.encoder == "moco") & (known_test.adaptation == "finetune") & (known_test.label == "z")
+        ]
         g = g.iloc[np.argsort(order.get_indexer(g.sample_id))]
         pos, y, s = order.get_indexer(g.sample_id), g.y_true.to_numpy(), g.y_score.to_numpy()
-        reps = [roc_auc_score(y[i], s[i]) for i in (np.repeat(np.arange(y.size), c[pos])
-                                                    for c in bootstrap_counts(order.size, n_boot=40, seed=3))]
+        reps = [
+            roc_auc_score(y[i], s[i])
+            for i in (np.repeat(np.arange(y.size), c[pos]) for c in bootstrap_counts(order.size, n_boot=40, seed=3))
+        ]
         row = out[(out.encoder == "moco") & (out.adaptation == "finetune") & (out.label == "z")].iloc[0]
         assert (row.auc_ci_low, row.auc_ci_high) == pytest.approx(percentile_ci(reps), abs=1e-12)
 

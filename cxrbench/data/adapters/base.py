@@ -126,9 +126,7 @@ def require_file(root: Path, *candidates: str) -> Path:
         if path.exists():
             return path
     expected = " or ".join(str(root / c) for c in candidates)
-    raise CxrbenchError(
-        f"expected {expected}: not found (is --root the folder you unpacked the dataset into?)"
-    )
+    raise CxrbenchError(f"expected {expected}: not found (is --root the folder you unpacked the dataset into?)")
 
 
 # --- value normalisers shared by every adapter (kept here: any other module would be a dataset) ---
@@ -213,9 +211,7 @@ def normalise_split(value: object, *, source: str) -> str | None:
         return None
     if text not in _SPLIT_ALIASES:
         allowed = ", ".join(sorted(set(_SPLIT_ALIASES)))
-        raise CxrbenchError(
-            f"{source}: unknown split value '{value}' (allowed: {allowed}, or blank)"
-        )
+        raise CxrbenchError(f"{source}: unknown split value '{value}' (allowed: {allowed}, or blank)")
     return _SPLIT_ALIASES[text]
 
 

@@ -53,9 +53,7 @@ def _paths(root: Path, rel: pd.Series) -> pd.Series:
     full = str(root) + os.sep + rel
     trimmed = str(root) + os.sep + rel.str[:-_TRIM]
     probe = rel.index[: min(5, len(rel))]
-    if not any(os.path.exists(full[i]) for i in probe) and any(
-        os.path.exists(trimmed[i]) for i in probe
-    ):
+    if not any(os.path.exists(full[i]) for i in probe) and any(os.path.exists(trimmed[i]) for i in probe):
         return trimmed
     return full
 

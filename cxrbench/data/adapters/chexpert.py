@@ -56,9 +56,7 @@ LABELS = (
 )
 DATASET_DIRS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 _LABEL_VALUES = {1.0, 0.0, -1.0}
-_PATH_RE = (
-    r"^(?:[^/]+/)?(?P<rel>(?:train|valid)/(?P<patient>patient\d+)/(?P<study>study\d+)/[^/]+)$"
-)
+_PATH_RE = r"^(?:[^/]+/)?(?P<rel>(?:train|valid)/(?P<patient>patient\d+)/(?P<study>study\d+)/[^/]+)$"
 
 
 def _dataset_dir(root: Path) -> Path:
@@ -78,9 +76,7 @@ def read_labels(values: pd.Series, *, source: Path, column: str) -> np.ndarray:
     else:  # text somewhere in the column: find it
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
         bad = ~np.isnan(numbers) & ~np.isin(numbers, list(_LABEL_VALUES))
-        bad |= (
-            np.isnan(numbers) & values.notna().to_numpy() & (values.astype(str).str.strip() != "")
-        )
+        bad |= np.isnan(numbers) & values.notna().to_numpy() & (values.astype(str).str.strip() != "")
     if bad.any():
         raise CxrbenchError(
             f"{source}: column '{column}' has value '{values[bad].iloc[0]}'; expected 1.0, 0.0, -1.0 or blank"
@@ -93,18 +89,14 @@ def _read(csv: Path, base: Path, split: str) -> pd.DataFrame:
     df = pd.read_csv(csv, dtype=dict.fromkeys(text, str), na_values=[""], keep_default_na=False)
     df.columns = [c.strip() for c in df.columns]
     df[[c for c in text if c in df]] = df[[c for c in text if c in df]].fillna("")
-    missing = [
-        c for c in ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *LABELS) if c not in df
-    ]
+    missing = [c for c in ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *LABELS) if c not in df]
     if missing:
         raise CxrbenchError(f"{csv} lacks columns {missing}: not a CheXpert label file")
     # Path is relative to the folder containing the dataset folder; accept it without the prefix too
     parts = df["Path"].str.strip().str.extract(_PATH_RE)
     if parts["rel"].isna().any():
         bad = df["Path"][parts["rel"].isna()].iloc[0]
-        raise CxrbenchError(
-            f"{csv}: Path '{bad}' is not <dataset>/<train|valid>/patientN/studyN/<file>"
-        )
+        raise CxrbenchError(f"{csv}: Path '{bad}' is not <dataset>/<train|valid>/patientN/studyN/<file>")
     frontal = df["Frontal/Lateral"].str.strip().str.upper()
     appa = df["AP/PA"].str.strip().str.upper()
     view = np.where(appa != "", appa, np.where(frontal == "LATERAL", "LATERAL", None))
@@ -133,7 +125,5 @@ def load(root: Path) -> RawDataset:
     data_dir = _dataset_dir(root)
     train = require_file(data_dir, "train.csv", "train.csv.gz")
     valid = require_file(data_dir, "valid.csv", "valid.csv.gz")
-    frame = pd.concat(
-        [_read(train, data_dir, "trainval"), _read(valid, data_dir, "test")], ignore_index=True
-    )
+    frame = pd.concat([_read(train, data_dir, "trainval"), _read(valid, data_dir, "test")], ignore_index=True)
     return RawDataset(frame=frame, labels=list(LABELS))

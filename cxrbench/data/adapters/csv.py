@@ -71,9 +71,7 @@ def _read_table(source: Path, *, sep: str, encoding: str) -> pd.DataFrame:
             "give its encoding, e.g. --option encoding=latin-1"
         ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CxrbenchError(
-            f"{source}: cannot be read as CSV with sep={sep!r} ({str(exc).splitlines()[0]})"
-        ) from exc
+        raise CxrbenchError(f"{source}: cannot be read as CSV with sep={sep!r} ({str(exc).splitlines()[0]})") from exc
 
 
 def _stripped(frame: pd.DataFrame, col: str, *, name: str, source: Path) -> pd.Series:
@@ -144,16 +142,8 @@ def load(
     columns = list(frame.columns)
     path_col = _column(path_column, columns, parameter="path_column", source=source)
     patient_col = _column(patient_column, columns, parameter="patient_column", source=source)
-    view_col = (
-        _column(view_column, columns, parameter="view_column", source=source)
-        if view_column
-        else None
-    )
-    split_col = (
-        _column(split_column, columns, parameter="split_column", source=source)
-        if split_column
-        else None
-    )
+    view_col = _column(view_column, columns, parameter="view_column", source=source) if view_column else None
+    split_col = _column(split_column, columns, parameter="split_column", source=source) if split_column else None
     used = {path_col, patient_col, view_col, split_col} - {None}
     passthrough = {c.strip(): c for c in columns if c.strip() in _PASSTHROUGH and c not in used}
 
@@ -177,9 +167,7 @@ def load(
         if isinstance(label_columns, str):  # from the command line: "A,B,C"
             label_columns = [c for c in label_columns.split(",") if c.strip()]
         if not label_columns:
-            raise CxrbenchError(
-                "csv adapter: option 'label_columns' must be a non-empty list of column names"
-            )
+            raise CxrbenchError("csv adapter: option 'label_columns' must be a non-empty list of column names")
         for name in label_columns:
             col = _column(name, columns, parameter="label_columns", source=source)
             if col in used:
@@ -203,17 +191,13 @@ def load(
             "view": [normalise_view(v) for v in frame[view_col]] if view_col else None,
         }
     )
-    out["split"] = (
-        [normalise_split(v, source=source.name) for v in frame[split_col]] if split_col else None
-    )
+    out["split"] = [normalise_split(v, source=source.name) for v in frame[split_col]] if split_col else None
     if "study_id" in passthrough:
         out["study_id"] = frame[passthrough["study_id"]].to_numpy()
     if "sex" in passthrough:
         out["sex"] = [normalise_sex(v) for v in frame[passthrough["sex"]]]
     if "age" in passthrough:
-        out["age"] = [
-            parse_age(v) if isinstance(v, str) else float("nan") for v in frame[passthrough["age"]]
-        ]
+        out["age"] = [parse_age(v) if isinstance(v, str) else float("nan") for v in frame[passthrough["age"]]]
     if "report" in passthrough:
         out["report"] = frame[passthrough["report"]].to_numpy()
     for col, values in labels.items():

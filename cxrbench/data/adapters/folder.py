@@ -108,9 +108,7 @@ def load(root: Path) -> RawDataset:
             f"{root}: found only one class folder ('{classes[0]}'); a classification task needs two or more"
         )
 
-    clash = sorted(
-        set(classes) & {"path", "patient_id", "view", "split", "study_id", "sex", "age", "report"}
-    )
+    clash = sorted(set(classes) & {"path", "patient_id", "view", "split", "study_id", "sex", "age", "report"})
     if clash:
         raise CxrbenchError(
             f"{root}: class folder name(s) {', '.join(clash)} clash with reserved column names; rename them"

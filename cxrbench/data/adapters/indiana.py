@@ -131,9 +131,7 @@ def _projections(path: Path) -> dict[str, str]:
     table.columns = [c.strip() for c in table.columns]
     missing = [c for c in ("filename", "projection") if c not in table.columns]
     if missing:
-        raise CxrbenchError(
-            f"{path} lacks columns {missing}: expected uid,filename,projection (Frontal/Lateral)"
-        )
+        raise CxrbenchError(f"{path} lacks columns {missing}: expected uid,filename,projection (Frontal/Lateral)")
     names = table["filename"].str.strip().str.replace(r"\.dcm\.png$|\.png$|\.dcm$", "", regex=True)
     views = table["projection"].map(normalise_view)
     return dict(zip("CXR" + names, views, strict=True))

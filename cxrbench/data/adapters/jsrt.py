@@ -49,9 +49,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     """Return name, subtlety (float, NaN for non-nodule), age, sex from the Kaggle-style table."""
     raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
     if raw.shape[1] < 5:
-        raise CxrbenchError(
-            f"{path}: expected 10 comma-separated fields per row, found {raw.shape[1]}"
-        )
+        raise CxrbenchError(f"{path}: expected 10 comma-separated fields per row, found {raw.shape[1]}")
     return pd.DataFrame(
         {
             "name": raw[0].str.strip().str.rsplit(".", n=1).str[0],
@@ -127,9 +125,7 @@ def load(root: Path, *, labels: str = "subtlety") -> RawDataset:
     image_format = "jsrt-raw" if suffix == ".IMG" else None
     if labels == "nodule":
         frame["Nodule"] = nodule.astype(float).to_numpy()
-        return RawDataset(
-            frame=frame, labels=["Nodule"], image_format=image_format, notes={"source": str(source)}
-        )
+        return RawDataset(frame=frame, labels=["Nodule"], image_format=image_format, notes={"source": str(source)})
     cls = np.where(nodule, table["subtlety"].fillna(0).astype(int), 0)
     for k, name in enumerate(SUBTLETY_CLASSES):
         frame[name] = (cls == k).astype(float)

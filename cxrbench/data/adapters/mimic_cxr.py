@@ -74,9 +74,7 @@ def read_ids(path: Path, columns: list[str]) -> pd.DataFrame:
     return df
 
 
-def image_paths(
-    root: Path, subject_id: pd.Series, study_id: pd.Series, dicom_id: pd.Series
-) -> pd.Series:
+def image_paths(root: Path, subject_id: pd.Series, study_id: pd.Series, dicom_id: pd.Series) -> pd.Series:
     """Return ``root/files/pXX/pSUBJECT/sSTUDY/DICOM.jpg`` for each row (the PhysioNet JPG layout)."""
     base = str(Path(root) / "files") + os.sep
     sid = subject_id.astype(str)
@@ -103,9 +101,7 @@ def label_matrix(df: pd.DataFrame, labels: list[str], *, source: Path) -> pd.Dat
     if bad.any().any():
         col = bad.any()[lambda s: s].index[0]
         value = df.loc[bad[col], col].iloc[0]
-        raise CxrbenchError(
-            f"{source}: column '{col}' has value '{value}'; expected 1.0, 0.0, -1.0 or blank"
-        )
+        raise CxrbenchError(f"{source}: column '{col}' has value '{value}'; expected 1.0, 0.0, -1.0 or blank")
     return out
 
 

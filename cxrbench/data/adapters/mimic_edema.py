@@ -54,9 +54,7 @@ def load(root: Path, *, mimic_root: Path | None = None) -> RawDataset:
     if (root / EXPERT).exists():
         expert = _read(root / EXPERT, study_ids)
         reports = pd.concat([expert, regex]).drop_duplicates(study_ids, keep="first")
-    meta = mimic_cxr.read_ids(
-        mimic_cxr.csv_file(mimic_root, "metadata"), ["dicom_id", *study_ids, "ViewPosition"]
-    )
+    meta = mimic_cxr.read_ids(mimic_cxr.csv_file(mimic_root, "metadata"), ["dicom_id", *study_ids, "ViewPosition"])
     images = meta[["dicom_id", *study_ids, "ViewPosition"]].merge(reports, on=study_ids)
     notes = {"sources": REGEX}
     if (root / CONSENSUS).exists():
@@ -77,9 +75,7 @@ def load(root: Path, *, mimic_root: Path | None = None) -> RawDataset:
     severity = images["edema_severity"].astype(int).to_numpy()
     out = pd.DataFrame(
         {
-            "path": mimic_cxr.image_paths(
-                mimic_root, images["subject_id"], images["study_id"], images["dicom_id"]
-            ),
+            "path": mimic_cxr.image_paths(mimic_root, images["subject_id"], images["study_id"], images["dicom_id"]),
             "sample_id": images["dicom_id"].astype(str),
             "patient_id": images["subject_id"].astype(str),
             "study_id": images["study_id"].astype(str),

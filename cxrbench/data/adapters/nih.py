@@ -111,10 +111,7 @@ def image_frame(root: Path, df: pd.DataFrame) -> pd.DataFrame:
         {
             "path": paths,
             "sample_id": names.to_numpy(),
-            "patient_id": df["Patient ID"]
-            .str.strip()
-            .map(lambda s: str(int(s)) if s.isdigit() else s)
-            .to_numpy(),
+            "patient_id": df["Patient ID"].str.strip().map(lambda s: str(int(s)) if s.isdigit() else s).to_numpy(),
             "view": df["View Position"].map(normalise_view).to_numpy(),
             "sex": df["Patient Gender"].map(normalise_sex).to_numpy(),
             "age": df["Patient Age"].map(parse_age).astype(float).to_numpy(),
@@ -139,12 +136,7 @@ def load(root: Path, *, no_finding: bool = False) -> RawDataset:
     df = read_table(entry, (*IMAGE_COLUMNS, "Finding Labels"), what="a ChestX-ray14 Data_Entry file")
     names = df["Image Index"].str.strip()
 
-    dummies = (
-        df["Finding Labels"]
-        .str.replace(r"\s*\|\s*", "|", regex=True)
-        .str.strip()
-        .str.get_dummies(sep="|")
-    )
+    dummies = df["Finding Labels"].str.replace(r"\s*\|\s*", "|", regex=True).str.strip().str.get_dummies(sep="|")
     unknown = sorted(set(dummies.columns) - set(FINDINGS) - {NO_FINDING})
     if unknown:
         raise CxrbenchError(f"{entry}: unknown finding labels {preview(unknown)} in 'Finding Labels'")

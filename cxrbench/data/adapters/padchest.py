@@ -70,9 +70,7 @@ def parse_labels(value: object) -> list[str] | None:
 
 def _image_paths(root: Path, image_id: pd.Series, image_dir: pd.Series) -> pd.Series:
     """Return image paths in the first layout where any of a few probed rows exists."""
-    sub = pd.to_numeric(image_dir, errors="coerce").map(
-        lambda d: "" if np.isnan(d) else str(int(d))
-    )
+    sub = pd.to_numeric(image_dir, errors="coerce").map(lambda d: "" if np.isnan(d) else str(int(d)))
     layouts = [
         str(root) + os.sep + sub + os.sep + image_id,
         str(root / "images") + os.sep + sub + os.sep + image_id,
@@ -110,9 +108,7 @@ def load(root: Path, *, labels: str = "ssl13") -> RawDataset:
         present = present.reindex(df.index, fill_value=0)
     names = list(SSL13_LABELS) if labels == "ssl13" else sorted(present.columns)
 
-    view = df["Projection"].map(
-        normalise_view
-    )  # "AP_horizontal", "AP supine" -> AP; "L" -> LATERAL
+    view = df["Projection"].map(normalise_view)  # "AP_horizontal", "AP supine" -> AP; "L" -> LATERAL
     blank = pd.Series("", index=df.index, dtype=str)
     sex = df.get("PatientSex_DICOM", blank).fillna("").str.strip().str.upper()
     birth = pd.to_numeric(df.get("PatientBirth", blank), errors="coerce")
@@ -133,8 +129,7 @@ def load(root: Path, *, labels: str = "ssl13") -> RawDataset:
     if "Report" in df:
         out["report"] = df["Report"].where(df["Report"].notna(), None)
     columns = {
-        name: np.where(known, (present[name].to_numpy() > 0 if name in present else False), np.nan)
-        for name in names
+        name: np.where(known, (present[name].to_numpy() > 0 if name in present else False), np.nan) for name in names
     }
     # one concat: labels="all" has 193 labels, and one insert each makes pandas warn per insert
     out = pd.concat([out, pd.DataFrame(columns, index=out.index, dtype=float)], axis=1)

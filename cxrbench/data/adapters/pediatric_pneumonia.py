@@ -57,9 +57,7 @@ def _subtype(folder: str, stem: str) -> str | None:
 def load(root: Path, *, labels: str = "binary") -> RawDataset:
     """Return one row per image with ``Pneumonia`` (or the three subtypes) and the official test split."""
     if labels not in ("binary", "subtype"):
-        raise CxrbenchError(
-            f"pediatric-pneumonia: labels must be 'binary' or 'subtype', not '{labels}'"
-        )
+        raise CxrbenchError(f"pediatric-pneumonia: labels must be 'binary' or 'subtype', not '{labels}'")
     root = Path(root).resolve()
     train = require_file(root, "chest_xray/train", "train", "chest_xray/chest_xray/train")
     base = train.parent
@@ -81,9 +79,7 @@ def load(root: Path, *, labels: str = "binary") -> RawDataset:
         raise CxrbenchError(
             f"{base}: no images in {{train,val,test}}/{{NORMAL,PNEUMONIA}}/ (is this the chest_xray folder?)"
         )
-    table = pd.DataFrame(
-        rows, columns=["path", "sample_id", "patient_id", "split", "class", "subtype"]
-    )
+    table = pd.DataFrame(rows, columns=["path", "sample_id", "patient_id", "split", "class", "subtype"])
     frame = table[["path", "sample_id", "patient_id"]].copy()
     frame["view"] = "AP"
     frame["split"] = table["split"]
@@ -92,6 +88,4 @@ def load(root: Path, *, labels: str = "binary") -> RawDataset:
         return RawDataset(frame=frame, labels=["Pneumonia"], notes={"base": str(base)})
     for name in SUBTYPES:
         frame[name] = (table["subtype"] == name).astype(float).where(table["subtype"].notna())
-    return RawDataset(
-        frame=frame, labels=list(SUBTYPES), task="multiclass", notes={"base": str(base)}
-    )
+    return RawDataset(frame=frame, labels=list(SUBTYPES), task="multiclass", notes={"base": str(base)})

@@ -46,9 +46,7 @@ def load(root: Path) -> RawDataset:
     table.columns = [c.strip() for c in table.columns]
     missing = [c for c in ("StudyInstanceUID", "PatientID", *LABELS) if c not in table.columns]
     if missing:
-        raise CxrbenchError(
-            f"{source}: lacks column(s) {', '.join(missing)} (is this the RANZCR CLiP train.csv?)"
-        )
+        raise CxrbenchError(f"{source}: lacks column(s) {', '.join(missing)} (is this the RANZCR CLiP train.csv?)")
     uid = table["StudyInstanceUID"].str.strip()
     frame = pd.DataFrame(
         {
@@ -62,12 +60,8 @@ def load(root: Path) -> RawDataset:
     frame["split"] = None
     for name in LABELS:
         values = pd.to_numeric(table[name], errors="coerce")
-        bad = table[name][
-            values.notna() & ~values.isin((0.0, 1.0)) | values.isna() & table[name].notna()
-        ]
+        bad = table[name][values.notna() & ~values.isin((0.0, 1.0)) | values.isna() & table[name].notna()]
         if len(bad):
-            raise CxrbenchError(
-                f"{source}: column '{name}' has value '{bad.iloc[0]}' (expected 0 or 1)"
-            )
+            raise CxrbenchError(f"{source}: column '{name}' has value '{bad.iloc[0]}' (expected 0 or 1)")
         frame[name] = values.astype(float).to_numpy()
     return RawDataset(frame=frame, labels=list(LABELS), notes={"source": str(source)})

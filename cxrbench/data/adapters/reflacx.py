@@ -90,9 +90,7 @@ def load(root: Path, *, labels: str = "ssl13", mimic_root: Path | None = None) -
     for path, df in _read_phases(root):
         label_cols = [c for c in df.columns if c not in META_COLUMNS]
         certainty = df[label_cols].apply(pd.to_numeric, errors="coerce")
-        bad = (certainty.notna() & ~certainty.isin(range(6))) | (
-            certainty.isna() & df[label_cols].notna()
-        )
+        bad = (certainty.notna() & ~certainty.isin(range(6))) | (certainty.isna() & df[label_cols].notna())
         if bad.any().any():
             col = bad.any()[lambda s: s].index[0]
             value = df.loc[bad[col], col].iloc[0]
@@ -100,9 +98,7 @@ def load(root: Path, *, labels: str = "ssl13", mimic_root: Path | None = None) -
         parts = df["image"].str.strip().str.extract(_IMAGE_RE)
         if parts["study"].isna().any():
             bad_image = df.loc[parts["study"].isna(), "image"].iloc[0]
-            raise CxrbenchError(
-                f"{path}: image '{bad_image}' is not a MIMIC-CXR pXX/pSUBJECT/sSTUDY path"
-            )
+            raise CxrbenchError(f"{path}: image '{bad_image}' is not a MIMIC-CXR pXX/pSUBJECT/sSTUDY path")
         split = df["split"].str.strip().map(_SPLITS)
         if split.isna().any():
             raise CxrbenchError(f"{path}: unknown split '{df.loc[split.isna(), 'split'].iloc[0]}'")
@@ -143,9 +139,7 @@ def load(root: Path, *, labels: str = "ssl13", mimic_root: Path | None = None) -
     dicom = first.index.to_series()
     out = pd.DataFrame(
         {
-            "path": mimic_cxr.image_paths(
-                mimic_root, first["subject_id"], first["study_id"], dicom
-            ),
+            "path": mimic_cxr.image_paths(mimic_root, first["subject_id"], first["study_id"], dicom),
             "sample_id": dicom,
             "patient_id": first["subject_id"],
             "study_id": first["study_id"],

@@ -41,9 +41,7 @@ def load(root: Path, *, labels: str = "target", read_headers: bool = True) -> Ra
     boxes = pd.read_csv(source, dtype={"patientId": str})
     missing = [c for c in ("patientId", "Target") if c not in boxes.columns]
     if missing:
-        raise CxrbenchError(
-            f"{source}: lacks column(s) {', '.join(missing)} (has {preview(boxes.columns, 5)})"
-        )
+        raise CxrbenchError(f"{source}: lacks column(s) {', '.join(missing)} (has {preview(boxes.columns, 5)})")
     boxes["patientId"] = boxes["patientId"].str.strip()
     per_image = boxes.groupby("patientId", sort=False)["Target"].max()
 
@@ -74,12 +72,8 @@ def load(root: Path, *, labels: str = "target", read_headers: bool = True) -> Ra
     info["class"] = info["class"].str.strip()
     unknown = sorted(set(info["class"]) - set(CLASSES))
     if unknown:
-        raise CxrbenchError(
-            f"{class_file}: unknown class '{unknown[0]}' (expected one of {', '.join(CLASSES)})"
-        )
+        raise CxrbenchError(f"{class_file}: unknown class '{unknown[0]}' (expected one of {', '.join(CLASSES)})")
     per_class = info.drop_duplicates("patientId").set_index("patientId")["class"].reindex(ids)
     for name in CLASSES:
         frame[name] = (per_class == name).astype(float).where(per_class.notna()).to_numpy()
-    return RawDataset(
-        frame=frame, labels=list(CLASSES), task="multiclass", notes={"source": str(source)}
-    )
+    return RawDataset(frame=frame, labels=list(CLASSES), task="multiclass", notes={"source": str(source)})

@@ -47,9 +47,7 @@ def split_name(name: str) -> tuple[str, float]:
     """Return (patient id, TB label) from an NLM file name such as ``CHNCXR_0001_0.png``."""
     match = _NAME.fullmatch(Path(name).stem.strip())
     if not match:
-        raise CxrbenchError(
-            f"file name '{name}' does not end in _0 (normal) or _1 (TB) as the NLM sets do"
-        )
+        raise CxrbenchError(f"file name '{name}' does not end in _0 (normal) or _1 (TB) as the NLM sets do")
     return match.group("stem"), float(match.group("label"))
 
 
@@ -93,16 +91,12 @@ def tb_frame(names: list[str], image_dir: Path, sex: list, age: list, *, view: s
 def load(root: Path) -> RawDataset:
     """Return one row per Shenzhen image with a binary ``Tuberculosis`` label."""
     root = Path(root).resolve()
-    source = require_file(
-        root, "shenzhen_metadata.csv", "ChinaSet_AllFiles/ClinicalReadings", "ClinicalReadings"
-    )
+    source = require_file(root, "shenzhen_metadata.csv", "ChinaSet_AllFiles/ClinicalReadings", "ClinicalReadings")
     if source.suffix == ".csv":
         table = pd.read_csv(source, dtype=str, skipinitialspace=True)
         missing = [c for c in ("study_id", "sex", "age") if c not in table.columns]
         if missing:
-            raise CxrbenchError(
-                f"{source}: lacks column(s) {', '.join(missing)} (has {preview(table.columns, 5)})"
-            )
+            raise CxrbenchError(f"{source}: lacks column(s) {', '.join(missing)} (has {preview(table.columns, 5)})")
         names = table["study_id"].str.strip().to_list()
         image_dir = _image_dir(root, ("images/images", "images", "CXR_png"), names[:5])
         sex = [normalise_sex(v) for v in table["sex"]]

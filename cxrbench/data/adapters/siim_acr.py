@@ -39,9 +39,7 @@ def load(root: Path, *, read_headers: bool = True) -> RawDataset:
     rle.columns = [c.strip() for c in rle.columns]
     missing = [c for c in ("ImageId", "EncodedPixels") if c not in rle.columns]
     if missing:
-        raise CxrbenchError(
-            f"{source}: lacks column(s) {', '.join(missing)} (has {preview(rle.columns, 5)})"
-        )
+        raise CxrbenchError(f"{source}: lacks column(s) {', '.join(missing)} (has {preview(rle.columns, 5)})")
     rle["ImageId"] = rle["ImageId"].str.strip()
     mask = rle["EncodedPixels"].fillna("-1").str.strip()
     rle["positive"] = (mask != "-1") & (mask != "")
@@ -60,6 +58,4 @@ def load(root: Path, *, read_headers: bool = True) -> RawDataset:
         frame["sex"] = headers["sex"].to_numpy()
         frame["age"] = headers["age"].to_numpy()
     frame[LABEL] = per_image.to_numpy(dtype=float)
-    return RawDataset(
-        frame=frame, labels=[LABEL], notes={"source": str(source), "images_found": str(len(found))}
-    )
+    return RawDataset(frame=frame, labels=[LABEL], notes={"source": str(source), "images_found": str(len(found))})

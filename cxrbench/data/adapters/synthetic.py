@@ -14,8 +14,14 @@ from cxrbench.data.synthetic import COLUMNS, FINDINGS
 from cxrbench.errors import CxrbenchError
 
 
-def generate(root: Path, *, n_patients: int = 200, phantom_size: int = 64, phantom_seed: int = 0,
-             progress: Callable[[int], None] | None = None) -> Path:
+def generate(
+    root: Path,
+    *,
+    n_patients: int = 200,
+    phantom_size: int = 64,
+    phantom_seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Write ``n_patients`` patients' phantoms (``phantom_size`` px) under ``root``; return ``metadata.csv``.
 
     ``cxrbench prepare synthetic`` passes the prepare's ``--size`` and ``--seed`` unless
@@ -41,9 +47,7 @@ def load(root: Path) -> RawDataset:
     bad = ~(labels.isin([1.0, 0.0, -1.0]) | labels.isna())
     if bad.any().any():
         column = labels.columns[bad.any()][0]
-        raise CxrbenchError(
-            f"{meta}: column {column!r} has values other than 1.0, 0.0, -1.0 or blank"
-        )
+        raise CxrbenchError(f"{meta}: column {column!r} has values other than 1.0, 0.0, -1.0 or blank")
     frame = pd.DataFrame(
         {
             "path": [str((root / p).resolve()) for p in table["Path"]],
@@ -58,6 +62,4 @@ def load(root: Path) -> RawDataset:
     )
     for name in FINDINGS:
         frame[name] = labels[name].to_numpy()
-    return RawDataset(
-        frame=frame, labels=list(FINDINGS), notes={"source": "cxrbench synthetic phantoms"}
-    )
+    return RawDataset(frame=frame, labels=list(FINDINGS), notes={"source": "cxrbench synthetic phantoms"})

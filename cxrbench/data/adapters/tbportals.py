@@ -88,9 +88,7 @@ def _table(root: Path, kind: str, release: str | None) -> Path:
         )
     if len(found) > 1:
         names = preview([p.name for p in found])
-        raise CxrbenchError(
-            f"{root}: several TB Portals {kind} tables ({names}); choose one with --option release=..."
-        )
+        raise CxrbenchError(f"{root}: several TB Portals {kind} tables ({names}); choose one with --option release=...")
     return found[0]
 
 
@@ -126,9 +124,7 @@ def case_smear(dst: pd.DataFrame) -> pd.Series:
     """Return each ``condition_id``'s first determinate smear (1/0; NaN-free, cases without one absent)."""
     result = dst["microscopyresults"].map(smear_result)
     day = pd.to_numeric(dst.get("specimen_collection_date"), errors="coerce")
-    rows = pd.DataFrame({"case": dst["condition_id"], "day": day, "smear": result}).dropna(
-        subset=["smear"]
-    )
+    rows = pd.DataFrame({"case": dst["condition_id"], "day": day, "smear": result}).dropna(subset=["smear"])
     if rows.empty:
         return pd.Series(dtype=float)
     # undated observations count as the latest, so a dated first result wins
@@ -198,15 +194,9 @@ def load(
             "sample_id": rel.to_numpy(),
             "patient_id": patient.to_numpy(),
             "view": None,
-            "study_id": (
-                cxr["imagingstudy_id"].replace("", None)
-                if "imagingstudy_id" in cxr.columns
-                else None
-            ),
+            "study_id": (cxr["imagingstudy_id"].replace("", None) if "imagingstudy_id" in cxr.columns else None),
             "sex": case.map(cases.get("gender", pd.Series(dtype=str))).map(normalise_sex),
-            "age": case.map(cases.get("age_of_onset", pd.Series(dtype=str)))
-            .map(parse_age)
-            .astype(float),
+            "age": case.map(cases.get("age_of_onset", pd.Series(dtype=str))).map(parse_age).astype(float),
             "split": None,
         }
     )
@@ -221,9 +211,7 @@ def load(
         return RawDataset(frame=out, labels=[SMEAR], notes=notes)
 
     if "type_of_resistance" not in cases.columns:
-        raise CxrbenchError(
-            f"{cases_path} lacks column 'type_of_resistance' (needed for labels=resistance)"
-        )
+        raise CxrbenchError(f"{cases_path} lacks column 'type_of_resistance' (needed for labels=resistance)")
     kind = case.map(cases["type_of_resistance"]).fillna("")
     known = kind.str.lower().isin(_UNKNOWN_TEXT)
     seen = sorted(set(kind[~known]))

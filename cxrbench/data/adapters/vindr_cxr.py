@@ -67,9 +67,7 @@ def _check_votes(df: pd.DataFrame, cols: list[str], source: Path) -> pd.DataFram
     bad = ~votes.isin([0, 1])
     if bad.any().any():
         col = bad.any()[lambda s: s].index[0]
-        raise CxrbenchError(
-            f"{source}: column '{col}' has value '{df.loc[bad[col], col].iloc[0]}'; expected 0 or 1"
-        )
+        raise CxrbenchError(f"{source}: column '{col}' has value '{df.loc[bad[col], col].iloc[0]}'; expected 0 or 1")
     return votes
 
 

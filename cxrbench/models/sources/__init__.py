@@ -18,7 +18,13 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.models.sources.base import EncoderSpec, WeightSpec
 
 __all__ = [
-    "EncoderSpec", "WeightSpec", "builtin_names", "check_weights", "is_builtin", "prefixes", "resolve_encoder",
+    "EncoderSpec",
+    "WeightSpec",
+    "builtin_names",
+    "check_weights",
+    "is_builtin",
+    "prefixes",
+    "resolve_encoder",
     "source_modules",
 ]
 

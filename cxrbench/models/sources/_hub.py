@@ -24,7 +24,8 @@ def hub_cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
@@ -54,8 +55,14 @@ def hub_weights(name: str, arch: str, tag: str) -> WeightSpec:
     """Where timm's ``arch.tag`` weights are offline, and the command that fetches them."""
     repo = f"timm/{arch}.{tag}"
     found = local_weights_file(arch, tag) or cached_hub_file(repo)
-    return WeightSpec(name, arch, f"hf-hub:{repo}", found is not None, str(found) if found else None,
-                      f"hf download {repo} config.json model.safetensors")
+    return WeightSpec(
+        name,
+        arch,
+        f"hf-hub:{repo}",
+        found is not None,
+        str(found) if found else None,
+        f"hf download {repo} config.json model.safetensors",
+    )
 
 
 @dataclass(frozen=True)
@@ -69,5 +76,9 @@ class TimmHubSpec(EncoderSpec):
         return f"timm/{self.arch}.{self.tag}"
 
     def backbone(self, *, input_size: int, seed: int) -> nn.Module:
-        return build_timm(f"{self.arch}.{self.tag}", input_size=input_size, pretrained=True,
-                          pretrained_cfg_overlay={"file": self.weights.location})
+        return build_timm(
+            f"{self.arch}.{self.tag}",
+            input_size=input_size,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": self.weights.location},
+        )

@@ -30,8 +30,9 @@ class SavedSpec(EncoderSpec):
         return model
 
 
-def saved_spec(name: str, directory: Path, *, arch: str | None, source: str, weights: WeightSpec,
-               **identity) -> SavedSpec:
+def saved_spec(
+    name: str, directory: Path, *, arch: str | None, source: str, weights: WeightSpec, **identity
+) -> SavedSpec:
     """The spec of the saved encoder in ``directory`` (``arch`` overrides the recorded one)."""
     from cxrbench.models.encoders import ENCODER_META
 

@@ -35,8 +35,10 @@ class WeightSpec:
     def missing_message(self) -> str:
         """The one-line message a stage shows when these weights are missing."""
         if self.fetch_command:
-            return (f"weights for {self.encoder} ({self.arch}) are not available offline; "
-                    f"fetch them with: {self.fetch_command}")
+            return (
+                f"weights for {self.encoder} ({self.arch}) are not available offline; "
+                f"fetch them with: {self.fetch_command}"
+            )
         return f"weights for {self.encoder} ({self.arch}) are not available: {self.location} not found"
 
 
@@ -84,14 +86,16 @@ class EncoderSpec:
         """The encoder in eval mode at ``input_size`` (default: the source's own), weights loaded offline."""
         from cxrbench.models.encoders import Encoder
 
-        if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
-                                       or input_size < 16):
+        if input_size is not None and (
+            isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 16
+        ):
             raise CxrbenchError(f"input_size must be an integer >= 16 or None, got {input_size!r}")
         self.require()
         size = input_size or self.input_size
         backbone = self.backbone(input_size=size, seed=seed)
-        encoder = Encoder(backbone, name=self.name, arch=self.arch, mean=self.mean, std=self.std,
-                          input_size=size, source=self.source)
+        encoder = Encoder(
+            backbone, name=self.name, arch=self.arch, mean=self.mean, std=self.std, input_size=size, source=self.source
+        )
         return encoder.eval()
 
 
@@ -105,8 +109,10 @@ def split_arch(arch: str) -> tuple[str, str | None]:
 
     bare, _, tag = arch.partition(".")
     if not timm.is_model(bare):
-        raise CxrbenchError(f"unknown architecture {arch!r} for --arch; use a timm model name such as "
-                            "resnet50, densenet121 or vit_base_patch16_224")
+        raise CxrbenchError(
+            f"unknown architecture {arch!r} for --arch; use a timm model name such as "
+            "resnet50, densenet121 or vit_base_patch16_224"
+        )
     return bare, (tag or None)
 
 

@@ -43,7 +43,7 @@ class FileSpec(EncoderSpec):
 def parse(name: str, *, arch: str | None, run: Path | None) -> EncoderSpec:
     from cxrbench.models.encoders import ENCODER_WEIGHTS
 
-    raw = name[len(PREFIX):]
+    raw = name[len(PREFIX) :]
     if not raw:
         raise CxrbenchError("file: encoder needs a path, e.g. file:/weights/encoder.safetensors")
     path = Path(raw).expanduser().resolve()
@@ -57,8 +57,7 @@ def parse(name: str, *, arch: str | None, run: Path | None) -> EncoderSpec:
             raise CxrbenchError(f"{path} is a folder without an encoder.json (written by cxrbench pretrain)")
         weights = WeightSpec(name, recorded, source, present, str(weights_path), "")
         extra = {"weights": file_hash(weights_path)} if present else {}
-        return saved_spec(name, path, arch=arch, source=source, weights=weights, extra_inputs=extra,
-                          readable=readable)
+        return saved_spec(name, path, arch=arch, source=source, weights=weights, extra_inputs=extra, readable=readable)
     bare, _ = split_arch(arch or DEFAULT_ARCH)
     mean, std, size = timm_config(bare)
     present = path.is_file()

@@ -34,12 +34,22 @@ def parse(name: str, *, arch: str | None, run: Path | None) -> SavedSpec:
         raise CxrbenchError(f"unknown encoder {name!r}: no pretrain output at {directory / ENCODER_META}; {known}")
     weights_path = directory / ENCODER_WEIGHTS
     present = weights_path.is_file()
-    weights = WeightSpec(name, recorded, f"run:{name}", present, str(weights_path),
-                         f"cxrbench pretrain --run {layout.root}  (the pretrain stage that writes {name})")
+    weights = WeightSpec(
+        name,
+        recorded,
+        f"run:{name}",
+        present,
+        str(weights_path),
+        f"cxrbench pretrain --run {layout.root}  (the pretrain stage that writes {name})",
+    )
     inputs = ()
     if present and (directory / "manifest.json").exists():
-        manifest = read_complete(layout, directory / "manifest.json", what=f"pretrained encoder '{name}'",
-                                 hint=f"cxrbench pretrain ... --name {name}")
+        manifest = read_complete(
+            layout,
+            directory / "manifest.json",
+            what=f"pretrained encoder '{name}'",
+            hint=f"cxrbench pretrain ... --name {name}",
+        )
         # The encoder is its folder's files. The pretrain's other output, its per-step log, holds
         # images/s timings: as an input it made every key built on the encoder differ between two
         # runs of the same pretraining (and a pretrain --force redo everything after it).

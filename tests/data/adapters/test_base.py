@@ -169,9 +169,7 @@ def test_coerce_options_on_real_adapters():
     }
     got = coerce_options(csv_adapter.load, {"csv": "m.csv", "label_columns": "A,B"})
     assert got == {"csv": "m.csv", "label_columns": ["A", "B"]}
-    with pytest.raises(
-        CxrbenchError, match=r"unknown option 'labels' for dataset nih \(known: no_finding\)"
-    ):
+    with pytest.raises(CxrbenchError, match=r"unknown option 'labels' for dataset nih \(known: no_finding\)"):
         coerce_options(nih.load, {"labels": "x"})
     with pytest.raises(CxrbenchError, match=r"dataset jsrt \(known: labels\)"):
         coerce_options(jsrt.load, {"label": "x"})
@@ -192,9 +190,7 @@ def test_every_adapter_annotates_options_coerce_options_understands():
             assert p.name in hints, (name, p.name)
             if p.default is not p.empty and p.default is not None:
                 # the default, written as text, must read back as itself
-                text = (
-                    ",".join(map(str, p.default)) if isinstance(p.default, list) else str(p.default)
-                )
+                text = ",".join(map(str, p.default)) if isinstance(p.default, list) else str(p.default)
                 assert coerce_options(load, {p.name: text})[p.name] == p.default, (name, p.name)
 
 
@@ -219,8 +215,11 @@ def test_preview_bounds_lists():
 
 @pytest.mark.parametrize(
     ("module", "file_name"),
-    [("rsna_pneumonia", "stage_2_train_labels.csv"), ("shenzhen", "shenzhen_metadata.csv"),
-     ("siim_acr", "train-rle.csv")],
+    [
+        ("rsna_pneumonia", "stage_2_train_labels.csv"),
+        ("shenzhen", "shenzhen_metadata.csv"),
+        ("siim_acr", "train-rle.csv"),
+    ],
 )
 def test_wrong_wide_file_is_a_short_error(tmp_path, module, file_name):
     # a 2,000-column file given by mistake: the message names a few columns, not all of them

@@ -105,9 +105,7 @@ def test_missing_files(tmp_path: Path) -> None:
 
 def test_bad_label_code(tmp_path: Path) -> None:
     _write(tmp_path)
-    (tmp_path / "train.csv").write_text(
-        HEADER + "\n" + TRAIN[0].replace(",1.0,,,,", ",2.0,,,,", 1) + "\n"
-    )
+    (tmp_path / "train.csv").write_text(HEADER + "\n" + TRAIN[0].replace(",1.0,,,,", ",2.0,,,,", 1) + "\n")
     with pytest.raises(CxrbenchError, match="No Finding"):
         chexpert.load(tmp_path)
 
@@ -128,9 +126,7 @@ def test_real_train_csv(realdata: Path, tmp_path: Path) -> None:
     valid.to_csv(data / "valid.csv", index=False)
     f = chexpert.load(tmp_path).frame
     # independent reference: the raw strings, compared as text
-    rows = pd.read_csv(
-        realdata / "chexpert" / "chexpert_train.csv.gz", dtype=str, keep_default_na=False
-    )
+    rows = pd.read_csv(realdata / "chexpert" / "chexpert_train.csv.gz", dtype=str, keep_default_na=False)
     train = f[f["split"] == "trainval"]
     assert len(train) == len(rows) == 223_414
     assert (f["split"] == "test").sum() == 234

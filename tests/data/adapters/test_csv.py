@@ -94,19 +94,13 @@ def test_missing_column_error_names_column_and_lists_available(root):
 
 def test_bad_label_values_and_bad_split_are_one_line_errors(root):
     with pytest.raises(CxrbenchError, match="label column 'note' has value 'first'"):
-        csv_adapter.load(
-            root, csv="meta.csv", path_column="image", patient_column="pid", label_columns=["note"]
-        )
+        csv_adapter.load(root, csv="meta.csv", path_column="image", patient_column="pid", label_columns=["note"])
     (root / "bad.csv").write_text("image,pid,y,fold\na.png,1,2,train\n")
     with pytest.raises(CxrbenchError, match="label column 'y' has value '2'"):
-        csv_adapter.load(
-            root, csv="bad.csv", path_column="image", patient_column="pid", label_columns=["y"]
-        )
+        csv_adapter.load(root, csv="bad.csv", path_column="image", patient_column="pid", label_columns=["y"])
     (root / "bad2.csv").write_text("image,pid,y,fold\na.png,1,1,holdout\n")
     with pytest.raises(CxrbenchError, match="unknown split value 'holdout'"):
-        csv_adapter.load(
-            root, csv="bad2.csv", path_column="image", patient_column="pid", split_column="fold"
-        )
+        csv_adapter.load(root, csv="bad2.csv", path_column="image", patient_column="pid", split_column="fold")
 
 
 def test_missing_file_and_no_labels(tmp_path):
@@ -128,9 +122,7 @@ def test_header_whitespace_and_trailing_comma(tmp_path):
 def test_frame_matches_independent_pandas_read(root):
     ds = csv_adapter.load(root, csv="meta.csv", path_column="image", patient_column="pid")
     ref = pd.read_csv(root / "meta.csv")
-    np.testing.assert_array_equal(
-        ds.frame["Effusion"].to_numpy(), ref["Effusion"].to_numpy(dtype=float)
-    )
+    np.testing.assert_array_equal(ds.frame["Effusion"].to_numpy(), ref["Effusion"].to_numpy(dtype=float))
     assert len(ds.frame) == len(ref)
 
 
@@ -200,10 +192,10 @@ def test_latin1_table_needs_its_encoding_and_then_reads(tmp_path):
     msg = err.value.message
     assert "t.csv: not utf-8 text (it holds byte 0xe1)" in msg and "--option encoding=latin-1" in msg
     assert "\n" not in msg
-    ds = load_dataset("csv", tmp_path, {"csv": "t.csv", "path_column": "image", "patient_column": "pid",
-                                        "encoding": "latin-1"})
+    ds = load_dataset(
+        "csv", tmp_path, {"csv": "t.csv", "path_column": "image", "patient_column": "pid", "encoding": "latin-1"}
+    )
     assert list(ds.frame["patient_id"]) == ["José", "Zoë"]
     assert ds.frame["path"].iloc[0] == str(tmp_path.resolve() / "imágenes" / "a.png")
     with pytest.raises(CxrbenchError, match="unknown encoding 'klingon'"):
         _load(tmp_path, encoding="klingon")
-

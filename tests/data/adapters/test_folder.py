@@ -42,17 +42,11 @@ def test_class_folders_without_splits(tmp_path):
 def test_split_folders_and_patients_csv(tmp_path):
     for rel in ("train/NORMAL/a.png", "train/PNEU/b.png", "valid/NORMAL/c.png", "test/PNEU/d.png"):
         _touch(tmp_path / rel)
-    (tmp_path / "patients.csv").write_text(
-        "file,patient_id\ntrain/NORMAL/a.png,p1\nb.png,p1\nc.png,p2\nd.png,p3\n"
-    )
+    (tmp_path / "patients.csv").write_text("file,patient_id\ntrain/NORMAL/a.png,p1\nb.png,p1\nc.png,p2\nd.png,p3\n")
     ds = folder.load(tmp_path)
     f = ds.frame.set_index(ds.frame["path"].str.rsplit("/", n=1).str[-1])
     assert ds.labels == ["NORMAL", "PNEU"]
-    assert (
-        f.loc["a.png", "split"] == "train"
-        and f.loc["c.png", "split"] == "val"
-        and f.loc["d.png", "split"] == "test"
-    )
+    assert f.loc["a.png", "split"] == "train" and f.loc["c.png", "split"] == "val" and f.loc["d.png", "split"] == "test"
     assert list(f.loc[["a.png", "b.png", "c.png", "d.png"], "patient_id"]) == [
         "p1",
         "p1",

@@ -16,10 +16,7 @@ from cxrbench.errors import CxrbenchError
 
 def _xml(uid, majors, images, findings="No acute disease.", impression="Normal chest x-XXXX."):
     mesh = "".join(f"<major>{m}</major>" for m in majors)
-    imgs = "".join(
-        f'<parentImage id="{i}"><caption>Xray Chest PA and Lateral</caption></parentImage>'
-        for i in images
-    )
+    imgs = "".join(f'<parentImage id="{i}"><caption>Xray Chest PA and Lateral</caption></parentImage>' for i in images)
     return (
         f'<?xml version="1.0" encoding="utf-8"?><eCitation><uId id="{uid}"/><MedlineCitation><Article><Abstract>'
         f'<AbstractText Label="COMPARISON">None.</AbstractText><AbstractText Label="INDICATION">XXXX</AbstractText>'
@@ -56,9 +53,7 @@ def test_tgz_labels_reports_paths(tmp_path):
     # Counted over reports with images: Cardiomegaly 1 (CXR4 has no image), Lung 1, normal 1.
     assert ds.labels == ["Cardiomegaly", "Lung", "normal"]
     assert list(f["patient_id"]) == ["CXR1", "CXR1", "CXR2", "CXR3"]
-    np.testing.assert_array_equal(
-        f[ds.labels].to_numpy(), [[0, 0, 1], [0, 0, 1], [1, 1, 0], [np.nan, np.nan, np.nan]]
-    )
+    np.testing.assert_array_equal(f[ds.labels].to_numpy(), [[0, 0, 1], [0, 0, 1], [1, 1, 0], [np.nan, np.nan, np.nan]])
     assert f["path"].iloc[0] == str(tmp_path.resolve() / "NLMCXR_png" / "CXR1_1_IM-0001-3001.png")
     assert f["report"].iloc[0] == "FINDINGS: No acute disease.\nIMPRESSION: Normal chest x-XXXX."
     assert f["report"].iloc[3] == "IMPRESSION: Normal chest x-XXXX."
@@ -161,8 +156,8 @@ def test_views_from_kaggle_projections_refined_by_dicom_metadata(tmp_path):
     assert ds.notes["views"] == "indiana_projections.csv"
     # the DICOM header table says which frontal is PA/AP; the projections table wins on lateral
     (tmp_path / "nlmcxr_dicom_metadata.csv").write_text(
-        'imageid,View Position,filename\nCXR1_IM-0001-3001,PA,./1_IM-0001-3001.dcm\n'
-        'CXR1_IM-0001-4001,PA,./1_IM-0001-4001.dcm\nCXR3_1_IM-1384-1001,LL,./3_1_IM-1384-1001.dcm\n'
+        "imageid,View Position,filename\nCXR1_IM-0001-3001,PA,./1_IM-0001-3001.dcm\n"
+        "CXR1_IM-0001-4001,PA,./1_IM-0001-4001.dcm\nCXR3_1_IM-1384-1001,LL,./3_1_IM-1384-1001.dcm\n"
     )
     views = indiana.load(tmp_path).frame.set_index("sample_id")["view"].to_dict()
     assert views["CXR1_1_IM-0001-3001"] == "PA" and views["CXR1_1_IM-0001-4001"] == "LATERAL"

@@ -33,9 +33,7 @@ def test_table_subtlety_classes(tmp_path):
         "subtlety 4",
         "subtlety 5",
     ]
-    np.testing.assert_array_equal(
-        f[ds.labels].to_numpy(), [[0, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]]
-    )
+    np.testing.assert_array_equal(f[ds.labels].to_numpy(), [[0, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
     assert list(f["patient_id"]) == ["JPCLN001", "JPCLN106", "JPCNN001"]
     assert f["path"].iloc[2] == str(tmp_path.resolve() / "All247images" / "JPCNN001.IMG")
     assert list(f["sample_id"]) == ["JPCLN001", "JPCLN106", "JPCNN001"]

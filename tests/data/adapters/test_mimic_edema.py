@@ -12,9 +12,7 @@ import pytest
 from cxrbench.data.adapters import mimic_edema
 from cxrbench.errors import CxrbenchError
 
-META_HEADER = (
-    "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns"
-)
+META_HEADER = "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns"
 
 
 def _meta(root: Path, rows: list[tuple[str, str, str, str]]) -> None:
@@ -39,9 +37,7 @@ def _fixture(root: Path) -> None:
     (root / mimic_edema.REGEX).write_text(
         "subject_id,study_id,edema_severity\n10000001,50000001,0\n10000002,50000002,3\n10000003,50000003,1\n"
     )
-    (root / mimic_edema.EXPERT).write_text(
-        "subject_id,study_id,edema_severity\n10000002,50000002,2\n"
-    )
+    (root / mimic_edema.EXPERT).write_text("subject_id,study_id,edema_severity\n10000002,50000002,2\n")
     (root / mimic_edema.CONSENSUS).write_text(
         "subject_id,study_id,dicom_id,edema_severity\n10000003,50000003,d5,2\n10000004,50000004,d6,1\n"
     )
@@ -66,9 +62,7 @@ def test_regex_only_and_mimic_root(tmp_path: Path) -> None:
     edema, mimic = tmp_path / "edema", tmp_path / "mimic"
     edema.mkdir(), mimic.mkdir()
     _meta(mimic, [("d1", "10000001", "50000001", "PA")])
-    (edema / mimic_edema.REGEX).write_text(
-        "subject_id,study_id,edema_severity\n10000001,50000001,3\n"
-    )
+    (edema / mimic_edema.REGEX).write_text("subject_id,study_id,edema_severity\n10000001,50000001,3\n")
     raw = mimic_edema.load(edema, mimic_root=mimic)
     assert raw.frame["alveolar edema"].tolist() == [1.0]
     assert raw.frame["path"].iloc[0].startswith(str(mimic / "files"))
@@ -91,17 +85,12 @@ def test_real_label_files(realdata: Path, tmp_path: Path) -> None:
     for name in (mimic_edema.REGEX, mimic_edema.EXPERT, mimic_edema.CONSENSUS):
         (tmp_path / name).symlink_to(src / name)
     with open(src / mimic_edema.REGEX, newline="") as fh:
-        regex = {
-            (r["subject_id"], r["study_id"]): int(r["edema_severity"]) for r in csv.DictReader(fh)
-        }
+        regex = {(r["subject_id"], r["study_id"]): int(r["edema_severity"]) for r in csv.DictReader(fh)}
     with open(src / mimic_edema.EXPERT, newline="") as fh:
-        expert = {
-            (r["subject_id"], r["study_id"]): int(r["edema_severity"]) for r in csv.DictReader(fh)
-        }
+        expert = {(r["subject_id"], r["study_id"]): int(r["edema_severity"]) for r in csv.DictReader(fh)}
     with open(src / mimic_edema.CONSENSUS, newline="") as fh:
         consensus = {
-            r["dicom_id"]: (r["subject_id"], r["study_id"], int(r["edema_severity"]))
-            for r in csv.DictReader(fh)
+            r["dicom_id"]: (r["subject_id"], r["study_id"], int(r["edema_severity"])) for r in csv.DictReader(fh)
         }
     # metadata written in tmp: one synthetic frontal image per report-level study, plus the consensus images
     rows = [(f"x{sid}", subj, sid, "AP") for subj, sid in regex]

@@ -39,19 +39,13 @@ def test_labels_patients_demographics(root):
         "MCUCXR_0163_1.png": 1.0,
         "MCUCXR_0200_1.png": 1.0,
     }
-    assert (
-        f.loc["MCUCXR_0163_1.png", "patient_id"]
-        == f.loc["MCUCXR_0162_1.png", "patient_id"]
-        == "MCUCXR_0162"
-    )
+    assert f.loc["MCUCXR_0163_1.png", "patient_id"] == f.loc["MCUCXR_0162_1.png", "patient_id"] == "MCUCXR_0162"
     assert f["patient_id"].nunique() == 4
     assert f.loc["MCUCXR_0163_1.png", "sample_id"] == "MCUCXR_0163_1"
     assert f.loc["MCUCXR_0001_0.png", "sex"] == "F" and f.loc["MCUCXR_0001_0.png", "age"] == 27.0
     assert pd.isna(f.loc["MCUCXR_0005_0.png", "sex"]) and f.loc["MCUCXR_0005_0.png", "age"] == 5.0
     assert math.isnan(f.loc["MCUCXR_0200_1.png", "age"])
-    assert f.loc["MCUCXR_0001_0.png", "path"] == str(
-        root.resolve() / "MontgomerySet" / "CXR_png" / "MCUCXR_0001_0.png"
-    )
+    assert f.loc["MCUCXR_0001_0.png", "path"] == str(root.resolve() / "MontgomerySet" / "CXR_png" / "MCUCXR_0001_0.png")
     assert (f["view"] == "PA").all() and f["split"].isna().all()
 
 

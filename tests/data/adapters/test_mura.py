@@ -35,13 +35,7 @@ def test_labels_split_ids_paths(root):
     assert f["study_id"].iloc[2] == "XR_HUMERUS/patient00001/study2"
     assert f["sample_id"].iloc[2].startswith("MURA-v1.1/train/XR_HUMERUS/patient00001/study2_")
     assert f["path"].iloc[4] == str(
-        root.resolve()
-        / "MURA-v1.1"
-        / "valid"
-        / "XR_WRIST"
-        / "patient11185"
-        / "study1_positive"
-        / "image1.png"
+        root.resolve() / "MURA-v1.1" / "valid" / "XR_WRIST" / "patient11185" / "study1_positive" / "image1.png"
     )
     assert f["view"].isna().all()
 
@@ -54,8 +48,6 @@ def test_errors(tmp_path, root):
     with pytest.raises(CxrbenchError, match="MURA-v1.1/train_image_paths.csv"):
         (tmp_path / "empty").mkdir()
         mura.load(tmp_path / "empty")
-    (root / "MURA-v1.1" / "valid_image_paths.csv").write_text(
-        "MURA-v1.1/valid/XR_WRIST/patient1/study1/image1.png\n"
-    )
+    (root / "MURA-v1.1" / "valid_image_paths.csv").write_text("MURA-v1.1/valid/XR_WRIST/patient1/study1/image1.png\n")
     with pytest.raises(CxrbenchError, match="studyN_<positive|negative>"):
         mura.load(root)

@@ -114,9 +114,7 @@ def test_missing_file_names_expected_file(tmp_path: Path) -> None:
 
 
 def test_unknown_label_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "Data_Entry_2017.csv").write_text(
-        HEADER + "\n" + ROWS_2017[0].replace("Cardiomegaly", "Cardio") + "\n"
-    )
+    (tmp_path / "Data_Entry_2017.csv").write_text(HEADER + "\n" + ROWS_2017[0].replace("Cardiomegaly", "Cardio") + "\n")
     with pytest.raises(CxrbenchError, match="Cardio"):
         nih.load(tmp_path)
 

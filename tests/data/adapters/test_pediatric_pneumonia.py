@@ -64,12 +64,8 @@ def test_subtypes_multiclass(tmp_path):
     ds = pp.load(tmp_path, labels="subtype")
     f = _by_name(ds.frame)
     assert ds.task == "multiclass" and ds.labels == ["Normal", "Bacteria", "Virus"]
-    np.testing.assert_array_equal(
-        f.loc["person1019_virus_1707.jpeg", ds.labels].to_numpy(float), [0, 0, 1]
-    )
-    np.testing.assert_array_equal(
-        f.loc["person1019_bacteria_2950.jpeg", ds.labels].to_numpy(float), [0, 1, 0]
-    )
+    np.testing.assert_array_equal(f.loc["person1019_virus_1707.jpeg", ds.labels].to_numpy(float), [0, 0, 1])
+    np.testing.assert_array_equal(f.loc["person1019_bacteria_2950.jpeg", ds.labels].to_numpy(float), [0, 1, 0])
     np.testing.assert_array_equal(f.loc["IM-0115-0001.jpeg", ds.labels].to_numpy(float), [1, 0, 0])
     assert f.loc["odd name.jpeg", ds.labels].isna().all()  # pneumonia, subtype unknown
     assert f.loc["odd name.jpeg", "patient_id"] == "odd name"
@@ -86,22 +82,14 @@ def test_errors(tmp_path):
 
 
 def test_real_file_names(realdata):
-    listing = (
-        realdata / "kermany" / "filenames_seen_lecuong1502_BTL_Machine_Learning.txt"
-    ).read_text()
-    names = [
-        line.rsplit("/", 1)[-1]
-        for line in listing.splitlines()
-        if line and not line.startswith("#")
-    ]
+    listing = (realdata / "kermany" / "filenames_seen_lecuong1502_BTL_Machine_Learning.txt").read_text()
+    names = [line.rsplit("/", 1)[-1] for line in listing.splitlines() if line and not line.startswith("#")]
     stems = pd.Series([n.rsplit(".", 1)[0] for n in names])
     patients = stems.map(pp.patient_from_name)
     # Independent rule: the patient is the name up to the first '_' for pneumonia files, and the
     # first two (or three for NORMAL2) dash groups for normals.
     expected = [
-        s.split("_")[0]
-        if s.startswith("person")
-        else "-".join(s.split("-")[: 3 if s.startswith("NORMAL2") else 2])
+        s.split("_")[0] if s.startswith("person") else "-".join(s.split("-")[: 3 if s.startswith("NORMAL2") else 2])
         for s in stems
     ]
     assert list(patients) == expected

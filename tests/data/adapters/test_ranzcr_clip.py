@@ -23,11 +23,7 @@ def test_labels_patients_paths(tmp_path):
     (tmp_path / "train.csv").write_text(HEADER + ROWS)
     ds = ranzcr_clip.load(tmp_path)
     f = ds.frame
-    assert (
-        len(ds.labels) == 11
-        and ds.labels[0] == "ETT - Abnormal"
-        and ds.labels[-1] == "Swan Ganz Catheter Present"
-    )
+    assert len(ds.labels) == 11 and ds.labels[0] == "ETT - Abnormal" and ds.labels[-1] == "Swan Ganz Catheter Present"
     np.testing.assert_array_equal(f[ds.labels].sum().to_numpy(), [0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0])
     assert f.loc[1, "NGT - Incompletely Imaged"] == 1.0 and f.loc[2, "CVC - Borderline"] == 1.0
     assert list(f["patient_id"]) == ["ec89415d1", "bf4c6da3c", "ec89415d1"]
@@ -42,8 +38,6 @@ def test_errors(tmp_path):
     (tmp_path / "train.csv").write_text("StudyInstanceUID,PatientID\nx,y\n")
     with pytest.raises(CxrbenchError, match="lacks column.*ETT - Abnormal"):
         ranzcr_clip.load(tmp_path)
-    (tmp_path / "train.csv").write_text(
-        HEADER + ROWS.replace(",0,0,0,0,0,0,1,", ",0,0,0,0,0,0,2,", 1)
-    )
+    (tmp_path / "train.csv").write_text(HEADER + ROWS.replace(",0,0,0,0,0,0,1,", ",0,0,0,0,0,0,2,", 1))
     with pytest.raises(CxrbenchError, match="'NGT - Normal' has value '2'"):
         ranzcr_clip.load(tmp_path)

@@ -68,9 +68,7 @@ def test_majority_certainty_and_split(tmp_path: Path) -> None:
 def test_all_labels_and_views_from_mimic(tmp_path: Path) -> None:
     _write(tmp_path)
     with gzip.open(tmp_path / "mimic-cxr-2.0.0-metadata.csv.gz", "wt") as fh:
-        fh.write(
-            f"dicom_id,subject_id,study_id,ViewPosition\n{D1},18004941,58821758,AP\n{D2},18004941,58821758,PA\n"
-        )
+        fh.write(f"dicom_id,subject_id,study_id,ViewPosition\n{D1},18004941,58821758,AP\n{D2},18004941,58821758,PA\n")
     raw = reflacx.load(tmp_path, labels="all")
     assert "Support devices" in raw.labels and "Airway wall thickening" in raw.labels
     f = raw.frame

@@ -56,9 +56,7 @@ def test_one_row_per_image_with_max_target(tmp_path):
     assert f["split"].isna().all() and f["view"].isna().all()
 
 
-@pytest.mark.filterwarnings(
-    "ignore:Invalid value for VR AS"
-)  # real RSNA headers store ages as "43"
+@pytest.mark.filterwarnings("ignore:Invalid value for VR AS")  # real RSNA headers store ages as "43"
 def test_headers_give_view_sex_age(tmp_path):
     (tmp_path / "stage_2_train_labels.csv").write_text(LABELS)
     img = tmp_path / "stage_2_train_images"
@@ -104,18 +102,12 @@ def test_real_labels_file(realdata, tmp_path):
 
 
 def test_real_class_file_agrees_with_target(realdata, tmp_path):
-    (tmp_path / "stage_2_train_labels.csv").symlink_to(
-        realdata / "rsna" / "stage_2_train_labels.sudishrestha.csv"
-    )
-    (tmp_path / "stage_2_detailed_class_info.csv").symlink_to(
-        realdata / "rsna" / "stage_2_detailed_class_info.csv"
-    )
+    (tmp_path / "stage_2_train_labels.csv").symlink_to(realdata / "rsna" / "stage_2_train_labels.sudishrestha.csv")
+    (tmp_path / "stage_2_detailed_class_info.csv").symlink_to(realdata / "rsna" / "stage_2_detailed_class_info.csv")
     target = rsna_pneumonia.load(tmp_path).frame.set_index("patient_id")["Lung Opacity"]
     ds = rsna_pneumonia.load(tmp_path, labels="classes")
     f = ds.frame.set_index("patient_id")
     assert (f["Lung Opacity"] == target).all()
     assert (f[ds.labels].sum(axis=1) == 1).all()
-    ref = pd.read_csv(realdata / "rsna" / "stage_2_detailed_class_info.csv").drop_duplicates(
-        "patientId"
-    )
+    ref = pd.read_csv(realdata / "rsna" / "stage_2_detailed_class_info.csv").drop_duplicates("patientId")
     assert f["Normal"].sum() == (ref["class"] == "Normal").sum()

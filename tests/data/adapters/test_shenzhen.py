@@ -49,9 +49,7 @@ def test_nlm_clinical_readings(tmp_path):
     assert list(f["Tuberculosis"]) == [0.0, 0.0, 1.0, 1.0]
     assert list(f["sex"]) == ["M", "F", "M", "F"]
     assert f["age"].to_list() == pytest.approx([45.0, 64 / 365.25, 29.0, 32.0])
-    assert f["path"].iloc[0] == str(
-        tmp_path.resolve() / "ChinaSet_AllFiles" / "CXR_png" / "CHNCXR_0001_0.png"
-    )
+    assert f["path"].iloc[0] == str(tmp_path.resolve() / "ChinaSet_AllFiles" / "CXR_png" / "CHNCXR_0001_0.png")
 
 
 def test_parse_reading_variants():
@@ -77,9 +75,7 @@ def test_real_table(realdata, tmp_path):
     assert len(f) == len(ref) == 662
     assert f["patient_id"].is_unique
     # TB iff the reading is not "normal": the two encodings must agree on every row.
-    assert (
-        f["Tuberculosis"].to_numpy() == (ref["findings"].str.strip() != "normal").to_numpy()
-    ).all()
+    assert (f["Tuberculosis"].to_numpy() == (ref["findings"].str.strip() != "normal").to_numpy()).all()
     assert f["Tuberculosis"].sum() == 336
     assert (f["sex"] == "M").sum() == 460 and (f["sex"] == "F").sum() == 202
     assert f["age"].min() >= 1 and not f["age"].isna().any()

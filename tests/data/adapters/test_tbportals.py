@@ -61,9 +61,7 @@ def test_smear_labels_ids_demographics(tmp_path: Path) -> None:
     assert smear[:2] == [1.0, 1.0] and math.isnan(smear[2]) and math.isnan(smear[3])
     assert f["sex"].tolist()[:3] == ["M", "M", "F"] and pd.isna(f["sex"].iloc[3])
     ages = f["age"].tolist()
-    assert (
-        ages[:2] == [34.0, 34.0] and math.isnan(ages[2]) and math.isnan(ages[3])
-    )  # 130: impossible
+    assert ages[:2] == [34.0, 34.0] and math.isnan(ages[2]) and math.isnan(ages[3])  # 130: impossible
     assert f["split"].isna().all() and f["view"].isna().all()
     assert f["path"].iloc[0] == str(tmp_path.resolve() / "p1/st1/se1/i1.dcm")
     assert f["sample_id"].iloc[0] == "p1/st1/se1/i1.dcm"
@@ -99,9 +97,7 @@ def test_image_folder_found_by_probing(tmp_path: Path) -> None:
     images.mkdir(parents=True)
     (images / "i1.dcm").write_bytes(b"")
     f = tbportals.load(tmp_path).frame
-    assert f["path"].iloc[1] == str(
-        tmp_path.resolve() / "TB_Portals_Published_CXRs_August_2023/p1/st2/se2/i2.dcm"
-    )
+    assert f["path"].iloc[1] == str(tmp_path.resolve() / "TB_Portals_Published_CXRs_August_2023/p1/st2/se2/i2.dcm")
     other = tmp_path / "elsewhere"
     other.mkdir()
     f = tbportals.load(tmp_path, image_dir=Path("elsewhere")).frame
@@ -112,9 +108,7 @@ def test_old_spaced_names_and_separate_clinical_release(tmp_path: Path) -> None:
     (tmp_path / "TB Portals CXRs_20210202.csv").write_text(CXRS)
     (tmp_path / "TB_Portals_Patient_Cases_January_2021.csv").write_text(CASES)
     (tmp_path / "TB Portals DST_20210202.csv").write_text(DST)
-    (tmp_path / "TB_Portals_CXRs_March_2026_manifest.csv").write_text(
-        "file\nx.dcm\n"
-    )  # not the table
+    (tmp_path / "TB_Portals_CXRs_March_2026_manifest.csv").write_text("file\nx.dcm\n")  # not the table
     raw = tbportals.load(tmp_path)
     assert raw.frame["sex"].iloc[0] == "M" and raw.frame["smear"].iloc[0] == 1.0
 

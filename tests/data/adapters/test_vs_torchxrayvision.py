@@ -81,8 +81,11 @@ def _load(load, *args, **kwargs):
 def test_nih(realdata: Path, tmp_path: Path, no_images: str) -> None:
     entry = realdata / "nih" / "Data_Entry_2017_v2020.csv.gz"
     txv = xrv.datasets.NIH_Dataset(
-        imgpath=no_images, csvpath=str(entry), bbox_list_path=str(realdata / "nih" / "BBox_List_2017.csv.gz"),
-        views=["*"], unique_patients=False,
+        imgpath=no_images,
+        csvpath=str(entry),
+        bbox_list_path=str(realdata / "nih" / "BBox_List_2017.csv.gz"),
+        views=["*"],
+        unique_patients=False,
     )
     ours = _load(nih.load, _root(tmp_path, {entry.name: entry})).frame
     assert len(ours) == len(txv) == 112_120
@@ -199,9 +202,12 @@ def test_vindr(realdata: Path, tmp_path: Path, no_images: str) -> None:
 def test_indiana(realdata: Path, tmp_path: Path, no_images: str) -> None:
     files = {n: realdata / "openi" / n for n in ("NLMCXR_reports.tgz", "nlmcxr_dicom_metadata.csv.gz")}
     txv = xrv.datasets.Openi_Dataset(
-        imgpath=no_images, xmlpath=str(files["NLMCXR_reports.tgz"]),
+        imgpath=no_images,
+        xmlpath=str(files["NLMCXR_reports.tgz"]),
         dicomcsv_path=str(files["nlmcxr_dicom_metadata.csv.gz"]),
-        tsnepacsv_path=str(realdata / "openi" / "nlmcxr_tsne_pa.csv.gz"), views=["*"], unique_patients=False,
+        tsnepacsv_path=str(realdata / "openi" / "nlmcxr_tsne_pa.csv.gz"),
+        views=["*"],
+        unique_patients=False,
     )
     raw = _load(indiana.load, _root(tmp_path, files))
     ours = raw.frame.set_index("sample_id")
@@ -251,10 +257,18 @@ def test_padchest(tmp_path: Path, no_images: str) -> None:
     # its 28 pathologies are substrings of the finding names (plus synonyms): rebuilt from
     # cxrbench's parsed findings, they give its positives row for row
     synonyms = {
-        "Infiltration": ["infiltrates", "interstitial pattern", "ground glass pattern",
-                         "reticular interstitial pattern", "reticulonodular interstitial pattern",
-                         "alveolar pattern", "consolidation", "air bronchogram"],
-        "Pleural_Thickening": ["pleural thickening"], "Consolidation": ["air bronchogram"],
+        "Infiltration": [
+            "infiltrates",
+            "interstitial pattern",
+            "ground glass pattern",
+            "reticular interstitial pattern",
+            "reticulonodular interstitial pattern",
+            "alveolar pattern",
+            "consolidation",
+            "air bronchogram",
+        ],
+        "Pleural_Thickening": ["pleural thickening"],
+        "Consolidation": ["air bronchogram"],
         "Hilar Enlargement": ["adenopathy", "pulmonary artery enlargement"],
         "Support Devices": ["device", "pacemaker"],
     }
