@@ -10,6 +10,10 @@ import hashlib
 import json
 import math
 import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -251,6 +255,44 @@ def _process_chunk(
 
 CRASH_REASON = "decoder crashed (worker process died)"
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCH_SECONDS = 0.25
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker-pool initializer: end this worker as soon as process ``parent`` is gone.
+
+    Without it a SIGKILLed ``prepare`` leaves its decode workers blocked on the task queue for good
+    (they hold both ends of its pipe, so they never see end-of-file). Pass ``os.getpid()`` of the
+    process that creates the pool, as ``initializer=die_with_parent, initargs=(os.getpid(),)``.
+
+    On Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` makes the kernel kill the worker when its parent
+    dies. That signal is tied to the parent *thread* that created the worker: it is correct here
+    because ``ProcessPoolExecutor`` starts spawn workers in ``submit`` (fork workers at the first
+    ``submit``), in the thread that owns the pool, and that thread waits in ``shutdown`` until the
+    workers are gone; it would kill live workers early if they were started by a thread that exits
+    before the pool does (``max_tasks_per_child``: the pool's manager thread restarts workers).
+    Everywhere, a daemon thread also compares ``os.getppid()`` with ``parent`` every 0.25 s; its
+    first check covers a parent that died before the signal was armed.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no usable libc: the watchdog alone
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_SECONDS)
+        os._exit(1)  # nothing to flush: results only ever go to the parent, through its pipe
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
 
 def _run_parallel(tasks, paths, settings, image_format, workers, record) -> None:
     """Run ``tasks`` (arrays of rows) on spawn workers, ``record``-ing each result as it comes.
@@ -282,7 +324,10 @@ def _pool_pass(queue, paths, settings, image_format, workers, window, record) ->
     # spawn: safe beside torch/threads in the parent, and the same on every platform.
     ctx = multiprocessing.get_context("spawn")
     pending: dict[Future, np.ndarray] = {}
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    # Workers end with this process, even when it is SIGKILLed (see die_with_parent).
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+    )
     try:
         while queue or pending:
             while queue and len(pending) < window:

@@ -152,6 +152,9 @@ def _plots(
         )
     test = preds[preds["split"] == "test"]
     for label, rows in test.groupby("label", sort=True):
+        if rows["y_true"].dropna().nunique() < 2:  # evaluate left it out of the mean; no curve to draw
+            info(f"[yellow]warning:[/] {dataset}: no ROC plot for label '{label}': its test set has one class")
+            continue
         written += plotting.plot_roc(
             rows,
             label=label,

@@ -180,7 +180,7 @@ def test_bounded_chunks_in_flight(tmp_path, monkeypatch):
     state = {"submitted": 0, "recorded": 0, "max_in_flight": 0, "max_chunk": 0}
 
     class CountingPool(ThreadPoolExecutor):
-        def __init__(self, max_workers, mp_context=None):
+        def __init__(self, max_workers, mp_context=None, **process_only):  # initializer: for processes
             super().__init__(max_workers=max_workers)
 
         def submit(self, fn, chunk_paths, *args):
@@ -211,8 +211,8 @@ def _crash_on_marker(paths, settings, image_format):
 class _CrashingPool(ProcessPoolExecutor):
     """A real process pool (fork, so the test module's function is there) running the crasher."""
 
-    def __init__(self, max_workers, mp_context=None):
-        super().__init__(max_workers=max_workers, mp_context=multiprocessing.get_context("fork"))
+    def __init__(self, max_workers, mp_context=None, **options):  # the real initializer runs too
+        super().__init__(max_workers=max_workers, mp_context=multiprocessing.get_context("fork"), **options)
 
     def submit(self, fn, *args):
         return super().submit(_crash_on_marker, *args)

@@ -145,3 +145,23 @@ def test_a_run_output_is_keyed_on_its_pretrain_manifest(tmp_path):
     spec = resolve("moco", run_dir=run)
     assert spec.weights.present and spec.input_size == 32 and spec.mean == (0.5, 0.5, 0.5)
     assert spec.inputs[0].key == stage.manifest.key
+
+
+def test_a_run_output_is_keyed_on_its_encoder_files_not_its_training_log(tmp_path):
+    """The log holds images/s timings: two runs of the same pretraining must give the same inputs."""
+    from cxrbench.rundir import Stage
+
+    run = tmp_path / "run"
+    home = run / "encoders" / "moco"
+    meta = '{"arch": "resnet18", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "input_size": 32}'
+    inputs = []
+    for images_per_s in ("100.0", "250.0"):
+        stage = Stage(run, "pretrain", home / "manifest.json", settings={"x": 1})
+        with stage.open(force=True):
+            stage.write_text(home / "encoder.json", meta)
+            stage.write_text(home / "encoder.safetensors", "x")
+            stage.write_text(run / "logs" / "pretrain" / "moco.parquet", images_per_s)
+        assert "logs/pretrain/moco.parquet" in stage.manifest.outputs
+        inputs.append(resolve("moco", run_dir=run).inputs[0].outputs)
+    assert inputs[0] == inputs[1]
+    assert sorted(inputs[0]) == ["encoders/moco/encoder.json", "encoders/moco/encoder.safetensors"]

@@ -1,11 +1,13 @@
 """A ``cxrbench pretrain`` output in this run (``RUN/encoders/NAME``), used as ``--encoder NAME``.
 
-The fallback source: any name no other source claims. Its stage inputs are the pretrain manifest,
-so a re-pretrained encoder invalidates every feature, probe and finetune built on it.
+The fallback source: any name no other source claims. Its stage inputs are the encoder files of the
+pretrain manifest (not its training log), so a re-pretrained encoder invalidates every feature, probe
+and finetune built on it, unless it came out byte for byte the same.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from cxrbench.errors import CxrbenchError
@@ -43,12 +45,15 @@ def parse(name: str, *, arch: str | None, run: Path | None) -> SavedSpec:
     )
     inputs = ()
     if present and (directory / "manifest.json").exists():
-        inputs = (
-            read_complete(
-                layout,
-                directory / "manifest.json",
-                what=f"pretrained encoder '{name}'",
-                hint=f"cxrbench pretrain ... --name {name}",
-            ),
+        manifest = read_complete(
+            layout,
+            directory / "manifest.json",
+            what=f"pretrained encoder '{name}'",
+            hint=f"cxrbench pretrain ... --name {name}",
         )
+        # The encoder is its folder's files. The pretrain's other output, its per-step log, holds
+        # images/s timings: as an input it made every key built on the encoder differ between two
+        # runs of the same pretraining (and a pretrain --force redo everything after it).
+        folder = layout.relative(directory) + "/"
+        inputs = (replace(manifest, outputs={rel: h for rel, h in manifest.outputs.items() if rel.startswith(folder)}),)
     return saved_spec(name, directory, arch=arch, source=f"run:{name}", weights=weights, inputs=inputs)
