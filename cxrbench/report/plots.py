@@ -326,12 +326,16 @@ _PDF_METADATA = {"CreationDate": None, "ModDate": None}
 
 
 def _save(fig: plt.Figure, out_stem: Path) -> list[Path]:
-    """Return the PNG and PDF paths after writing ``fig`` to both, byte-identical for the same figure."""
+    """Return the PNG and PDF paths after writing ``fig`` to both (atomically: a killed compare never
+    leaves a truncated plot), byte-identical for the same figure."""
+    from cxrbench.rundir import atomic_path
+
     stem = Path(out_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata=_PDF_METADATA)
+    with atomic_path(paths[0]) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    with atomic_path(paths[1]) as tmp:
+        fig.savefig(tmp, format="pdf", bbox_inches="tight", metadata=_PDF_METADATA)
     return paths
 
 
