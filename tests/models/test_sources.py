@@ -165,3 +165,12 @@ def test_a_run_output_is_keyed_on_its_encoder_files_not_its_training_log(tmp_pat
         inputs.append(resolve("moco", run_dir=run).inputs[0].outputs)
     assert inputs[0] == inputs[1]
     assert sorted(inputs[0]) == ["encoders/moco/encoder.json", "encoders/moco/encoder.safetensors"]
+
+
+def test_a_bare_published_name_looks_for_the_authors_file_in_the_weights_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRBENCH_WEIGHTS_DIR", str(tmp_path))
+    spec = resolve("mococxr")
+    assert spec.name == "mococxr" and spec.folder == "mococxr"
+    assert spec.weights.location == str(tmp_path / "r5w-00001.pth.tar") and not spec.weights.present
+    assert "https://storage.googleapis.com/moco-cxr/r5w-00001.pth.tar" in spec.weights.fetch_command
+    assert is_builtin("gloria") and resolve("gloria").weights.location.endswith("chexpert_resnet50.ckpt")

@@ -7,6 +7,7 @@ Adding a module adds the source; ``resolve_encoder`` is the one place a name is 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import pkgutil
@@ -58,6 +59,24 @@ def _claimant(name: str) -> ModuleType:
     return next(m for m in modules if getattr(m, "FALLBACK", False))
 
 
+def weights_dir() -> Path:
+    """Where published weights are looked for by their authors' file names: ``$CXRBENCH_WEIGHTS_DIR``,
+    else ``~/.cache/cxrbench/weights``."""
+    import os
+
+    return Path(os.environ.get("CXRBENCH_WEIGHTS_DIR") or "~/.cache/cxrbench/weights").expanduser()
+
+
+def _published_default(name: str) -> str:
+    """``mococxr`` -> ``mococxr:$CXRBENCH_WEIGHTS_DIR/r5w-00001.pth.tar`` for sources that name their
+    authors' file (``FILE``); any other name unchanged."""
+    for module in source_modules():
+        prefix, file = getattr(module, "PREFIX", None), getattr(module, "FILE", None)
+        if prefix and file and name == prefix.rstrip(":"):
+            return f"{prefix}{weights_dir() / file}"
+    return name
+
+
 def resolve_encoder(name: str, *, arch: str | None = None, run: Path | None = None) -> EncoderSpec:
     """The spec of encoder ``name`` (weights, preprocessing, identity); one-line errors for bad names.
 
@@ -66,12 +85,14 @@ def resolve_encoder(name: str, *, arch: str | None = None, run: Path | None = No
     """
     if not isinstance(name, str) or not name:
         raise CxrbenchError(f"encoder name must be a non-empty string, got {name!r}")
-    return _claimant(name).parse(name, arch=arch, run=run)
+    full = _published_default(name)
+    spec = _claimant(full).parse(full, arch=arch, run=run)
+    return spec if full == name else dataclasses.replace(spec, name=name)  # named as the user wrote it
 
 
 def is_builtin(name: str) -> bool:
     """True when ``name`` is claimed by a source other than the run's pretrain outputs."""
-    return not getattr(_claimant(name), "FALLBACK", False)
+    return not getattr(_claimant(_published_default(name)), "FALLBACK", False)
 
 
 def check_weights(encoders: Iterable[tuple[str, str | None]], *, run: Path | None = None) -> list[WeightSpec]:

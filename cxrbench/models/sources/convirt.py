@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 PREFIX = "convirt:"
 USAGE = "convirt:PATH"
+#: the authors' file name: a bare ``convirt`` means ``$CXRBENCH_WEIGHTS_DIR/convirt_chest_mimic.pt``
+FILE = "convirt_chest_mimic.pt"
 WHAT = "ConVIRT"
 URL = "https://github.com/GulatiAditya/cxrlearn#1-pretrained-weights"
 

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 PREFIX = "gloria:"
 USAGE = "gloria:PATH"
+#: the authors' file name: a bare ``gloria`` means ``$CXRBENCH_WEIGHTS_DIR/chexpert_resnet50.ckpt``
+FILE = "chexpert_resnet50.ckpt"
 WHAT = "GLoRIA"
 URL = "https://stanfordmedicine.box.com/s/j5h7q99f3pfi7enc0dom73m4nsm6yzvh"
 IMAGE_MODEL = "gloria.img_encoder.model."

@@ -25,6 +25,8 @@ from cxrbench.models.sources._moco import MocoSpec, parse_moco
 
 PREFIX = "medaug:"
 USAGE = "medaug:PATH"
+#: the authors' file name: a bare ``medaug`` means ``$CXRBENCH_WEIGHTS_DIR/medaug_mimic-cxr_resnet50.pth.tar``
+FILE = "medaug_mimic-cxr_resnet50.pth.tar"
 URLS = {"*": "https://github.com/GulatiAditya/cxrlearn#1-pretrained-weights"}
 
 

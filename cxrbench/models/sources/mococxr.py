@@ -24,6 +24,8 @@ from cxrbench.models.sources._moco import MocoSpec, parse_moco
 
 PREFIX = "mococxr:"
 USAGE = "mococxr:PATH"
+#: the authors' file name: a bare ``mococxr`` means ``$CXRBENCH_WEIGHTS_DIR/r5w-00001.pth.tar``
+FILE = "r5w-00001.pth.tar"
 URLS = {
     "resnet50": "https://storage.googleapis.com/moco-cxr/r5w-00001.pth.tar",
     "resnet18": "https://storage.googleapis.com/moco-cxr/r8w-00001.pth.tar",

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 PREFIX = "refers:"
 USAGE = "refers:PATH"
+#: the authors' file name: a bare ``refers`` means ``$CXRBENCH_WEIGHTS_DIR/refers_checkpoint.pth``
+FILE = "refers_checkpoint.pth"
 WHAT = "REFERS"
 URL = "https://drive.google.com/file/d/1JvtcYOdLWC9BTzCnCJqNzCP7R6CmUK1N/view"
 ARCH = "vit_base_patch16_224"

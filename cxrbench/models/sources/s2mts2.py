@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 PREFIX = "s2mts2:"
 USAGE = "s2mts2:PATH"
+#: the authors' file name: a bare ``s2mts2`` means ``$CXRBENCH_WEIGHTS_DIR/s2mts2-chexpert.pth.tar``
+FILE = "s2mts2-chexpert.pth.tar"
 WHAT = "S2MTS2"
 URL = "https://github.com/GulatiAditya/cxrlearn#1-pretrained-weights"
 COPIES = {"student": "encoder_q.", "teacher": "encoder_k."}
