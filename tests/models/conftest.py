@@ -89,3 +89,18 @@ def hub_repo(hub_cache) -> Callable[..., Path]:
         return snapshot
 
     return add
+
+
+def assert_one_finetuning_step_trains(encoder) -> None:
+    """Encoder + linear head: one SGD step gives every parameter a gradient and moves the backbone
+    (what finetuning, and DDP's unused-parameter check, need of a source)."""
+    from cxrbench.adapt.finetune import Classifier
+
+    model = Classifier(encoder, 2).train()
+    before = [p.detach().clone() for p in model.encoder.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    logits = model(torch.rand(2, 1, encoder.input_size, encoder.input_size))
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.encoder.parameters(), strict=True))

@@ -73,3 +73,11 @@ def test_missing_and_foreign_files_are_one_line(tmp_path):
     torch.save({"features.conv0.weight": torch.zeros(1)}, path)
     with pytest.raises(CxrbenchError, match=r"expected an image_encoder entry or a torchvision ResNet-50"):
         create_encoder(f"convirt:{path}")
+
+
+def test_one_finetuning_step_trains(tmp_path):
+    from tests.models.conftest import assert_one_finetuning_step_trains
+
+    path = tmp_path / "convirt_chest_mimic.pt"
+    torch.save(_resnet(0).state_dict(), path)
+    assert_one_finetuning_step_trains(resolve_encoder(f"convirt:{path}").build(input_size=64))

@@ -136,3 +136,11 @@ def test_missing_and_foreign_files_are_one_line(tmp_path):
         f"{path} is not a GLoRIA checkpoint: expected keys gloria.img_encoder.model.*; "
         "found img_encoder.model.conv1.weight"
     )
+
+
+def test_one_finetuning_step_trains(tmp_path, monkeypatch):
+    from tests.models.conftest import assert_one_finetuning_step_trains
+
+    path = tmp_path / "chexpert_resnet50.ckpt"
+    save_gloria(path, monkeypatch)
+    assert_one_finetuning_step_trains(resolve_encoder(f"gloria:{path}").build(input_size=64))

@@ -170,3 +170,11 @@ def test_one_finetuning_step_moves_the_backbone(tmp_path):
     assert all(p.grad is not None for p in model.parameters())  # no head left unused (DDP-safe)
     optimizer.step()
     assert not torch.equal(before, conv)
+
+
+def test_one_finetuning_step_trains_from_medaug(tmp_path):
+    from tests.models.conftest import assert_one_finetuning_step_trains
+
+    path = tmp_path / "medaug_mimic-cxr_resnet50.pth.tar"
+    save_moco(path, "resnet18")
+    assert_one_finetuning_step_trains(resolve_encoder(f"medaug:{path}").build(input_size=64))

@@ -99,3 +99,9 @@ def test_missing_and_foreign_files_are_one_line(tmp_path, checkpoint):
     torch.save({"model": {}}, missing)
     with pytest.raises(CxrbenchError, match=r"expected a 'state_dict' entry holding a state dict; found model"):
         create_encoder(f"s2mts2:{missing}")
+
+
+def test_one_finetuning_step_trains(checkpoint):
+    from tests.models.conftest import assert_one_finetuning_step_trains
+
+    assert_one_finetuning_step_trains(resolve_encoder(f"s2mts2:{checkpoint}").build(input_size=64))
