@@ -55,8 +55,8 @@ def write_run(run: Path) -> None:
     """Write ``RUN/predictions/nih/ENCODER/probe.parquet`` for every encoder (no manifests)."""
     import pandas as pd
 
-    from cxrbench.adapt.predictions import predictions_path, predictions_table
-    from cxrbench.rundir import write_parquet
+    from cxrbench.adapt.predictions import predictions_table
+    from cxrbench.rundir import RunLayout, write_parquet
 
     y, scores = make_problem()
     n = N_TEST + N_VAL
@@ -68,7 +68,7 @@ def write_run(run: Path) -> None:
     labels = [f"Label{j:02d}" for j in range(N_LABELS)]
     for m, enc in enumerate(encoders()):
         table = predictions_table(rows, labels, y.T.astype(float), scores[m].T)
-        write_parquet(predictions_path(run, "nih", enc, "probe"), table)
+        write_parquet(RunLayout(run).predictions("nih", enc, "probe"), table)
 
 
 def naive(reps: int) -> float:
