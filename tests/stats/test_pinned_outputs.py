@@ -83,6 +83,7 @@ def _outputs(run: Path) -> dict[str, str]:
 PINNED = {
     "image": {
         "metrics.parquet": "45e5caf73a7c9998",
+        "warnings": "9edb575c352dd98c",
         "chexpert.csv": "3d114e0e412447dc",
         "chexpert.html": "510870f36be1a2f3",
         "chexpert.md": "308c0537ae896ee5",
@@ -101,6 +102,7 @@ PINNED = {
     },
     "patient": {
         "metrics.parquet": "294760b9e0055be1",
+        "warnings": "6b63ec0e112287ba",
         "chexpert.csv": "9f751fbb0b100a89",
         "chexpert.html": "69772432ad4da1ff",
         "chexpert.md": "e897bbb6c435a72e",
