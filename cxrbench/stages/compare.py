@@ -43,7 +43,8 @@ def compare(
     layout = layout_of(run)
     metrics, metrics_manifest = load_metrics(layout)
     files = prediction_files(layout)
-    if {layout.relative(p): file_hash(p) for p in files} != metrics_manifest.inputs:
+    hashes = {layout.relative(p): file_hash(p) for p in files}
+    if hashes != metrics_manifest.inputs:
         raise CxrbenchError("the predictions changed since `cxrbench evaluate` ran; rerun `cxrbench evaluate` first")
     settings = {
         "baseline": baseline,
@@ -68,12 +69,14 @@ def compare(
         if todo:
             note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha, cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
-            for dataset, preds in load_predictions(files).items():
+            loaded = load_predictions(files, check=True, hashes=list(hashes.values()))
+            for dataset, checked in loaded.items():
+                preds = checked.frame
                 if baseline not in set(preds["encoder"].unique()):
                     info(f"[yellow]skipping {dataset}: no predictions of baseline '{baseline}'[/]")
                     continue
                 table, notes = compare_dataset(
-                    preds,
+                    checked,
                     baseline=baseline,
                     n_boot=n_boot,
                     seed=seed,

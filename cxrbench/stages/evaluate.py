@@ -9,8 +9,11 @@ Every file is read and checked before the previous metrics are dropped.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from cxrbench.adapt.predictions import COLUMNS, parse_adaptation
 from cxrbench.console import info
@@ -26,6 +29,9 @@ from cxrbench.rundir import (
     read_complete,
     stale_inputs,
 )
+
+if TYPE_CHECKING:
+    from cxrbench.stats.engine import CheckedPredictions
 
 
 def prediction_files(run: RunLayout | Path) -> list[Path]:
@@ -52,9 +58,13 @@ def prediction_files(run: RunLayout | Path) -> list[Path]:
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
-    """One predictions file with ``dataset, encoder, adaptation, fraction, seed`` from its path."""
+    """One predictions file with ``encoder, adaptation, fraction, seed`` from its path.
+
+    Text columns come back categorical (Parquet's dictionary, never a Python string per row), with
+    their categories in sorted order so that sorting and grouping go as for plain strings.
+    """
     try:
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(path, read_dictionary=list(COLUMNS))
     except (OSError, ValueError) as exc:  # truncated or not Parquet at all (pyarrow's errors are both)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CxrbenchError(f"{path}: not a readable Parquet file ({first})") from None
@@ -62,35 +72,81 @@ def read_predictions(path: Path) -> pd.DataFrame:
     if missing:
         raise CxrbenchError(f"{path}: not a predictions file, missing columns {missing}")
     kind, fraction, seed = parse_adaptation(path.stem)
+    n = len(frame)
+
+    def constant(value: str) -> pd.Categorical:
+        return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[value])
+
     return frame.assign(
-        dataset=path.parent.parent.name, encoder=path.parent.name, adaptation=kind, fraction=fraction, seed=seed
+        encoder=constant(path.parent.name),
+        adaptation=constant(kind),
+        fraction=np.full(n, fraction, dtype=np.float64),
+        seed=np.full(n, seed, dtype=np.int64),
     )
 
 
-def load_predictions(files: list[Path], *, check: bool = False) -> dict[str, pd.DataFrame]:
-    """Predictions grouped by dataset; with ``check``, each dataset's rows are validated and a problem
-    is reported with the file it is in."""
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Rows of every frame in order (fresh index); categorical columns stay categorical, categories sorted."""
+    columns = list(frames[0].columns)
+    if any(list(f.columns) != columns for f in frames):
+        return pd.concat(frames, ignore_index=True)
+    out = {}
+    for name in columns:
+        parts = [f[name] for f in frames]
+        if all(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):
+            out[name] = union_categoricals(parts, sort_categories=True)
+        else:
+            out[name] = pd.concat(parts, ignore_index=True)
+    return pd.DataFrame(out, columns=columns)
+
+
+_LOADED: dict[str, object] = {}  # the last predictions loaded, by their files' paths and hashes
+
+
+def load_predictions(
+    files: list[Path], *, check: bool = False, hashes: list[str] | None = None
+) -> dict[str, pd.DataFrame] | dict[str, CheckedPredictions]:
+    """Predictions grouped by dataset: a frame each or, with ``check``, each dataset's rows validated
+    (``CheckedPredictions``, which ``evaluate``/``compare`` of ``cxrbench.stats.engine`` take as it
+    is, its frame in ``.frame``), a problem reported with the file it is in.
+
+    With ``hashes`` (the files' ``file_hash`` values, in order) the result is kept in this process,
+    so a later call on the same unchanged files (``compare`` after ``evaluate`` in a suite) neither
+    reads nor checks them again.
+    """
     if not files:
         raise CxrbenchError("no predictions in the run; run `cxrbench probe` or `cxrbench finetune` first")
-    frames = [read_predictions(p) for p in files]
-    grouped = pd.concat(frames, ignore_index=True).groupby("dataset", sort=True)
-    loaded = {name: group.drop(columns="dataset") for name, group in grouped}
-    if check:
-        from cxrbench.stats.engine import validate_predictions
+    key = None if hashes is None else repr([(str(p), h) for p, h in zip(files, hashes, strict=True)])
+    if key is not None and _LOADED.get("key") == key:
+        loaded = _LOADED["value"]
+        if not check:
+            return {name: getattr(v, "frame", v) for name, v in loaded.items()}  # type: ignore[attr-defined]
+        if _LOADED["checked"]:
+            return loaded  # type: ignore[return-value]
+    _LOADED.clear()
+    by_dataset: dict[str, list[tuple[Path, pd.DataFrame]]] = {}
+    for path in files:
+        by_dataset.setdefault(path.parent.parent.name, []).append((path, read_predictions(path)))
+    result: dict = {}
+    for name in sorted(by_dataset):
+        preds = _concat([frame for _, frame in by_dataset[name]])
+        if check:
+            from cxrbench.stats.engine import validate_predictions
 
-        for name, preds in loaded.items():
             try:
-                validate_predictions(preds)
+                result[name] = validate_predictions(preds)
             except CxrbenchError:
-                for path, frame in zip(files, frames, strict=True):
-                    if path.parent.parent.name != name:
-                        continue
+                for path, frame in by_dataset[name]:
                     try:
                         validate_predictions(frame)
                     except CxrbenchError as exc:
                         raise CxrbenchError(f"{path}: {exc.message}") from None
                 raise
-    return loaded
+        else:
+            result[name] = preds
+    if key is not None:
+        _LOADED.update(key=key, value=result, checked=check)
+    return result
 
 
 def evaluate(
@@ -103,16 +159,17 @@ def evaluate(
     files = prediction_files(layout)
     settings = {"n_boot": n_boot, "cluster": cluster}
     hashes = {layout.relative(p): file_hash(p) for p in files}
+    hash_list = list(hashes.values())
     home = layout.evaluation
     stage = Stage(
         layout, "evaluate", home / "manifest.json", settings=settings, extra_inputs=hashes, seed=seed, what="evaluation"
     )
     # read and check every file before the stage drops the previous metrics
-    loaded = load_predictions(files, check=True) if force or stage.up_to_date() is None else None
+    loaded = load_predictions(files, check=True, hashes=hash_list) if force or stage.up_to_date() is None else None
     with stage.open(force=force) as todo:
         if todo:
             tables, warnings = [], []
-            for dataset, preds in (loaded or load_predictions(files, check=True)).items():
+            for dataset, preds in (loaded or load_predictions(files, check=True, hashes=hash_list)).items():
                 metrics, notes = evaluate_dataset(
                     preds, n_boot=n_boot, seed=seed, cluster=cluster, cache=layout.replicates(dataset)
                 )

@@ -24,7 +24,10 @@ from cxrbench.stats.delong import delong_test
 from cxrbench.stats.multiplicity import METHODS, adjust_pvalues
 from cxrbench.stats.thresholds import metrics_from_counts, youden_threshold
 
-__all__ = ["evaluate", "compare", "replicate_key", "MODEL_KEYS", "METRIC_COLUMNS", "COMPARE_COLUMNS"]
+__all__ = [
+    "evaluate", "compare", "validate_predictions", "CheckedPredictions", "replicate_key",
+    "MODEL_KEYS", "METRIC_COLUMNS", "COMPARE_COLUMNS",
+]  # fmt: skip
 
 MODEL_KEYS = ["encoder", "adaptation", "fraction", "seed"]
 REQUIRED = [*MODEL_KEYS, "sample_id", "patient_id", "split", "label", "y_true", "y_score"]
@@ -114,9 +117,21 @@ class _Table:
     patient_rows: np.ndarray  # original row index of each sorted row
 
 
-def validate_predictions(preds: pd.DataFrame) -> None:
+@dataclass(frozen=True)
+class CheckedPredictions:
+    """Predictions that passed ``validate_predictions``, with their integer-coded table.
+
+    ``evaluate`` and ``compare`` take it in place of the frame and do not check the rows again;
+    ``frame`` must not be modified afterwards.
+    """
+
+    frame: pd.DataFrame
+    table: _Table
+
+
+def validate_predictions(preds: pd.DataFrame) -> CheckedPredictions:
     """Check predictions as ``evaluate``/``compare`` will (one-line CxrbenchError naming the problem)."""
-    _validate(preds)
+    return CheckedPredictions(preds, _validate(preds))
 
 
 def _validate(preds: pd.DataFrame) -> _Table:
@@ -229,7 +244,7 @@ def _patients(preds: pd.DataFrame, t: _Table) -> np.ndarray:
 
 
 def _run(
-    preds: pd.DataFrame,
+    preds: pd.DataFrame | CheckedPredictions,
     *,
     n_boot: int,
     seed: int,
@@ -247,7 +262,10 @@ def _run(
     that did not ask for them drop their warnings (see ``_Run.texts``).
     """
     _check_options(n_boot, ci, cluster)
-    t = _validate(preds)
+    if isinstance(preds, CheckedPredictions):
+        preds, t = preds.frame, preds.table
+    else:
+        t = _validate(preds)
     clusters = _patients(preds, t) if cluster == "patient" else None
     dev = _resolve_device(device)
     key = None
@@ -496,7 +514,7 @@ def _macro(per_label: dict[str, tuple[float, np.ndarray]]) -> tuple[float, np.nd
 
 
 def evaluate(
-    preds: pd.DataFrame,
+    preds: pd.DataFrame | CheckedPredictions,
     *,
     n_boot: int = 1000,
     seed: int = 0,
@@ -516,7 +534,8 @@ def evaluate(
     (default: CUDA when available, else numpy). ``cache`` (a folder) shares the bootstrap
     replicates with ``compare`` (and later calls) on the same predictions and settings: they are
     stored there as ``<replicate_key>.npz`` and read back instead of recomputed; the results are
-    the same with or without it.
+    the same with or without it. ``preds`` may be the ``CheckedPredictions`` that
+    ``validate_predictions`` returned for it (then it is not checked again).
     """
     run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=True, cache=cache)
     rows: list[tuple] = []
@@ -549,7 +568,7 @@ def evaluate(
 
 
 def compare(
-    preds: pd.DataFrame,
+    preds: pd.DataFrame | CheckedPredictions,
     *,
     baseline: str,
     n_boot: int = 1000,
@@ -581,8 +600,9 @@ def compare(
         raise CxrbenchError(f"correction must be one of {', '.join(METHODS)}; got {correction!r}")
     if not 0.0 < float(alpha) < 1.0:
         raise CxrbenchError(f"alpha must lie strictly between 0 and 1; got {alpha!r}")
-    if isinstance(preds, pd.DataFrame) and "encoder" in preds.columns:
-        encoders = sorted(map(str, pd.unique(preds["encoder"])))
+    frame = preds.frame if isinstance(preds, CheckedPredictions) else preds
+    if isinstance(frame, pd.DataFrame) and "encoder" in frame.columns:
+        encoders = sorted(map(str, pd.unique(frame["encoder"])))
         if baseline not in encoders:
             raise CxrbenchError(
                 f"baseline encoder {baseline!r} is not in the predictions; encoders: {', '.join(encoders)}"
