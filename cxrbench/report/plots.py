@@ -264,6 +264,50 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def _cache_entry(fn: Callable[..., list[Path]], args: tuple, kwargs: dict) -> tuple[str, Path]:
+    """Return (key, out_stem) of a call of the undecorated plot function ``fn`` (see ``_cached``)."""
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    h = hashlib.blake2b(digest_size=20)
+    h.update(repr((fn.__name__, PLOTS_VERSION, matplotlib.__version__)).encode())
+    for name, value in bound.arguments.items():
+        if name != "out_stem":
+            h.update(name.encode())
+            _digest_value(h, value)
+    return h.hexdigest(), Path(bound.arguments["out_stem"])
+
+
+def _paths(stem: Path) -> list[Path]:
+    return [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
+
+
+def _copy_from_cache(folder: Path, key: str, stem: Path) -> list[Path] | None:
+    """Copy ``folder/<key>.png|.pdf`` to the stem's paths and return them; None when not stored."""
+    stored = [folder / f"{key}{ext}" for ext in (".png", ".pdf")]
+    if not all(p.is_file() for p in stored):
+        return None
+    paths = _paths(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for src, dst in zip(stored, paths, strict=True):
+        _copy_atomic(src, dst)
+    return paths
+
+
+def _store_in_cache(folder: Path, key: str, written: list[Path]) -> None:
+    """Keep copies of freshly drawn files as ``folder/<key>.png|.pdf`` (the newest files are kept)."""
+    if not written:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for src, ext in zip(written, (".png", ".pdf"), strict=True):
+            _copy_atomic(src, folder / f"{key}{ext}")
+        old = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)[_KEEP_CACHED:]
+        for stale in old:
+            stale.unlink(missing_ok=True)
+    except OSError:
+        pass  # a cache: failing to fill it only costs drawing the plot next time
+
+
 def _cached(fn: Callable[..., list[Path]]) -> Callable[..., list[Path]]:
     """Let ``fn`` take ``cache=FOLDER``: reuse the files drawn before from the same inputs.
 
@@ -271,43 +315,86 @@ def _cached(fn: Callable[..., list[Path]]) -> Callable[..., list[Path]]:
     but ``out_stem`` (frames by content); a hit copies ``FOLDER/<key>.png|.pdf`` to the stem's
     paths, a miss draws and then stores copies there (atomically; the newest files are kept).
     """
-    signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, cache: str | os.PathLike | None = None, **kwargs: Any) -> list[Path]:
         if cache is None:
             return fn(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        stem = Path(bound.arguments["out_stem"])
-        h = hashlib.blake2b(digest_size=20)
-        h.update(repr((fn.__name__, PLOTS_VERSION, matplotlib.__version__)).encode())
-        for name, value in bound.arguments.items():
-            if name != "out_stem":
-                h.update(name.encode())
-                _digest_value(h, value)
-        key, folder = h.hexdigest(), Path(cache)
-        paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
-        stored = [folder / f"{key}{ext}" for ext in (".png", ".pdf")]
-        if all(p.is_file() for p in stored):
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            for src, dst in zip(stored, paths, strict=True):
-                _copy_atomic(src, dst)
-            return paths
+        key, stem = _cache_entry(fn, args, kwargs)
+        hit = _copy_from_cache(Path(cache), key, stem)
+        if hit is not None:
+            return hit
         written = fn(*args, **kwargs)
-        if written:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                for src, dst in zip(written, stored, strict=True):
-                    _copy_atomic(src, dst)
-                old = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)[_KEEP_CACHED:]
-                for stale in old:
-                    stale.unlink(missing_ok=True)
-            except OSError:
-                pass  # a cache: failing to fill it only costs drawing the plot next time
+        _store_in_cache(Path(cache), key, written)
         return written
 
     return wrapper
+
+
+_JOBS: list[tuple[Callable[..., list[Path]], tuple, dict]] = []  # what forked workers draw, by index
+
+
+def _draw_job(i: int) -> list[Path]:
+    fn, args, kwargs = _JOBS[i]
+    return fn(*args, **kwargs)
+
+
+def _fork_context() -> Any:
+    import multiprocessing
+
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+def render(
+    jobs: list[tuple[Callable[..., list[Path]], tuple, dict]],
+    *,
+    cache: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> list[list[Path]]:
+    """Draw every ``(plot function, args, kwargs)`` job; return each one's paths, in job order.
+
+    The same as calling ``fn(*args, cache=cache, **kwargs)`` for each job in turn (same files, same
+    bytes), but the figures that are not in ``cache`` are drawn side by side in up to ``workers``
+    forked processes (default: one per CPU; one, or no ``fork`` on this platform, draws here).
+    A job's error is raised here, as the serial calls would have raised the first one.
+    """
+    results: list[list[Path] | None] = [None] * len(jobs)
+    todo: list[tuple[int, str | None]] = []
+    raw = [(getattr(fn, "__wrapped__", fn), args, kwargs) for fn, args, kwargs in jobs]
+    for i, (fn, args, kwargs) in enumerate(raw):
+        key = None
+        if cache is not None:
+            key, stem = _cache_entry(fn, args, kwargs)
+            results[i] = _copy_from_cache(Path(cache), key, stem)
+        if results[i] is None:
+            todo.append((i, key))
+    n_workers = min(len(todo), workers if workers is not None else (os.cpu_count() or 1))
+    context = _fork_context() if n_workers > 1 else None
+    if context is None:
+        for i, key in todo:
+            fn, args, kwargs = raw[i]
+            results[i] = fn(*args, **kwargs)
+            if key is not None:
+                _store_in_cache(Path(cache), key, results[i])  # type: ignore[arg-type]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        _JOBS[:] = raw
+        try:
+            with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
+                futures = [(i, key, pool.submit(_draw_job, i)) for i, key in todo]
+                try:
+                    for i, key, future in futures:
+                        results[i] = future.result()
+                        if key is not None:
+                            _store_in_cache(Path(cache), key, results[i])  # type: ignore[arg-type]
+                except BaseException:
+                    for _, _, future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            _JOBS.clear()
+    return results  # type: ignore[return-value]
 
 
 @contextmanager

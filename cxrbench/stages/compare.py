@@ -69,6 +69,7 @@ def compare(
         if todo:
             note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha, cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
+            plot_jobs: list = []
             loaded = load_predictions(files, check=True, hashes=list(hashes.values()))
             for dataset, checked in loaded.items():
                 preds = checked.frame
@@ -97,7 +98,7 @@ def compare(
                         home / f"{safe_name(dataset)}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note)
                     )
                 if plots:
-                    for path in _plots(
+                    plot_jobs += _plot_jobs(
                         plotting,
                         home / "plots",
                         dataset,
@@ -106,14 +107,14 @@ def compare(
                         metrics,
                         baseline=baseline,
                         seed=seed,
-                        cache=layout.plot_cache,
-                    ):
-                        stage.record(path)
+                    )
             if not comparisons:
                 encoders = sorted(set(metrics["encoder"]))
                 raise CxrbenchError(
                     f"--baseline {baseline!r}: no dataset has predictions of it (encoders: {', '.join(encoders)})"
                 )
+            for path in _plots(plotting, plot_jobs, cache=layout.plot_cache):
+                stage.record(path)
             summary = summary_table(comparisons, metrics, baseline=baseline)
             stage.write_parquet(home / "summary.parquet", summary)
             for fmt in FORMATS:
@@ -124,7 +125,7 @@ def compare(
     return stage.manifest
 
 
-def _plots(
+def _plot_jobs(
     plotting,
     folder: Path,
     dataset: str,
@@ -134,23 +135,23 @@ def _plots(
     *,
     baseline: str,
     seed: int,
-    cache: Path,
-) -> list[Path]:
-    """Forest plot, ROC curve per label and label-efficiency curves of one dataset."""
-    written = plotting.plot_forest(
-        table, folder / safe_name(f"{dataset}-forest"), title=f"{dataset}: Δ AUC vs {baseline}", cache=cache
-    )
+) -> list[tuple]:
+    """Forest plot, ROC curve per label and label-efficiency curves of one dataset, as ``render`` jobs."""
+    forest = folder / safe_name(f"{dataset}-forest")
+    jobs = [(plotting.plot_forest, (table, forest), {"title": f"{dataset}: Δ AUC vs {baseline}"})]
     test = preds[preds["split"] == "test"]
-    for label, rows in test.groupby("label", sort=True):
-        written += plotting.plot_roc(
-            rows,
-            label=label,
-            baseline=baseline,
-            out_stem=folder / safe_name(f"{dataset}-roc-{label}"),
-            seed=seed,
-            cache=cache,
+    for label, rows in test.groupby("label", sort=True, observed=True):
+        stem = folder / safe_name(f"{dataset}-roc-{label}")
+        jobs.append(
+            (plotting.plot_roc, (rows,), {"label": label, "baseline": baseline, "out_stem": stem, "seed": seed})
         )
-    written += plotting.plot_label_efficiency(
-        metrics, dataset=dataset, baseline=baseline, out_stem=folder / safe_name(f"{dataset}-efficiency"), cache=cache
+    stem = folder / safe_name(f"{dataset}-efficiency")
+    jobs.append(
+        (plotting.plot_label_efficiency, (metrics,), {"dataset": dataset, "baseline": baseline, "out_stem": stem})
     )
-    return written
+    return jobs
+
+
+def _plots(plotting, jobs: list[tuple], *, cache: Path) -> list[Path]:
+    """Draw the jobs of every dataset together (side by side; unchanged ones copied from ``cache``)."""
+    return [path for written in plotting.render(jobs, cache=cache) for path in written]
