@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import union_categoricals
+import pyarrow as pa
 
 from cxrbench.adapt.predictions import COLUMNS, parse_adaptation
 from cxrbench.console import info
@@ -57,47 +57,59 @@ def prediction_files(run: RunLayout | Path) -> list[Path]:
     return found
 
 
-def read_predictions(path: Path) -> pd.DataFrame:
-    """One predictions file with ``encoder, adaptation, fraction, seed`` from its path.
+TEXT_COLUMNS = ("sample_id", "patient_id", "split", "label")
 
-    Text columns come back categorical (Parquet's dictionary, never a Python string per row), with
-    their categories in sorted order so that sorting and grouping go as for plain strings.
-    """
+
+def _read_table(path: Path) -> pa.Table:
+    """The predictions columns of one file, text columns as Parquet stored them (dictionaries)."""
+    import pyarrow.parquet as pq
+
     try:
-        frame = pd.read_parquet(path, read_dictionary=list(COLUMNS))
+        handle = pq.ParquetFile(path, read_dictionary=list(TEXT_COLUMNS))
+        missing = [c for c in COLUMNS if c not in handle.schema_arrow.names]
+        if not missing:
+            return handle.read(columns=list(COLUMNS))
     except (OSError, ValueError) as exc:  # truncated or not Parquet at all (pyarrow's errors are both)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CxrbenchError(f"{path}: not a readable Parquet file ({first})") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise CxrbenchError(f"{path}: not a predictions file, missing columns {missing}")
-    kind, fraction, seed = parse_adaptation(path.stem)
-    n = len(frame)
-
-    def constant(value: str) -> pd.Categorical:
-        return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[value])
-
-    return frame.assign(
-        encoder=constant(path.parent.name),
-        adaptation=constant(kind),
-        fraction=np.full(n, fraction, dtype=np.float64),
-        seed=np.full(n, seed, dtype=np.int64),
-    )
+    raise CxrbenchError(f"{path}: not a predictions file, missing columns {missing}")
 
 
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Rows of every frame in order (fresh index); categorical columns stay categorical, categories sorted."""
-    columns = list(frames[0].columns)
-    if any(list(f.columns) != columns for f in frames):
-        return pd.concat(frames, ignore_index=True)
-    out = {}
-    for name in columns:
-        parts = [f[name] for f in frames]
-        if all(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):
-            out[name] = union_categoricals(parts, sort_categories=True)
-        else:
-            out[name] = pd.concat(parts, ignore_index=True)
-    return pd.DataFrame(out, columns=columns)
+def read_predictions(path: Path) -> pd.DataFrame:
+    """One predictions file with ``encoder, adaptation, fraction, seed`` from its path (see ``_frame``)."""
+    return _frame([path], [_read_table(path)])
+
+
+def _frame(paths: list[Path], tables: list[pa.Table]) -> pd.DataFrame:
+    """The rows of every file in order as one frame, with ``encoder, adaptation, fraction, seed``.
+
+    Text columns are categorical (Parquet's dictionaries, never a Python string per row) with their
+    categories sorted, so sorting and grouping go as for plain strings; so are encoder and adaptation.
+    """
+    lengths = [t.num_rows for t in tables]
+    columns: dict[str, object] = {}
+    try:
+        table = pa.concat_tables(tables).unify_dictionaries()
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # the files disagree on a column's type
+        frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+        for name in frame.columns:
+            if isinstance(frame[name].dtype, pd.CategoricalDtype):
+                frame[name] = frame[name].astype(frame[name].cat.categories.dtype)
+        columns.update(frame.items())
+    else:
+        for name in table.column_names:
+            col = table.column(name).to_pandas()
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                col = col.cat.reorder_categories(col.cat.categories.sort_values())
+            columns[name] = col
+    parsed = [parse_adaptation(p.stem) for p in paths]
+    for name, values in (("encoder", [p.parent.name for p in paths]), ("adaptation", [k for k, _, _ in parsed])):
+        categories = sorted(set(values))
+        codes = np.repeat([categories.index(v) for v in values], lengths).astype(np.int32)
+        columns[name] = pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
+    columns["fraction"] = np.repeat(np.array([f for _, f, _ in parsed], dtype=np.float64), lengths)
+    columns["seed"] = np.repeat(np.array([s for _, _, s in parsed], dtype=np.int64), lengths)
+    return pd.DataFrame(columns, copy=False)
 
 
 _LOADED: dict[str, object] = {}  # the last predictions loaded, by their files' paths and hashes
@@ -124,21 +136,21 @@ def load_predictions(
         if _LOADED["checked"]:
             return loaded  # type: ignore[return-value]
     _LOADED.clear()
-    by_dataset: dict[str, list[tuple[Path, pd.DataFrame]]] = {}
+    by_dataset: dict[str, list[tuple[Path, pa.Table]]] = {}
     for path in files:
-        by_dataset.setdefault(path.parent.parent.name, []).append((path, read_predictions(path)))
+        by_dataset.setdefault(path.parent.parent.name, []).append((path, _read_table(path)))
     result: dict = {}
     for name in sorted(by_dataset):
-        preds = _concat([frame for _, frame in by_dataset[name]])
+        preds = _frame(*map(list, zip(*by_dataset[name], strict=True)))
         if check:
             from cxrbench.stats.engine import validate_predictions
 
             try:
                 result[name] = validate_predictions(preds)
             except CxrbenchError:
-                for path, frame in by_dataset[name]:
+                for path, table in by_dataset[name]:
                     try:
-                        validate_predictions(frame)
+                        validate_predictions(_frame([path], [table]))
                     except CxrbenchError as exc:
                         raise CxrbenchError(f"{path}: {exc.message}") from None
                 raise

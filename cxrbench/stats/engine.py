@@ -171,7 +171,7 @@ def _validate(preds: pd.DataFrame) -> _Table:
         codes, vals = _codes(preds[col].iloc[rows] if rows.size < len(preds) else preds[col])
         model = model * len(vals) + codes
         key_vals.append(vals)
-    model_ids, model = np.unique(model, return_inverse=True)
+    model_ids, model = _unique_inverse(model)
     tuples = []
     for mid in model_ids.tolist():
         parts = []
@@ -205,12 +205,11 @@ def _validate(preds: pd.DataFrame) -> _Table:
     sample = sample[sample_code]
 
     n_s = len(sample_vals)
-    key = ((model * (len(labels) + 1) + label) * 2 + is_test) * n_s + sample
-    perm = np.argsort(key, kind="stable")
-    key = key[perm]
-    if (key[1:] == key[:-1]).any():
+    group = (model * (len(labels) + 1) + label) * 2 + is_test
+    perm = _stable_order(group, sample, n_s)
+    group, sample = group[perm], sample[perm]
+    if ((group[1:] == group[:-1]) & (sample[1:] == sample[:-1])).any():
         raise CxrbenchError("predictions hold duplicate rows for the same model, label, split and sample_id")
-    group = key // n_s
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     ends = np.r_[starts[1:], group.size]
     slices = {}
@@ -219,11 +218,33 @@ def _validate(preds: pd.DataFrame) -> _Table:
         m, lab = divmod(ml, len(labels) + 1)
         if m < len(models) and lab < len(labels):
             slices[(m, lab, t)] = (a, b)
+    at = rows[perm]
     return _Table(
         models=models, labels=labels, samples=np.asarray(sample_vals[test_codes], dtype=object),
-        sample=sample[perm], y=y[rows][perm], score=s[rows][perm], slices=slices,
-        patient_rows=rows[perm],
+        sample=sample, y=y[at], score=s[at], slices=slices, patient_rows=at,
     )  # fmt: skip
+
+
+def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` of integers, by hashing (few distinct values, many rows)."""
+    codes, uniques = pd.factorize(values)
+    order = np.argsort(uniques)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return uniques[order], rank[codes]
+
+
+def _stable_order(group: np.ndarray, sample: np.ndarray, n_s: int) -> np.ndarray:
+    """``np.argsort(group * n_s + sample, kind="stable")`` for non-negative codes, ``sample < n_s``.
+
+    When both fit in 16 bits, two stable 16-bit sorts (radix sorts in numpy, linear time) give the
+    same order as the comparison sort of the 64-bit key.
+    """
+    limit = np.iinfo(np.uint16).max
+    if n_s - 1 <= limit and (group.size == 0 or int(group.max()) <= limit):
+        perm = np.argsort(sample.astype(np.uint16), kind="stable")
+        return perm[np.argsort(group.astype(np.uint16)[perm], kind="stable")]
+    return np.argsort(group * n_s + sample, kind="stable")
 
 
 def _patients(preds: pd.DataFrame, t: _Table) -> np.ndarray:

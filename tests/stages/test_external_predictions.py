@@ -73,7 +73,7 @@ def test_predictions_are_read_and_checked_once_per_process(tmp_path: Path, monke
 
         return wrapper
 
-    monkeypatch.setattr(evaluate_stage, "read_predictions", counted(evaluate_stage.read_predictions, "read"))
+    monkeypatch.setattr(evaluate_stage, "_read_table", counted(evaluate_stage._read_table, "read"))
     monkeypatch.setattr(engine, "_validate", counted(engine._validate, "validate"))
     evaluate_stage.evaluate(run, n_boot=20)
     assert calls == {"read": 2, "validate": 1}

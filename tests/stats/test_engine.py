@@ -355,3 +355,16 @@ def test_replicate_cache_misses_on_other_inputs_and_survives_a_bad_file(tmp_path
     shuffled = df.sample(frac=1.0, random_state=0)
     _same(evaluate(shuffled, n_boot=20, cache=tmp_path), evaluate(shuffled, n_boot=20))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.parametrize("n_s", [5, 70_000])
+def test_stable_order_and_unique_inverse_match_numpy(n_s):
+    from cxrbench.stats.engine import _stable_order, _unique_inverse
+
+    rng = np.random.default_rng(n_s)
+    group = rng.integers(0, 300, 50_000)
+    sample = rng.integers(0, n_s, 50_000)
+    assert np.array_equal(_stable_order(group, sample, n_s), np.argsort(group * n_s + sample, kind="stable"))
+    values, inverse = _unique_inverse(group * 7)
+    expected = np.unique(group * 7, return_inverse=True)
+    assert np.array_equal(values, expected[0]) and np.array_equal(inverse, expected[1])
