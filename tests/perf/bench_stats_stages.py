@@ -181,16 +181,23 @@ def main() -> None:
         write_run(run)
         print(f"problem: {N_TEST} test + {N_VAL} val images x {N_LABELS} labels x {N_MODELS} encoders "
               f"x {args.n_boot} replicates; ROC bands {ROC_BOOT} replicates")  # fmt: skip
-        per_eval, per_cmp = naive(args.naive_reps)
-        n_eval, n_cmp = per_eval * args.n_boot, per_cmp * args.n_boot
-        t_naive = n_eval + n_cmp
-        print(
-            f"naive roc_auc_score loops: evaluate {n_eval:.1f} s + compare {n_cmp:.1f} s = {t_naive:.1f} s "
-            f"(timed on {args.naive_reps} replicates, scaled linearly to {args.n_boot})"
-        )
+        k_before = args.naive_reps // 2  # the machine's load changes: time half before, half after
+        k_after = args.naive_reps - k_before
+        before = naive(k_before) if k_before else (0.0, 0.0)
         e, es, _ = _subprocess("evaluate", run, args)
         c, cs, p = _subprocess("compare", run, args)
         c2, cs2, p2 = _subprocess("compare", run, args)
+        after = naive(k_after)
+        n_eval, n_cmp = (
+            (x * k_before + y * k_after) / args.naive_reps * args.n_boot for x, y in zip(before, after, strict=True)
+        )
+        t_naive = n_eval + n_cmp
+        print(
+            f"naive roc_auc_score loops: evaluate {n_eval:.1f} s + compare {n_cmp:.1f} s = {t_naive:.1f} s "
+            f"(timed on {args.naive_reps} replicates, {k_before} before the commands and {k_after} after, "
+            f"scaled linearly to {args.n_boot}; before {sum(before) * args.n_boot:.1f} s, "
+            f"after {sum(after) * args.n_boot:.1f} s)"
+        )
         print(f"evaluate: {e:8.2f} s (stage {es:.2f} s)")
         print(f"compare:  {c:8.2f} s (stage {cs:.2f} s, plots {p:.2f} s); rerun {c2:.2f} s (plots {p2:.2f} s)")
         total = e + c
