@@ -429,13 +429,38 @@ def _largest_fraction(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[np.isclose(frac, frac.max())]
 
 
+def _text(values: pd.Series) -> pd.Series:
+    """``values.astype(str)``; for a categorical column only its categories are converted (same values)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        text = values.cat.categories.astype(str)
+        if text.is_unique:
+            return values.cat.rename_categories(text)
+    return values.astype(str)
+
+
+def _lexical(values: pd.Series) -> pd.Series:
+    """A categorical column with its categories sorted, so ``factorize(sort=True)`` sorts by value."""
+    if isinstance(values.dtype, pd.CategoricalDtype) and not values.cat.categories.is_monotonic_increasing:
+        return values.cat.reorder_categories(values.cat.categories.sort_values())
+    return values
+
+
 def _model_names(frame: pd.DataFrame) -> pd.Series:
-    """Return ``encoder / adaptation`` per row, with ``seed N`` appended when seeds vary."""
-    names = frame["encoder"].astype(str) + " / " + frame["adaptation"].astype(str)
-    if "seed" in frame.columns and frame["seed"].nunique(dropna=False) > 1:
-        seeds = frame["seed"].astype(object).where(frame["seed"].notna(), "-").astype(str)
+    """Return ``encoder / adaptation`` per row, with ``seed N`` appended when seeds vary.
+
+    The names are made once per distinct model and spread to the rows (categorical when distinct).
+    """
+    with_seed = "seed" in frame.columns and frame["seed"].nunique(dropna=False) > 1
+    keys = frame[["encoder", "adaptation", *(["seed"] if with_seed else [])]]
+    ids = keys.groupby(list(keys.columns), sort=False, dropna=False, observed=True).ngroup().to_numpy()
+    first = keys.iloc[np.unique(ids, return_index=True)[1]]
+    names = first["encoder"].astype(str) + " / " + first["adaptation"].astype(str)
+    if with_seed:
+        seeds = first["seed"].astype(object).where(first["seed"].notna(), "-").astype(str)
         names = names + " (seed " + seeds + ")"
-    return names
+    if names.is_unique:
+        return pd.Series(pd.Categorical.from_codes(ids, categories=names.to_numpy()), index=frame.index)
+    return pd.Series(names.to_numpy(dtype=object)[ids], index=frame.index)
 
 
 def _unique_in_order(values: pd.Series) -> list[str]:
@@ -543,9 +568,9 @@ def plot_roc(
     ``baseline`` encoder, when named, is drawn in dark grey.
     """
     require_columns(preds, PREDS_COLUMNS, name="preds")
-    data = preds[preds["label"].astype(str) == str(label)]
-    if "split" in data.columns and (data["split"].astype(str) == "test").any():
-        data = data[data["split"].astype(str) == "test"]
+    data = preds[(_text(preds["label"]) == str(label)).to_numpy()]
+    if "split" in data.columns and (is_test := (_text(data["split"]) == "test").to_numpy()).any():
+        data = data[is_test]
     data = _largest_fraction(data[data["y_true"].notna()])
     if data.empty:
         raise CxrbenchError(f"preds has no test rows with a known y_true for label {label!r}")
@@ -553,12 +578,12 @@ def plot_roc(
 
     codes, uniques = pd.factorize(data["_model"])  # models in order of appearance
     models = [str(m) for m in uniques]
-    colors = _palette(models, set(data.loc[data["encoder"].astype(str) == baseline, "_model"]))
+    colors = _palette(models, set(data.loc[(_text(data["encoder"]) == baseline).to_numpy(), "_model"]))
     # rows of each model, by sample_id when there is one (the same resample weights then mean the
     # same images for every model)
     keys = [codes]
     if "sample_id" in data.columns:
-        sample = pd.factorize(data["sample_id"], sort=True)[0]
+        sample = pd.factorize(_lexical(data["sample_id"]), sort=True)[0]
         keys.insert(0, np.where(sample < 0, sample.max() + 1, sample))  # missing ids last
     order = np.lexsort(keys)
     bounds = np.searchsorted(codes[order], np.arange(len(models) + 1))
@@ -566,7 +591,7 @@ def plot_roc(
     patients, known = None, None
     if "patient_id" in data.columns:
         known = data["patient_id"].notna().to_numpy()
-        patients = data["patient_id"].astype(str).to_numpy(dtype=object)
+        patients = _text(data["patient_id"]).to_numpy(dtype=object)
     bands = {}
     for m, model in enumerate(models):
         rows = order[bounds[m] : bounds[m + 1]]
