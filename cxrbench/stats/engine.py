@@ -6,10 +6,12 @@ label, so AUC differences against the baseline are paired; thresholds come from 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -363,17 +365,35 @@ def _bootstrap(
     ones = np.ones((n_samples, 1), dtype=np.float32)
     for _, cell in active:
         cell.point = {k: float(v[0]) for k, v in replicate_metrics(cell.layout, ones).items()}
-    for block in iter_count_blocks(n_samples, n_boot=n_boot, seed=seed, clusters=clusters):
-        if device is not None:
-            import torch
+    threads = _threads(len(active)) if device is None else 1
+    with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
+        for block in iter_count_blocks(n_samples, n_boot=n_boot, seed=seed, clusters=clusters):
+            if device is not None:
+                import torch
 
-            block = torch.as_tensor(block, device=device)
-        for _, cell in active:
-            for k, v in replicate_metrics(cell.layout, block, device=device).items():
-                cell.reps.setdefault(k, []).append(v)
+                block = torch.as_tensor(block, device=device)
+
+            def metrics(cell: _Cell, block: Any = block) -> dict[str, np.ndarray]:
+                return replicate_metrics(cell.layout, block, device=device)
+
+            cells = [cell for _, cell in active]
+            for cell, out in zip(cells, pool.map(metrics, cells) if pool else map(metrics, cells), strict=True):
+                for k, v in out.items():
+                    cell.reps.setdefault(k, []).append(v)
     for _, cell in active:
         cell.reps = {k: np.concatenate(v) for k, v in cell.reps.items()}  # type: ignore[assignment]
     _drop(run)
+
+
+def _threads(n_tasks: int) -> int:
+    """Threads for the numpy bootstrap: one per CPU this process may use (its sums and reductions
+    release the GIL), at most one per task. Each cell is computed alone, so the results do not
+    depend on the number of threads."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, n_tasks))
 
 
 def _drop(run: _Run) -> None:

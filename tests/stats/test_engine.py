@@ -368,3 +368,15 @@ def test_stable_order_and_unique_inverse_match_numpy(n_s):
     values, inverse = _unique_inverse(group * 7)
     expected = np.unique(group * 7, return_inverse=True)
     assert np.array_equal(values, expected[0]) and np.array_equal(inverse, expected[1])
+
+
+def test_bootstrap_threads_do_not_change_a_bit(monkeypatch):
+    import cxrbench.stats.engine as engine
+
+    df = _shuffled_problem(seed=21)
+    results = []
+    for n in (1, 3):
+        monkeypatch.setattr(engine, "_threads", lambda n_tasks, n=n: n)
+        results.append((evaluate(df, n_boot=300, seed=2), compare(df, baseline="imagenet", n_boot=300, seed=2)))
+    for a, b in zip(*results, strict=True):
+        _same(a, b)
