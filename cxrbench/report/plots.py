@@ -35,7 +35,7 @@ from cxrbench.report.tables import (  # noqa: E402
     fmt_ci,
     require_columns,
 )
-from cxrbench.stats.auc import ScoreLayout  # noqa: E402
+from cxrbench.stats.auc import ScoreLayout, transpose_contiguous  # noqa: E402
 
 PREDS_COLUMNS = ("encoder", "adaptation", "label", "y_true", "y_score")
 BASELINE_COLOR = "0.25"
@@ -176,10 +176,12 @@ def _replicate_curves(
     fp0 = wn - below
     fp0 -= tied  # negative weight strictly above each positive score
     f0 = fp0 / safe_wn  # FPR where each piece starts; falls as the score rises
-    # pieces starting at or before g: count them by the first grid point each start reaches
-    first = np.searchsorted(grid, f0, side="left")  # (u, B): grid index k with grid[k] >= start
-    counts = np.bincount((first + np.arange(n_boot) * (k + 1)).ravel(), minlength=n_boot * (k + 1))
-    n_started = np.cumsum(counts.reshape(n_boot, k + 1)[:, :k], axis=1)  # (B, grid)
+    # pieces starting at or before g: a replicate's starts fall as u rises, so per replicate one
+    # search of the grid in its starts (ascending when read from the top score down)
+    starts = transpose_contiguous(f0[::-1])  # (B, u), each row ascending
+    n_started = np.empty((n_boot, k), dtype=np.int64)  # (B, grid)
+    for b in range(n_boot):
+        n_started[b] = np.searchsorted(starts[b], grid, side="right")
     # the last of them, in descending score order, is the one with the lowest score among them
     at = np.minimum(u - n_started, u - 1) * n_boot + np.arange(n_boot)[:, None]  # flat (u, B) index
     a0 = f0.ravel()[at]

@@ -204,16 +204,18 @@ def _reduce(grouped: Any, layout: ScoreLayout, xp: Any) -> dict[str, Any]:
     x += below
     num = _rowdot(pp, x, xp)
     del x
-    tp_u = xp.cumsum(pp, 1)  # becomes positive weight at or above each positive score
-    tp_u *= -1
-    tp_u += wp
-    tp_u += pp
-    fp_u = below  # becomes all weight at or above each positive score
-    fp_u *= -1
-    fp_u += wn
-    fp_u += tp_u
-    fp_u[fp_u <= 0] = 1
-    ratio = tp_u / fp_u if xp is not np else np.divide(tp_u, fp_u, dtype=np.float64)
+    # positive weight at or above each positive score (a cumulative sum from the top), then all
+    # weight at or above it (at least 1); whole numbers, so exact in any order
+    if xp is np:
+        tp_u = np.cumsum(pp[:, ::-1], 1)[:, ::-1]
+        fp_u = np.subtract(wn, below, out=below)
+        fp_u += tp_u
+        np.maximum(fp_u, 1, out=fp_u)
+        ratio = np.divide(tp_u, fp_u, dtype=np.float64)
+    else:
+        tp_u = xp.flip(xp.cumsum(xp.flip(pp, [1]), 1), [1])
+        fp_u = (wn - below + tp_u).clamp_(min=1)
+        ratio = tp_u / fp_u
     ap_num = _rowdot(pp, ratio, xp)
     wp, wn = (
         wp[:, 0].double() if xp is not np else wp[:, 0].astype(np.float64),
@@ -241,7 +243,7 @@ def _reduce(grouped: Any, layout: ScoreLayout, xp: Any) -> dict[str, Any]:
     }
 
 
-def _transpose(a: np.ndarray, step: int = 256) -> np.ndarray:
+def transpose_contiguous(a: np.ndarray, step: int = 256) -> np.ndarray:
     """``np.ascontiguousarray(a.T)`` of a C-contiguous 2-D array, a band of rows at a time (cache-sized
     pieces: several times faster than numpy's copy of a tall transposed array)."""
     out = np.empty(a.shape[::-1], dtype=a.dtype)
@@ -263,7 +265,7 @@ def replicate_metrics(layout: ScoreLayout, weights: Any, *, device: Any = None) 
         w = np.asarray(weights)
         dtype = np.float32 if w.dtype == np.float32 else np.float64
         grouped = layout.matrix(w.shape[0], dtype) @ w.astype(dtype, copy=False)
-        return _reduce(_transpose(grouped), layout, np)
+        return _reduce(transpose_contiguous(grouped), layout, np)
     import torch
 
     w = torch.as_tensor(weights, device=device)

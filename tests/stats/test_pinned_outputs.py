@@ -129,3 +129,22 @@ def test_stage_outputs_are_bitwise_pinned(tmp_path: Path, cluster: str) -> None:
     evaluate(run, n_boot=150, seed=5, cluster=cluster)
     compare(run, baseline="imagenet", n_boot=150, seed=5, cluster=cluster, plots=False)
     assert _outputs(run) == PINNED[cluster]
+
+
+def test_roc_bands_are_bitwise_pinned() -> None:
+    """The ROC figures' numbers (curve on the grid, band, AUC CI) as the code gave them before the
+    speed-ups; the figures draw exactly these."""
+    from cxrbench.report.plots import roc_band
+
+    rng = np.random.default_rng(7)
+    h = hashlib.sha256()
+    for n, prev, groups in [(400, 0.3, False), (300, 0.05, True), (1000, 0.5, False)]:
+        y = (rng.random(n) < prev).astype(float)
+        y[:2] = [0, 1]
+        s = np.round(y + rng.normal(size=n), 1)
+        g = np.array([f"p{i // 3}" for i in range(n)]) if groups else None
+        band = roc_band(y, s, groups=g, n_boot=200, seed=3)
+        for key in ("low", "high", "tpr_grid"):
+            h.update(np.asarray(band[key], dtype=np.float64).tobytes())
+        h.update(np.array([band["auc"], band["auc_low"], band["auc_high"]]).tobytes())
+    assert h.hexdigest()[:16] == "6e7f5a34d1ef406b"
