@@ -93,7 +93,18 @@ def _resolve_device(device: str | None) -> str | None:
 
 
 def _codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Return (integer code per row, distinct values in order of appearance); NaN is a value."""
+    """Return (integer code per row, distinct values in order of appearance); NaN is a value.
+
+    The same as ``pd.factorize(col, use_na_sentinel=False)``; a categorical column is coded from
+    its category codes (a few categories, no hashing of the rows' values).
+    """
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cat_codes = col.cat.codes.to_numpy()
+        seen = pd.unique(cat_codes)  # category codes in order of appearance, -1 for NaN
+        remap = np.zeros(len(col.cat.categories) + 1, dtype=np.int64)  # -1 reads the last slot
+        remap[seen] = np.arange(seen.size)
+        uniques = pd.Categorical.from_codes(seen, dtype=col.dtype)
+        return remap[cat_codes], np.asarray(uniques, dtype=object)
     codes, uniques = pd.factorize(col, use_na_sentinel=False)
     return codes.astype(np.int64, copy=False), np.asarray(uniques, dtype=object)
 
@@ -151,7 +162,8 @@ def _validate(preds: pd.DataFrame) -> _Table:
     raw_y = preds["y_true"]
     y = _numeric(raw_y)
     known = ~np.isnan(y)
-    if (known != raw_y.notna().to_numpy()).any() or not np.isin(y[known], (0.0, 1.0)).all():
+    plain_float = isinstance(raw_y.dtype, np.dtype) and raw_y.dtype.kind == "f"  # missing = NaN already
+    if (not plain_float and (known != raw_y.notna().to_numpy()).any()) or not ((y == 0) | (y == 1) | ~known).all():
         raise CxrbenchError("predictions column 'y_true' must hold 0, 1 or NaN (unknown)")
     s = _numeric(preds["y_score"])
     bad = known & ~np.isfinite(s)
@@ -161,8 +173,9 @@ def _validate(preds: pd.DataFrame) -> _Table:
             f"y_score is NaN or infinite in {int(bad.sum())} row(s), e.g. encoder {row['encoder']!r}, "
             f"adaptation {row['adaptation']!r}, label {row['label']!r}, sample {row['sample_id']!r}"
         )
-    rows = np.flatnonzero(known)
-    is_test = is_test_val[split_code[rows]]
+    every_row = bool(known.all())
+    rows = np.arange(len(preds)) if every_row else np.flatnonzero(known)
+    is_test = is_test_val[split_code if every_row else split_code[rows]]
     if not is_test.any():
         raise CxrbenchError("predictions hold no test rows with a known y_true")
 
@@ -208,8 +221,7 @@ def _validate(preds: pd.DataFrame) -> _Table:
 
     n_s = len(sample_vals)
     group = (model * (len(labels) + 1) + label) * 2 + is_test
-    perm = _stable_order(group, sample, n_s)
-    group, sample = group[perm], sample[perm]
+    perm, group, sample = _stable_order(group, sample, n_s)
     if ((group[1:] == group[:-1]) & (sample[1:] == sample[:-1])).any():
         raise CxrbenchError("predictions hold duplicate rows for the same model, label, split and sample_id")
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
@@ -220,7 +232,7 @@ def _validate(preds: pd.DataFrame) -> _Table:
         m, lab = divmod(ml, len(labels) + 1)
         if m < len(models) and lab < len(labels):
             slices[(m, lab, t)] = (a, b)
-    at = rows[perm]
+    at = perm if every_row else rows[perm]
     return _Table(
         models=models, labels=labels, samples=np.asarray(sample_vals[test_codes], dtype=object),
         sample=sample, y=y[at], score=s[at], slices=slices, patient_rows=at,
@@ -236,17 +248,28 @@ def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniques[order], rank[codes]
 
 
-def _stable_order(group: np.ndarray, sample: np.ndarray, n_s: int) -> np.ndarray:
-    """``np.argsort(group * n_s + sample, kind="stable")`` for non-negative codes, ``sample < n_s``.
+def _stable_order(group: np.ndarray, sample: np.ndarray, n_s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``perm = np.argsort(group * n_s + sample, kind="stable")`` (non-negative codes,
+    ``sample < n_s``), ``group[perm]`` and ``sample[perm]``.
 
-    When both fit in 16 bits, two stable 16-bit sorts (radix sorts in numpy, linear time) give the
-    same order as the comparison sort of the 64-bit key.
+    When the groups fit in 16 bits they are sorted alone by numpy's linear-time radix sort; when
+    the samples of each group then come in order (as when the files list them in the order of the
+    first one) that is the answer, else the samples are sorted first (by 16-bit radix passes too
+    when they fit), which gives the same order as the comparison sort of the 64-bit key.
     """
     limit = np.iinfo(np.uint16).max
-    if n_s - 1 <= limit and (group.size == 0 or int(group.max()) <= limit):
-        perm = np.argsort(sample.astype(np.uint16), kind="stable")
-        return perm[np.argsort(group.astype(np.uint16)[perm], kind="stable")]
-    return np.argsort(group * n_s + sample, kind="stable")
+    if group.size and int(group.max()) <= limit:
+        group16 = group.astype(np.uint16)
+        perm = np.argsort(group16, kind="stable")
+        g, smp = group[perm], sample[perm]
+        if not ((g[1:] == g[:-1]) & (smp[1:] < smp[:-1])).any():
+            return perm, g, smp
+        if n_s - 1 <= limit:
+            perm = np.argsort(sample.astype(np.uint16), kind="stable")
+            perm = perm[np.argsort(group16[perm], kind="stable")]
+            return perm, group[perm], sample[perm]
+    perm = np.argsort(group * n_s + sample, kind="stable")
+    return perm, group[perm], sample[perm]
 
 
 def _patients(preds: pd.DataFrame, t: _Table) -> np.ndarray:
