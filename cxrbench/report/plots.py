@@ -162,18 +162,21 @@ def _replicate_curves(
     beyond it, exactly as the curve drawn through every threshold (``_tpr_on_grid``).
     """
     layout = ScoreLayout(y.astype(bool), s)
-    grouped = (layout.matrix(y.size, np.float32) @ weights).astype(np.float64)  # exact integer sums
+    # weights stay float32 while they are whole numbers (sums exact under 2**23), float64 from
+    # the first division on
+    grouped = layout.matrix(y.size, np.float32) @ weights.astype(np.float32, copy=False)
     u, n_boot, k = layout.n_groups, weights.shape[1], grid.size
     pp, gaps, tied = grouped[:u], grouped[u : 2 * u + 1], grouped[2 * u + 1 : 3 * u + 1]
     below = gaps[:u].copy()  # negative weight strictly below each positive score (rows: ascending)
     below[1:] += tied[: u - 1]
     np.cumsum(below, axis=0, out=below)
-    wp = pp.sum(0)
-    wn = gaps.sum(0) + tied.sum(0)
+    wp = pp.sum(0, dtype=np.float64)
+    wn = gaps.sum(0, dtype=np.float64) + tied.sum(0, dtype=np.float64)
     valid = (wp > 0) & (wn > 0)
     safe_wp, safe_wn = np.where(valid, wp, 1.0), np.where(valid, wn, 1.0)
-    aucs = np.where(valid, np.einsum("ub,ub->b", pp, below + 0.5 * tied) / (safe_wp * safe_wn), np.nan)
-    fp0 = wn - below
+    num = np.einsum("ub,ub->b", pp, below + 0.5 * tied, dtype=np.float64)  # exact: halves of whole numbers
+    aucs = np.where(valid, num / (safe_wp * safe_wn), np.nan)
+    fp0 = wn.astype(np.float32) - below
     fp0 -= tied  # negative weight strictly above each positive score
     f0 = fp0 / safe_wn  # FPR where each piece starts; falls as the score rises
     # pieces starting at or before g: a replicate's starts fall as u rises, so per replicate one
