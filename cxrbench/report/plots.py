@@ -254,12 +254,23 @@ _KEEP_CACHED = 256  # newest files kept in a plot cache folder
 
 
 def _digest_value(h: Any, value: Any) -> None:
-    """Feed one argument into the hash: frames by content (columns, dtypes, rows), others by repr."""
-    if isinstance(value, pd.DataFrame):
-        h.update(repr([(str(c), str(t)) for c, t in value.dtypes.items()]).encode())
-        h.update(pd.util.hash_pandas_object(value, index=False).to_numpy().tobytes())
-    else:
+    """Feed one argument into the hash: frames by content (columns, dtypes, rows), others by repr.
+
+    Numeric columns go in as their bytes and categorical ones as their categories and codes (no
+    per-row hashing); other columns through ``hash_pandas_object``.
+    """
+    if not isinstance(value, pd.DataFrame):
         h.update(repr(value).encode())
+        return
+    h.update(repr([(str(c), str(t)) for c, t in value.dtypes.items()] + [len(value)]).encode())
+    for _, col in value.items():
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            h.update(pd.util.hash_array(np.asarray(col.cat.categories, dtype=object)).tobytes())
+            h.update(np.ascontiguousarray(col.cat.codes.to_numpy()).tobytes())
+        elif isinstance(col.dtype, np.dtype) and col.dtype.kind in "biuf":
+            h.update(np.ascontiguousarray(col.to_numpy()).tobytes())
+        else:
+            h.update(pd.util.hash_pandas_object(col, index=False).to_numpy().tobytes())
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
