@@ -629,7 +629,7 @@ def write_phantoms(
     if workers > 1:  # every image depends only on (seed, study index, view): same bytes either way
         # fork, like torch's DataLoader workers: spawn would re-run an unnamed __main__ (stdin, REPL)
         context = multiprocessing.get_context("fork")
-        from cxrbench.data.cache import die_with_parent  # a killed prepare takes its workers with it
+        from cxrbench.processes import die_with_parent  # a killed prepare takes its workers with it
 
         with ProcessPoolExecutor(
             workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)

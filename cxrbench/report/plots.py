@@ -35,7 +35,7 @@ from cxrbench.report.tables import (  # noqa: E402
     fmt_ci,
     require_columns,
 )
-from cxrbench.stats.auc import ScoreLayout  # noqa: E402
+from cxrbench.stats.auc import ScoreLayout, transpose_contiguous  # noqa: E402
 
 PREDS_COLUMNS = ("encoder", "adaptation", "label", "y_true", "y_score")
 BASELINE_COLOR = "0.25"
@@ -162,24 +162,29 @@ def _replicate_curves(
     beyond it, exactly as the curve drawn through every threshold (``_tpr_on_grid``).
     """
     layout = ScoreLayout(y.astype(bool), s)
-    grouped = (layout.matrix(y.size, np.float32) @ weights).astype(np.float64)  # exact integer sums
+    # weights stay float32 while they are whole numbers (sums exact under 2**23), float64 from
+    # the first division on
+    grouped = layout.matrix(y.size, np.float32) @ weights.astype(np.float32, copy=False)
     u, n_boot, k = layout.n_groups, weights.shape[1], grid.size
     pp, gaps, tied = grouped[:u], grouped[u : 2 * u + 1], grouped[2 * u + 1 : 3 * u + 1]
     below = gaps[:u].copy()  # negative weight strictly below each positive score (rows: ascending)
     below[1:] += tied[: u - 1]
     np.cumsum(below, axis=0, out=below)
-    wp = pp.sum(0)
-    wn = gaps.sum(0) + tied.sum(0)
+    wp = pp.sum(0, dtype=np.float64)
+    wn = gaps.sum(0, dtype=np.float64) + tied.sum(0, dtype=np.float64)
     valid = (wp > 0) & (wn > 0)
     safe_wp, safe_wn = np.where(valid, wp, 1.0), np.where(valid, wn, 1.0)
-    aucs = np.where(valid, np.einsum("ub,ub->b", pp, below + 0.5 * tied) / (safe_wp * safe_wn), np.nan)
-    fp0 = wn - below
+    num = np.einsum("ub,ub->b", pp, below + 0.5 * tied, dtype=np.float64)  # exact: halves of whole numbers
+    aucs = np.where(valid, num / (safe_wp * safe_wn), np.nan)
+    fp0 = wn.astype(np.float32) - below
     fp0 -= tied  # negative weight strictly above each positive score
     f0 = fp0 / safe_wn  # FPR where each piece starts; falls as the score rises
-    # pieces starting at or before g: count them by the first grid point each start reaches
-    first = np.searchsorted(grid, f0, side="left")  # (u, B): grid index k with grid[k] >= start
-    counts = np.bincount((first + np.arange(n_boot) * (k + 1)).ravel(), minlength=n_boot * (k + 1))
-    n_started = np.cumsum(counts.reshape(n_boot, k + 1)[:, :k], axis=1)  # (B, grid)
+    # pieces starting at or before g: a replicate's starts fall as u rises, so per replicate one
+    # search of the grid in its starts (ascending when read from the top score down)
+    starts = transpose_contiguous(f0[::-1])  # (B, u), each row ascending
+    n_started = np.empty((n_boot, k), dtype=np.int64)  # (B, grid)
+    for b in range(n_boot):
+        n_started[b] = np.searchsorted(starts[b], grid, side="right")
     # the last of them, in descending score order, is the one with the lowest score among them
     at = np.minimum(u - n_started, u - 1) * n_boot + np.arange(n_boot)[:, None]  # flat (u, B) index
     a0 = f0.ravel()[at]
@@ -249,12 +254,23 @@ _KEEP_CACHED = 256  # newest files kept in a plot cache folder
 
 
 def _digest_value(h: Any, value: Any) -> None:
-    """Feed one argument into the hash: frames by content (columns, dtypes, rows), others by repr."""
-    if isinstance(value, pd.DataFrame):
-        h.update(repr([(str(c), str(t)) for c, t in value.dtypes.items()]).encode())
-        h.update(pd.util.hash_pandas_object(value, index=False).to_numpy().tobytes())
-    else:
+    """Feed one argument into the hash: frames by content (columns, dtypes, rows), others by repr.
+
+    Numeric columns go in as their bytes and categorical ones as their categories and codes (no
+    per-row hashing); other columns through ``hash_pandas_object``.
+    """
+    if not isinstance(value, pd.DataFrame):
         h.update(repr(value).encode())
+        return
+    h.update(repr([(str(c), str(t)) for c, t in value.dtypes.items()] + [len(value)]).encode())
+    for _, col in value.items():
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            h.update(pd.util.hash_array(np.asarray(col.cat.categories, dtype=object)).tobytes())
+            h.update(np.ascontiguousarray(col.cat.codes.to_numpy()).tobytes())
+        elif isinstance(col.dtype, np.dtype) and col.dtype.kind in "biuf":
+            h.update(np.ascontiguousarray(col.to_numpy()).tobytes())
+        else:
+            h.update(pd.util.hash_pandas_object(col, index=False).to_numpy().tobytes())
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -264,6 +280,50 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def _cache_entry(fn: Callable[..., list[Path]], args: tuple, kwargs: dict) -> tuple[str, Path]:
+    """Return (key, out_stem) of a call of the undecorated plot function ``fn`` (see ``_cached``)."""
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    h = hashlib.blake2b(digest_size=20)
+    h.update(repr((fn.__name__, PLOTS_VERSION, matplotlib.__version__)).encode())
+    for name, value in bound.arguments.items():
+        if name != "out_stem":
+            h.update(name.encode())
+            _digest_value(h, value)
+    return h.hexdigest(), Path(bound.arguments["out_stem"])
+
+
+def _paths(stem: Path) -> list[Path]:
+    return [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
+
+
+def _copy_from_cache(folder: Path, key: str, stem: Path) -> list[Path] | None:
+    """Copy ``folder/<key>.png|.pdf`` to the stem's paths and return them; None when not stored."""
+    stored = [folder / f"{key}{ext}" for ext in (".png", ".pdf")]
+    if not all(p.is_file() for p in stored):
+        return None
+    paths = _paths(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for src, dst in zip(stored, paths, strict=True):
+        _copy_atomic(src, dst)
+    return paths
+
+
+def _store_in_cache(folder: Path, key: str, written: list[Path]) -> None:
+    """Keep copies of freshly drawn files as ``folder/<key>.png|.pdf`` (the newest files are kept)."""
+    if not written:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for src, ext in zip(written, (".png", ".pdf"), strict=True):
+            _copy_atomic(src, folder / f"{key}{ext}")
+        old = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)[_KEEP_CACHED:]
+        for stale in old:
+            stale.unlink(missing_ok=True)
+    except OSError:
+        pass  # a cache: failing to fill it only costs drawing the plot next time
+
+
 def _cached(fn: Callable[..., list[Path]]) -> Callable[..., list[Path]]:
     """Let ``fn`` take ``cache=FOLDER``: reuse the files drawn before from the same inputs.
 
@@ -271,43 +331,90 @@ def _cached(fn: Callable[..., list[Path]]) -> Callable[..., list[Path]]:
     but ``out_stem`` (frames by content); a hit copies ``FOLDER/<key>.png|.pdf`` to the stem's
     paths, a miss draws and then stores copies there (atomically; the newest files are kept).
     """
-    signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, cache: str | os.PathLike | None = None, **kwargs: Any) -> list[Path]:
         if cache is None:
             return fn(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        stem = Path(bound.arguments["out_stem"])
-        h = hashlib.blake2b(digest_size=20)
-        h.update(repr((fn.__name__, PLOTS_VERSION, matplotlib.__version__)).encode())
-        for name, value in bound.arguments.items():
-            if name != "out_stem":
-                h.update(name.encode())
-                _digest_value(h, value)
-        key, folder = h.hexdigest(), Path(cache)
-        paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
-        stored = [folder / f"{key}{ext}" for ext in (".png", ".pdf")]
-        if all(p.is_file() for p in stored):
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            for src, dst in zip(stored, paths, strict=True):
-                _copy_atomic(src, dst)
-            return paths
+        key, stem = _cache_entry(fn, args, kwargs)
+        hit = _copy_from_cache(Path(cache), key, stem)
+        if hit is not None:
+            return hit
         written = fn(*args, **kwargs)
-        if written:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                for src, dst in zip(written, stored, strict=True):
-                    _copy_atomic(src, dst)
-                old = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)[_KEEP_CACHED:]
-                for stale in old:
-                    stale.unlink(missing_ok=True)
-            except OSError:
-                pass  # a cache: failing to fill it only costs drawing the plot next time
+        _store_in_cache(Path(cache), key, written)
         return written
 
     return wrapper
+
+
+_JOBS: list[tuple[Callable[..., list[Path]], tuple, dict]] = []  # what forked workers draw, by index
+
+
+def _draw_job(i: int) -> list[Path]:
+    fn, args, kwargs = _JOBS[i]
+    return fn(*args, **kwargs)
+
+
+def _fork_context() -> Any:
+    import multiprocessing
+
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+def render(
+    jobs: list[tuple[Callable[..., list[Path]], tuple, dict]],
+    *,
+    cache: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> list[list[Path]]:
+    """Draw every ``(plot function, args, kwargs)`` job; return each one's paths, in job order.
+
+    The same as calling ``fn(*args, cache=cache, **kwargs)`` for each job in turn (same files, same
+    bytes), but the figures that are not in ``cache`` are drawn side by side in up to ``workers``
+    forked processes (default: one per CPU; one, or no ``fork`` on this platform, draws here).
+    A job's error is raised here, as the serial calls would have raised the first one.
+    """
+    results: list[list[Path] | None] = [None] * len(jobs)
+    todo: list[tuple[int, str | None]] = []
+    raw = [(getattr(fn, "__wrapped__", fn), args, kwargs) for fn, args, kwargs in jobs]
+    for i, (fn, args, kwargs) in enumerate(raw):
+        key = None
+        if cache is not None:
+            key, stem = _cache_entry(fn, args, kwargs)
+            results[i] = _copy_from_cache(Path(cache), key, stem)
+        if results[i] is None:
+            todo.append((i, key))
+    n_workers = min(len(todo), workers if workers is not None else (os.cpu_count() or 1))
+    context = _fork_context() if n_workers > 1 else None
+    if context is None:
+        for i, key in todo:
+            fn, args, kwargs = raw[i]
+            results[i] = fn(*args, **kwargs)
+            if key is not None:
+                _store_in_cache(Path(cache), key, results[i])  # type: ignore[arg-type]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        from cxrbench.processes import die_with_parent  # a killed compare takes its figure workers with it
+
+        _JOBS[:] = raw
+        try:
+            with ProcessPoolExecutor(
+                n_workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+            ) as pool:
+                futures = [(i, key, pool.submit(_draw_job, i)) for i, key in todo]
+                try:
+                    for i, key, future in futures:
+                        results[i] = future.result()
+                        if key is not None:
+                            _store_in_cache(Path(cache), key, results[i])  # type: ignore[arg-type]
+                except BaseException:
+                    for _, _, future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            _JOBS.clear()
+    return results  # type: ignore[return-value]
 
 
 @contextmanager
@@ -351,13 +458,38 @@ def _largest_fraction(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[np.isclose(frac, frac.max())]
 
 
+def _text(values: pd.Series) -> pd.Series:
+    """``values.astype(str)``; for a categorical column only its categories are converted (same values)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        text = values.cat.categories.astype(str)
+        if text.is_unique:
+            return values.cat.rename_categories(text)
+    return values.astype(str)
+
+
+def _lexical(values: pd.Series) -> pd.Series:
+    """A categorical column with its categories sorted, so ``factorize(sort=True)`` sorts by value."""
+    if isinstance(values.dtype, pd.CategoricalDtype) and not values.cat.categories.is_monotonic_increasing:
+        return values.cat.reorder_categories(values.cat.categories.sort_values())
+    return values
+
+
 def _model_names(frame: pd.DataFrame) -> pd.Series:
-    """Return ``encoder / adaptation`` per row, with ``seed N`` appended when seeds vary."""
-    names = frame["encoder"].astype(str) + " / " + frame["adaptation"].astype(str)
-    if "seed" in frame.columns and frame["seed"].nunique(dropna=False) > 1:
-        seeds = frame["seed"].astype(object).where(frame["seed"].notna(), "-").astype(str)
+    """Return ``encoder / adaptation`` per row, with ``seed N`` appended when seeds vary.
+
+    The names are made once per distinct model and spread to the rows (categorical when distinct).
+    """
+    with_seed = "seed" in frame.columns and frame["seed"].nunique(dropna=False) > 1
+    keys = frame[["encoder", "adaptation", *(["seed"] if with_seed else [])]]
+    ids = keys.groupby(list(keys.columns), sort=False, dropna=False, observed=True).ngroup().to_numpy()
+    first = keys.iloc[np.unique(ids, return_index=True)[1]]
+    names = first["encoder"].astype(str) + " / " + first["adaptation"].astype(str)
+    if with_seed:
+        seeds = first["seed"].astype(object).where(first["seed"].notna(), "-").astype(str)
         names = names + " (seed " + seeds + ")"
-    return names
+    if names.is_unique:
+        return pd.Series(pd.Categorical.from_codes(ids, categories=names.to_numpy()), index=frame.index)
+    return pd.Series(names.to_numpy(dtype=object)[ids], index=frame.index)
 
 
 def _unique_in_order(values: pd.Series) -> list[str]:
@@ -465,9 +597,9 @@ def plot_roc(
     ``baseline`` encoder, when named, is drawn in dark grey.
     """
     require_columns(preds, PREDS_COLUMNS, name="preds")
-    data = preds[preds["label"].astype(str) == str(label)]
-    if "split" in data.columns and (data["split"].astype(str) == "test").any():
-        data = data[data["split"].astype(str) == "test"]
+    data = preds[(_text(preds["label"]) == str(label)).to_numpy()]
+    if "split" in data.columns and (is_test := (_text(data["split"]) == "test").to_numpy()).any():
+        data = data[is_test]
     data = _largest_fraction(data[data["y_true"].notna()])
     if data.empty:
         raise CxrbenchError(f"preds has no test rows with a known y_true for label {label!r}")
@@ -475,12 +607,12 @@ def plot_roc(
 
     codes, uniques = pd.factorize(data["_model"])  # models in order of appearance
     models = [str(m) for m in uniques]
-    colors = _palette(models, set(data.loc[data["encoder"].astype(str) == baseline, "_model"]))
+    colors = _palette(models, set(data.loc[(_text(data["encoder"]) == baseline).to_numpy(), "_model"]))
     # rows of each model, by sample_id when there is one (the same resample weights then mean the
     # same images for every model)
     keys = [codes]
     if "sample_id" in data.columns:
-        sample = pd.factorize(data["sample_id"], sort=True)[0]
+        sample = pd.factorize(_lexical(data["sample_id"]), sort=True)[0]
         keys.insert(0, np.where(sample < 0, sample.max() + 1, sample))  # missing ids last
     order = np.lexsort(keys)
     bounds = np.searchsorted(codes[order], np.arange(len(models) + 1))
@@ -488,7 +620,7 @@ def plot_roc(
     patients, known = None, None
     if "patient_id" in data.columns:
         known = data["patient_id"].notna().to_numpy()
-        patients = data["patient_id"].astype(str).to_numpy(dtype=object)
+        patients = _text(data["patient_id"]).to_numpy(dtype=object)
     bands = {}
     for m, model in enumerate(models):
         rows = order[bounds[m] : bounds[m + 1]]

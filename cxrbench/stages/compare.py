@@ -43,7 +43,8 @@ def compare(
     layout = layout_of(run)
     metrics, metrics_manifest = load_metrics(layout)
     files = prediction_files(layout)
-    if {layout.relative(p): file_hash(p) for p in files} != metrics_manifest.inputs:
+    hashes = {layout.relative(p): file_hash(p) for p in files}
+    if hashes != metrics_manifest.inputs:
         raise CxrbenchError("the predictions changed since `cxrbench evaluate` ran; rerun `cxrbench evaluate` first")
     settings = {
         "baseline": baseline,
@@ -68,12 +69,15 @@ def compare(
         if todo:
             note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha, cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
-            for dataset, preds in load_predictions(files).items():
+            plot_jobs: list = []
+            loaded = load_predictions(files, check=True, hashes=list(hashes.values()))
+            for dataset, checked in loaded.items():
+                preds = checked.frame
                 if baseline not in set(preds["encoder"].unique()):
                     info(f"[yellow]skipping {dataset}: no predictions of baseline '{baseline}'[/]")
                     continue
                 table, notes = compare_dataset(
-                    preds,
+                    checked,
                     baseline=baseline,
                     n_boot=n_boot,
                     seed=seed,
@@ -99,7 +103,7 @@ def compare(
                         home / f"{safe_name(dataset)}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note)
                     )
                 if plots:
-                    for path in _plots(
+                    plot_jobs += _plot_jobs(
                         plotting,
                         home / "plots",
                         dataset,
@@ -108,14 +112,14 @@ def compare(
                         metrics,
                         baseline=baseline,
                         seed=seed,
-                        cache=layout.plot_cache,
-                    ):
-                        stage.record(path)
+                    )
             if not comparisons:
                 encoders = sorted(set(metrics["encoder"]))
                 raise CxrbenchError(
                     f"--baseline {baseline!r}: no dataset has predictions of it (encoders: {', '.join(encoders)})"
                 )
+            for path in _plots(plotting, plot_jobs, cache=layout.plot_cache):
+                stage.record(path)
             if any(len(table) for table in comparisons.values()):
                 summary = summary_table(comparisons, metrics, baseline=baseline)
                 stage.write_parquet(home / "summary.parquet", summary)
@@ -132,7 +136,7 @@ def compare(
     return stage.manifest
 
 
-def _plots(
+def _plot_jobs(
     plotting,
     folder: Path,
     dataset: str,
@@ -142,28 +146,29 @@ def _plots(
     *,
     baseline: str,
     seed: int,
-    cache: Path,
-) -> list[Path]:
-    """Forest plot (when there are differences), ROC curve per label and label-efficiency curves of one dataset."""
-    written = []
+) -> list[tuple]:
+    """Forest plot (when there are differences), ROC curve per label and label-efficiency curves of one
+    dataset, as ``render`` jobs."""
+    jobs = []
     if not table.empty:
-        written += plotting.plot_forest(
-            table, folder / safe_name(f"{dataset}-forest"), title=f"{dataset}: Δ AUC vs {baseline}", cache=cache
-        )
+        forest = folder / safe_name(f"{dataset}-forest")
+        jobs.append((plotting.plot_forest, (table, forest), {"title": f"{dataset}: Δ AUC vs {baseline}"}))
     test = preds[preds["split"] == "test"]
-    for label, rows in test.groupby("label", sort=True):
+    for label, rows in test.groupby("label", sort=True, observed=True):
         if rows["y_true"].dropna().nunique() < 2:  # evaluate left it out of the mean; no curve to draw
             info(f"[yellow]warning:[/] {dataset}: no ROC plot for label '{label}': its test set has one class")
             continue
-        written += plotting.plot_roc(
-            rows,
-            label=label,
-            baseline=baseline,
-            out_stem=folder / safe_name(f"{dataset}-roc-{label}"),
-            seed=seed,
-            cache=cache,
+        stem = folder / safe_name(f"{dataset}-roc-{label}")
+        jobs.append(
+            (plotting.plot_roc, (rows,), {"label": label, "baseline": baseline, "out_stem": stem, "seed": seed})
         )
-    written += plotting.plot_label_efficiency(
-        metrics, dataset=dataset, baseline=baseline, out_stem=folder / safe_name(f"{dataset}-efficiency"), cache=cache
+    stem = folder / safe_name(f"{dataset}-efficiency")
+    jobs.append(
+        (plotting.plot_label_efficiency, (metrics,), {"dataset": dataset, "baseline": baseline, "out_stem": stem})
     )
-    return written
+    return jobs
+
+
+def _plots(plotting, jobs: list[tuple], *, cache: Path) -> list[Path]:
+    """Draw the jobs of every dataset together (side by side; unchanged ones copied from ``cache``)."""
+    return [path for written in plotting.render(jobs, cache=cache) for path in written]

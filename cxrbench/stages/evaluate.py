@@ -9,8 +9,11 @@ Every file is read and checked before the previous metrics are dropped.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from cxrbench.adapt.predictions import COLUMNS, parse_adaptation
 from cxrbench.console import info
@@ -26,6 +29,9 @@ from cxrbench.rundir import (
     read_complete,
     stale_inputs,
 )
+
+if TYPE_CHECKING:
+    from cxrbench.stats.engine import CheckedPredictions
 
 
 def prediction_files(run: RunLayout | Path) -> list[Path]:
@@ -51,46 +57,108 @@ def prediction_files(run: RunLayout | Path) -> list[Path]:
     return found
 
 
-def read_predictions(path: Path) -> pd.DataFrame:
-    """One predictions file with ``dataset, encoder, adaptation, fraction, seed`` from its path."""
+TEXT_COLUMNS = ("sample_id", "patient_id", "split", "label")
+
+
+def _read_table(path: Path) -> pa.Table:
+    """The predictions columns of one file, text columns as Parquet stored them (dictionaries)."""
+    import pyarrow.parquet as pq
+
     try:
-        frame = pd.read_parquet(path)
+        handle = pq.ParquetFile(path, read_dictionary=list(TEXT_COLUMNS))
+        missing = [c for c in COLUMNS if c not in handle.schema_arrow.names]
+        if not missing:
+            return handle.read(columns=list(COLUMNS))
     except (OSError, ValueError) as exc:  # truncated or not Parquet at all (pyarrow's errors are both)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CxrbenchError(f"{path}: not a readable Parquet file ({first})") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise CxrbenchError(f"{path}: not a predictions file, missing columns {missing}")
-    kind, fraction, seed = parse_adaptation(path.stem)
-    return frame.assign(
-        dataset=path.parent.parent.name, encoder=path.parent.name, adaptation=kind, fraction=fraction, seed=seed
-    )
+    raise CxrbenchError(f"{path}: not a predictions file, missing columns {missing}")
 
 
-def load_predictions(files: list[Path], *, check: bool = False) -> dict[str, pd.DataFrame]:
-    """Predictions grouped by dataset; with ``check``, each dataset's rows are validated and a problem
-    is reported with the file it is in."""
+def read_predictions(path: Path) -> pd.DataFrame:
+    """One predictions file with ``encoder, adaptation, fraction, seed`` from its path (see ``_frame``)."""
+    return _frame([path], [_read_table(path)])
+
+
+def _frame(paths: list[Path], tables: list[pa.Table]) -> pd.DataFrame:
+    """The rows of every file in order as one frame, with ``encoder, adaptation, fraction, seed``.
+
+    Text columns are categorical (Parquet's dictionaries, never a Python string per row) with their
+    categories sorted, so sorting and grouping go as for plain strings; so are encoder and adaptation.
+    """
+    lengths = [t.num_rows for t in tables]
+    columns: dict[str, object] = {}
+    try:
+        table = pa.concat_tables(tables).unify_dictionaries()
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # the files disagree on a column's type
+        frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+        for name in frame.columns:
+            if isinstance(frame[name].dtype, pd.CategoricalDtype):
+                frame[name] = frame[name].astype(frame[name].cat.categories.dtype)
+        columns.update(frame.items())
+    else:
+        for name in table.column_names:
+            col = table.column(name).to_pandas()
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                col = col.cat.reorder_categories(col.cat.categories.sort_values())
+            columns[name] = col
+    parsed = [parse_adaptation(p.stem) for p in paths]
+    for name, values in (("encoder", [p.parent.name for p in paths]), ("adaptation", [k for k, _, _ in parsed])):
+        categories = sorted(set(values))
+        codes = np.repeat([categories.index(v) for v in values], lengths).astype(np.int32)
+        columns[name] = pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
+    columns["fraction"] = np.repeat(np.array([f for _, f, _ in parsed], dtype=np.float64), lengths)
+    columns["seed"] = np.repeat(np.array([s for _, _, s in parsed], dtype=np.int64), lengths)
+    return pd.DataFrame(columns, copy=False)
+
+
+_LOADED: dict[str, object] = {}  # the last predictions loaded, by their files' paths and hashes
+
+
+def load_predictions(
+    files: list[Path], *, check: bool = False, hashes: list[str] | None = None
+) -> dict[str, pd.DataFrame] | dict[str, CheckedPredictions]:
+    """Predictions grouped by dataset: a frame each or, with ``check``, each dataset's rows validated
+    (``CheckedPredictions``, which ``evaluate``/``compare`` of ``cxrbench.stats.engine`` take as it
+    is, its frame in ``.frame``), a problem reported with the file it is in.
+
+    With ``hashes`` (the files' ``file_hash`` values, in order) the result is kept in this process,
+    so a later call on the same unchanged files (``compare`` after ``evaluate`` in a suite) neither
+    reads nor checks them again.
+    """
     if not files:
         raise CxrbenchError("no predictions in the run; run `cxrbench probe` or `cxrbench finetune` first")
-    frames = [read_predictions(p) for p in files]
-    grouped = pd.concat(frames, ignore_index=True).groupby("dataset", sort=True)
-    loaded = {name: group.drop(columns="dataset") for name, group in grouped}
-    if check:
-        from cxrbench.stats.engine import validate_predictions
+    key = None if hashes is None else repr([(str(p), h) for p, h in zip(files, hashes, strict=True)])
+    if key is not None and _LOADED.get("key") == key:
+        loaded = _LOADED["value"]
+        if not check:
+            return {name: getattr(v, "frame", v) for name, v in loaded.items()}  # type: ignore[attr-defined]
+        if _LOADED["checked"]:
+            return loaded  # type: ignore[return-value]
+    _LOADED.clear()
+    by_dataset: dict[str, list[tuple[Path, pa.Table]]] = {}
+    for path in files:
+        by_dataset.setdefault(path.parent.parent.name, []).append((path, _read_table(path)))
+    result: dict = {}
+    for name in sorted(by_dataset):
+        preds = _frame(*map(list, zip(*by_dataset[name], strict=True)))
+        if check:
+            from cxrbench.stats.engine import validate_predictions
 
-        for name, preds in loaded.items():
             try:
-                validate_predictions(preds)
+                result[name] = validate_predictions(preds)
             except CxrbenchError:
-                for path, frame in zip(files, frames, strict=True):
-                    if path.parent.parent.name != name:
-                        continue
+                for path, table in by_dataset[name]:
                     try:
-                        validate_predictions(frame)
+                        validate_predictions(_frame([path], [table]))
                     except CxrbenchError as exc:
                         raise CxrbenchError(f"{path}: {exc.message}") from None
                 raise
-    return loaded
+        else:
+            result[name] = preds
+    if key is not None:
+        _LOADED.update(key=key, value=result, checked=check)
+    return result
 
 
 def evaluate(
@@ -103,16 +171,17 @@ def evaluate(
     files = prediction_files(layout)
     settings = {"n_boot": n_boot, "cluster": cluster}
     hashes = {layout.relative(p): file_hash(p) for p in files}
+    hash_list = list(hashes.values())
     home = layout.evaluation
     stage = Stage(
         layout, "evaluate", home / "manifest.json", settings=settings, extra_inputs=hashes, seed=seed, what="evaluation"
     )
     # read and check every file before the stage drops the previous metrics
-    loaded = load_predictions(files, check=True) if force or stage.up_to_date() is None else None
+    loaded = load_predictions(files, check=True, hashes=hash_list) if force or stage.up_to_date() is None else None
     with stage.open(force=force) as todo:
         if todo:
             tables, warnings = [], []
-            for dataset, preds in (loaded or load_predictions(files, check=True)).items():
+            for dataset, preds in (loaded or load_predictions(files, check=True, hashes=hash_list)).items():
                 metrics, notes = evaluate_dataset(
                     preds, n_boot=n_boot, seed=seed, cluster=cluster, cache=layout.replicates(dataset)
                 )

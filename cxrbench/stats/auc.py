@@ -113,8 +113,9 @@ class ScoreLayout:
     Rows ``0..U-1`` hold positive weight per distinct positive score (ascending); rows
     ``U..2U`` hold negative weight in the gaps [below the first positive score, between first
     and second, ..., above the last]; rows ``2U+1..3U`` hold negative weight tied with each
-    positive score; the last row holds the negative weight at or above ``threshold`` (or below
-    it when ``threshold_complement``). Each block is contiguous so the reduction reads slices.
+    positive score; the last row holds the negative weight at or above ``threshold`` in the one
+    gap that ``threshold`` falls in (the rest of the negative weight at or above it is whole gap
+    and tie rows). Each block is contiguous so the reduction reads slices.
     """
 
     def __init__(
@@ -135,15 +136,12 @@ class ScoreLayout:
         k = np.searchsorted(pos_values, neg, side="left")
         tied = (k < u) & (pos_values[np.minimum(k, max(u - 1, 0))] == neg) if u else np.zeros(neg.size, bool)
         rows[~y] = np.where(tied, 2 * u + 1 + k, u + k)
-        above = neg >= threshold
-        complement = bool(above.sum() * 2 > neg.size)
-        thr_mask = ~above if complement else above
         self.rows = rows  # group row of each sample
         self.cols = np.arange(y.size) if cols is None else np.asarray(cols, dtype=np.int64)
         self.n_groups = int(u)  # distinct positive scores
         self.threshold_at = int(np.searchsorted(pos_values, threshold, side="left"))
-        self.threshold_complement = complement
-        self._thr_cols = self.cols[~y][thr_mask]
+        # negatives of the threshold's gap (between the positive scores around it) at or above it
+        self._thr_cols = self.cols[~y][(k == self.threshold_at) & ~tied & (neg >= threshold)]
         self._cache: dict[Any, Any] = {}
 
     @property
@@ -200,20 +198,24 @@ def _reduce(grouped: Any, layout: ScoreLayout, xp: Any) -> dict[str, Any]:
     below = xp.cumsum(below, 1, out=below) if xp is np else xp.cumsum(below, 1)
     wp = pp.sum(1, keepdims=True)
     wn = gaps.sum(1, keepdims=True) + tied.sum(1, keepdims=True)
+    at = layout.threshold_at  # negative weight strictly below the threshold's gap, before below changes
+    below_thr = below[:, at] + 0 if at < u else None  # a copy: below is overwritten below
     x = tied * 0.5
     x += below
     num = _rowdot(pp, x, xp)
     del x
-    tp_u = xp.cumsum(pp, 1)  # becomes positive weight at or above each positive score
-    tp_u *= -1
-    tp_u += wp
-    tp_u += pp
-    fp_u = below  # becomes all weight at or above each positive score
-    fp_u *= -1
-    fp_u += wn
-    fp_u += tp_u
-    fp_u[fp_u <= 0] = 1
-    ratio = tp_u / fp_u if xp is not np else np.divide(tp_u, fp_u, dtype=np.float64)
+    # positive weight at or above each positive score (a cumulative sum from the top), then all
+    # weight at or above it (at least 1); whole numbers, so exact in any order
+    if xp is np:
+        tp_u = np.cumsum(pp[:, ::-1], 1)[:, ::-1]
+        fp_u = np.subtract(wn, below, out=below)
+        fp_u += tp_u
+        np.maximum(fp_u, 1, out=fp_u)
+        ratio = np.divide(tp_u, fp_u, dtype=np.float64)
+    else:
+        tp_u = xp.flip(xp.cumsum(xp.flip(pp, [1]), 1), [1])
+        fp_u = (wn - below + tp_u).clamp_(min=1)
+        ratio = tp_u / fp_u
     ap_num = _rowdot(pp, ratio, xp)
     wp, wn = (
         wp[:, 0].double() if xp is not np else wp[:, 0].astype(np.float64),
@@ -225,7 +227,9 @@ def _reduce(grouped: Any, layout: ScoreLayout, xp: Any) -> dict[str, Any]:
     auc = num / xp.where(valid, denom, ones)
     ap = ap_num / xp.where(wp > 0, wp, ones)
     thr = thr.double() if xp is not np else thr.astype(np.float64)
-    fp_t = wn - thr if layout.threshold_complement else thr
+    fp_t = thr  # negative weight at or above the threshold: in its gap, then all gaps and ties above
+    if below_thr is not None:
+        fp_t = wn - (below_thr.double() if xp is not np else below_thr.astype(np.float64)) + thr
     tp_t = pp[:, layout.threshold_at :].sum(1)
     tp_t = tp_t.double() if xp is not np else tp_t.astype(np.float64)
     nan = xp.full_like(auc, float("nan"))
@@ -237,6 +241,15 @@ def _reduce(grouped: Any, layout: ScoreLayout, xp: Any) -> dict[str, Any]:
         "tp": tp_t,
         "fp": fp_t,
     }
+
+
+def transpose_contiguous(a: np.ndarray, step: int = 256) -> np.ndarray:
+    """``np.ascontiguousarray(a.T)`` of a C-contiguous 2-D array, a band of rows at a time (cache-sized
+    pieces: several times faster than numpy's copy of a tall transposed array)."""
+    out = np.empty(a.shape[::-1], dtype=a.dtype)
+    for r in range(0, a.shape[0], step):
+        out[:, r : r + step] = a[r : r + step].T
+    return out
 
 
 def replicate_metrics(layout: ScoreLayout, weights: Any, *, device: Any = None) -> dict[str, np.ndarray]:
@@ -252,7 +265,7 @@ def replicate_metrics(layout: ScoreLayout, weights: Any, *, device: Any = None) 
         w = np.asarray(weights)
         dtype = np.float32 if w.dtype == np.float32 else np.float64
         grouped = layout.matrix(w.shape[0], dtype) @ w.astype(dtype, copy=False)
-        return _reduce(np.ascontiguousarray(grouped.T), layout, np)
+        return _reduce(transpose_contiguous(grouped), layout, np)
     import torch
 
     w = torch.as_tensor(weights, device=device)

@@ -6,10 +6,12 @@ label, so AUC differences against the baseline are paired; thresholds come from 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +26,10 @@ from cxrbench.stats.delong import delong_test
 from cxrbench.stats.multiplicity import METHODS, adjust_pvalues
 from cxrbench.stats.thresholds import metrics_from_counts, youden_threshold
 
-__all__ = ["evaluate", "compare", "replicate_key", "MODEL_KEYS", "METRIC_COLUMNS", "COMPARE_COLUMNS"]
+__all__ = [
+    "evaluate", "compare", "validate_predictions", "CheckedPredictions", "replicate_key",
+    "MODEL_KEYS", "METRIC_COLUMNS", "COMPARE_COLUMNS",
+]  # fmt: skip
 
 MODEL_KEYS = ["encoder", "adaptation", "fraction", "seed"]
 REQUIRED = [*MODEL_KEYS, "sample_id", "patient_id", "split", "label", "y_true", "y_score"]
@@ -88,7 +93,18 @@ def _resolve_device(device: str | None) -> str | None:
 
 
 def _codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Return (integer code per row, distinct values in order of appearance); NaN is a value."""
+    """Return (integer code per row, distinct values in order of appearance); NaN is a value.
+
+    The same as ``pd.factorize(col, use_na_sentinel=False)``; a categorical column is coded from
+    its category codes (a few categories, no hashing of the rows' values).
+    """
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cat_codes = col.cat.codes.to_numpy()
+        seen = pd.unique(cat_codes)  # category codes in order of appearance, -1 for NaN
+        remap = np.zeros(len(col.cat.categories) + 1, dtype=np.int64)  # -1 reads the last slot
+        remap[seen] = np.arange(seen.size)
+        uniques = pd.Categorical.from_codes(seen, dtype=col.dtype)
+        return remap[cat_codes], np.asarray(uniques, dtype=object)
     codes, uniques = pd.factorize(col, use_na_sentinel=False)
     return codes.astype(np.int64, copy=False), np.asarray(uniques, dtype=object)
 
@@ -114,9 +130,21 @@ class _Table:
     patient_rows: np.ndarray  # original row index of each sorted row
 
 
-def validate_predictions(preds: pd.DataFrame) -> None:
+@dataclass(frozen=True)
+class CheckedPredictions:
+    """Predictions that passed ``validate_predictions``, with their integer-coded table.
+
+    ``evaluate`` and ``compare`` take it in place of the frame and do not check the rows again;
+    ``frame`` must not be modified afterwards.
+    """
+
+    frame: pd.DataFrame
+    table: _Table
+
+
+def validate_predictions(preds: pd.DataFrame) -> CheckedPredictions:
     """Check predictions as ``evaluate``/``compare`` will (one-line CxrbenchError naming the problem)."""
-    _validate(preds)
+    return CheckedPredictions(preds, _validate(preds))
 
 
 def _validate(preds: pd.DataFrame) -> _Table:
@@ -134,7 +162,8 @@ def _validate(preds: pd.DataFrame) -> _Table:
     raw_y = preds["y_true"]
     y = _numeric(raw_y)
     known = ~np.isnan(y)
-    if (known != raw_y.notna().to_numpy()).any() or not np.isin(y[known], (0.0, 1.0)).all():
+    plain_float = isinstance(raw_y.dtype, np.dtype) and raw_y.dtype.kind == "f"  # missing = NaN already
+    if (not plain_float and (known != raw_y.notna().to_numpy()).any()) or not ((y == 0) | (y == 1) | ~known).all():
         raise CxrbenchError("predictions column 'y_true' must hold 0, 1 or NaN (unknown)")
     s = _numeric(preds["y_score"])
     bad = known & ~np.isfinite(s)
@@ -144,8 +173,9 @@ def _validate(preds: pd.DataFrame) -> _Table:
             f"y_score is NaN or infinite in {int(bad.sum())} row(s), e.g. encoder {row['encoder']!r}, "
             f"adaptation {row['adaptation']!r}, label {row['label']!r}, sample {row['sample_id']!r}"
         )
-    rows = np.flatnonzero(known)
-    is_test = is_test_val[split_code[rows]]
+    every_row = bool(known.all())
+    rows = np.arange(len(preds)) if every_row else np.flatnonzero(known)
+    is_test = is_test_val[split_code if every_row else split_code[rows]]
     if not is_test.any():
         raise CxrbenchError("predictions hold no test rows with a known y_true")
 
@@ -156,7 +186,7 @@ def _validate(preds: pd.DataFrame) -> _Table:
         codes, vals = _codes(preds[col].iloc[rows] if rows.size < len(preds) else preds[col])
         model = model * len(vals) + codes
         key_vals.append(vals)
-    model_ids, model = np.unique(model, return_inverse=True)
+    model_ids, model = _unique_inverse(model)
     tuples = []
     for mid in model_ids.tolist():
         parts = []
@@ -190,12 +220,10 @@ def _validate(preds: pd.DataFrame) -> _Table:
     sample = sample[sample_code]
 
     n_s = len(sample_vals)
-    key = ((model * (len(labels) + 1) + label) * 2 + is_test) * n_s + sample
-    perm = np.argsort(key, kind="stable")
-    key = key[perm]
-    if (key[1:] == key[:-1]).any():
+    group = (model * (len(labels) + 1) + label) * 2 + is_test
+    perm, group, sample = _stable_order(group, sample, n_s)
+    if ((group[1:] == group[:-1]) & (sample[1:] == sample[:-1])).any():
         raise CxrbenchError("predictions hold duplicate rows for the same model, label, split and sample_id")
-    group = key // n_s
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     ends = np.r_[starts[1:], group.size]
     slices = {}
@@ -204,11 +232,44 @@ def _validate(preds: pd.DataFrame) -> _Table:
         m, lab = divmod(ml, len(labels) + 1)
         if m < len(models) and lab < len(labels):
             slices[(m, lab, t)] = (a, b)
+    at = perm if every_row else rows[perm]
     return _Table(
         models=models, labels=labels, samples=np.asarray(sample_vals[test_codes], dtype=object),
-        sample=sample[perm], y=y[rows][perm], score=s[rows][perm], slices=slices,
-        patient_rows=rows[perm],
+        sample=sample, y=y[at], score=s[at], slices=slices, patient_rows=at,
     )  # fmt: skip
+
+
+def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` of integers, by hashing (few distinct values, many rows)."""
+    codes, uniques = pd.factorize(values)
+    order = np.argsort(uniques)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return uniques[order], rank[codes]
+
+
+def _stable_order(group: np.ndarray, sample: np.ndarray, n_s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``perm = np.argsort(group * n_s + sample, kind="stable")`` (non-negative codes,
+    ``sample < n_s``), ``group[perm]`` and ``sample[perm]``.
+
+    When the groups fit in 16 bits they are sorted alone by numpy's linear-time radix sort; when
+    the samples of each group then come in order (as when the files list them in the order of the
+    first one) that is the answer, else the samples are sorted first (by 16-bit radix passes too
+    when they fit), which gives the same order as the comparison sort of the 64-bit key.
+    """
+    limit = np.iinfo(np.uint16).max
+    if group.size and int(group.max()) <= limit:
+        group16 = group.astype(np.uint16)
+        perm = np.argsort(group16, kind="stable")
+        g, smp = group[perm], sample[perm]
+        if not ((g[1:] == g[:-1]) & (smp[1:] < smp[:-1])).any():
+            return perm, g, smp
+        if n_s - 1 <= limit:
+            perm = np.argsort(sample.astype(np.uint16), kind="stable")
+            perm = perm[np.argsort(group16[perm], kind="stable")]
+            return perm, group[perm], sample[perm]
+    perm = np.argsort(group * n_s + sample, kind="stable")
+    return perm, group[perm], sample[perm]
 
 
 def _patients(preds: pd.DataFrame, t: _Table) -> np.ndarray:
@@ -229,7 +290,7 @@ def _patients(preds: pd.DataFrame, t: _Table) -> np.ndarray:
 
 
 def _run(
-    preds: pd.DataFrame,
+    preds: pd.DataFrame | CheckedPredictions,
     *,
     n_boot: int,
     seed: int,
@@ -247,7 +308,10 @@ def _run(
     that did not ask for them drop their warnings (see ``_Run.texts``).
     """
     _check_options(n_boot, ci, cluster)
-    t = _validate(preds)
+    if isinstance(preds, CheckedPredictions):
+        preds, t = preds.frame, preds.table
+    else:
+        t = _validate(preds)
     clusters = _patients(preds, t) if cluster == "patient" else None
     dev = _resolve_device(device)
     key = None
@@ -324,17 +388,35 @@ def _bootstrap(
     ones = np.ones((n_samples, 1), dtype=np.float32)
     for _, cell in active:
         cell.point = {k: float(v[0]) for k, v in replicate_metrics(cell.layout, ones).items()}
-    for block in iter_count_blocks(n_samples, n_boot=n_boot, seed=seed, clusters=clusters):
-        if device is not None:
-            import torch
+    threads = _threads(len(active)) if device is None else 1
+    with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
+        for block in iter_count_blocks(n_samples, n_boot=n_boot, seed=seed, clusters=clusters):
+            if device is not None:
+                import torch
 
-            block = torch.as_tensor(block, device=device)
-        for _, cell in active:
-            for k, v in replicate_metrics(cell.layout, block, device=device).items():
-                cell.reps.setdefault(k, []).append(v)
+                block = torch.as_tensor(block, device=device)
+
+            def metrics(cell: _Cell, block: Any = block) -> dict[str, np.ndarray]:
+                return replicate_metrics(cell.layout, block, device=device)
+
+            cells = [cell for _, cell in active]
+            for cell, out in zip(cells, pool.map(metrics, cells) if pool else map(metrics, cells), strict=True):
+                for k, v in out.items():
+                    cell.reps.setdefault(k, []).append(v)
     for _, cell in active:
         cell.reps = {k: np.concatenate(v) for k, v in cell.reps.items()}  # type: ignore[assignment]
     _drop(run)
+
+
+def _threads(n_tasks: int) -> int:
+    """Threads for the numpy bootstrap: one per CPU this process may use (its sums and reductions
+    release the GIL), at most one per task. Each cell is computed alone, so the results do not
+    depend on the number of threads."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, n_tasks))
 
 
 def _drop(run: _Run) -> None:
@@ -496,7 +578,7 @@ def _macro(per_label: dict[str, tuple[float, np.ndarray]]) -> tuple[float, np.nd
 
 
 def evaluate(
-    preds: pd.DataFrame,
+    preds: pd.DataFrame | CheckedPredictions,
     *,
     n_boot: int = 1000,
     seed: int = 0,
@@ -516,7 +598,8 @@ def evaluate(
     (default: CUDA when available, else numpy). ``cache`` (a folder) shares the bootstrap
     replicates with ``compare`` (and later calls) on the same predictions and settings: they are
     stored there as ``<replicate_key>.npz`` and read back instead of recomputed; the results are
-    the same with or without it.
+    the same with or without it. ``preds`` may be the ``CheckedPredictions`` that
+    ``validate_predictions`` returned for it (then it is not checked again).
     """
     run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=True, cache=cache)
     rows: list[tuple] = []
@@ -549,7 +632,7 @@ def evaluate(
 
 
 def compare(
-    preds: pd.DataFrame,
+    preds: pd.DataFrame | CheckedPredictions,
     *,
     baseline: str,
     n_boot: int = 1000,
@@ -581,8 +664,9 @@ def compare(
         raise CxrbenchError(f"correction must be one of {', '.join(METHODS)}; got {correction!r}")
     if not 0.0 < float(alpha) < 1.0:
         raise CxrbenchError(f"alpha must lie strictly between 0 and 1; got {alpha!r}")
-    if isinstance(preds, pd.DataFrame) and "encoder" in preds.columns:
-        encoders = sorted(map(str, pd.unique(preds["encoder"])))
+    frame = preds.frame if isinstance(preds, CheckedPredictions) else preds
+    if isinstance(frame, pd.DataFrame) and "encoder" in frame.columns:
+        encoders = sorted(map(str, pd.unique(frame["encoder"])))
         if baseline not in encoders:
             raise CxrbenchError(
                 f"baseline encoder {baseline!r} is not in the predictions; encoders: {', '.join(encoders)}"

@@ -304,3 +304,40 @@ def test_same_inputs_give_byte_identical_files_whenever_drawn(tmp_path, monkeypa
     for old, new in zip(first, second, strict=True):
         assert old.read_bytes() == new.read_bytes(), new.name
         assert b"CreationDate" not in new.read_bytes()
+
+
+def _jobs(folder):
+    return [
+        (plot_forest, (_comparison(), folder / "forest"), {"title": "t"}),
+        (plot_roc, (_preds(),), {"label": "Atelectasis", "out_stem": folder / "roc-a", "n_boot": 30}),
+        (plot_roc, (_preds(),), {"label": "pleural_effusion", "out_stem": folder / "roc-b", "n_boot": 30}),
+    ]
+
+
+def test_render_in_worker_processes_writes_the_serial_bytes(tmp_path, monkeypatch):
+    import cxrbench.report.plots as plots
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")  # PDFs without the time of drawing
+    serial = [plots.render(_jobs(tmp_path / "serial"), workers=1)]
+    serial.append([fn(*args, **kwargs) for fn, args, kwargs in _jobs(tmp_path / "calls")])
+    cache = tmp_path / "cache"
+    parallel = plots.render(_jobs(tmp_path / "parallel"), workers=3, cache=cache)
+    assert plt.get_fignums() == []
+    for run in serial:
+        for mine, theirs in zip(parallel, run, strict=True):
+            assert [p.name for p in mine] == [p.name for p in theirs]
+            assert [p.read_bytes() for p in mine] == [p.read_bytes() for p in theirs]
+    # drawn figures went to the cache: a second render copies them, drawing nothing
+    monkeypatch.setattr(plots, "_fork_context", lambda: pytest.fail("nothing left to draw"))
+    monkeypatch.setattr(plots, "_save", lambda *a: pytest.fail("nothing left to draw"))
+    again = plots.render(_jobs(tmp_path / "again"), workers=3, cache=cache)
+    assert [[p.read_bytes() for p in w] for w in again] == [[p.read_bytes() for p in w] for w in parallel]
+
+
+def test_render_raises_the_first_failing_job(tmp_path):
+    import cxrbench.report.plots as plots
+
+    jobs = _jobs(tmp_path)
+    jobs.insert(1, (plot_roc, (_preds(),), {"label": "Nodule", "out_stem": tmp_path / "roc-n", "n_boot": 30}))
+    with pytest.raises(CxrbenchError, match="'Nodule'"):
+        plots.render(jobs, workers=2)

@@ -104,9 +104,9 @@ time.sleep(120)
 _WORKER = """
 import os, sys, time
 from pathlib import Path
-from cxrbench.data import cache
-cache.sys = type("NotLinux", (), {"platform": "darwin"})  # no prctl: the getppid watchdog alone
-cache.die_with_parent(os.getppid())
+from cxrbench import processes
+processes.sys = type("NotLinux", (), {"platform": "darwin"})  # no prctl: the getppid watchdog alone
+processes.die_with_parent(os.getppid())
 Path(sys.argv[1]).write_text(str(os.getpid()))
 time.sleep(120)
 """
@@ -140,6 +140,6 @@ def test_watchdog_ends_a_worker_without_the_death_signal(tmp_path: Path) -> None
 
 def test_worker_whose_parent_already_died_exits_at_once() -> None:
     """The death signal is armed after the worker starts; a parent gone before that is caught too."""
-    code = "from cxrbench.data.cache import die_with_parent; import time; die_with_parent(-1); time.sleep(60)"
+    code = "from cxrbench.processes import die_with_parent; import time; die_with_parent(-1); time.sleep(60)"
     done = subprocess.run([sys.executable, "-c", code], env=_env(), timeout=60, capture_output=True)
     assert (done.returncode, done.stderr) == (1, b"")

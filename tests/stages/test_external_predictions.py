@@ -81,3 +81,40 @@ def test_compare_with_only_the_baseline_reports_its_aucs_and_roc_curves(tmp_path
     summary = pd.read_parquet(home / "summary.parquet")
     rows = summary.set_index("dataset")["best (probe)"].to_dict()
     assert rows == {"pair": "mine", "solo": ""}
+
+
+def test_predictions_are_read_and_checked_once_per_process(tmp_path: Path, monkeypatch) -> None:
+    """evaluate checks each dataset's rows once (not again in the bootstrap), and compare in the
+    same process (a suite) reuses what evaluate read while the files are unchanged."""
+    import cxrbench.stages.evaluate as evaluate_stage
+    import cxrbench.stats.engine as engine
+    from cxrbench.stages.compare import compare
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    patients = np.array([f"p{i}" for i in range(200)])
+    run = tmp_path / "run"
+    _write(run, "imagenet", y + rng.normal(0, 2.0, 200), y, patients)
+    _write(run, "mine", y + rng.normal(0, 1.0, 200), y, patients)
+    calls = {"read": 0, "validate": 0}
+
+    def counted(fn, key):
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(evaluate_stage, "_read_table", counted(evaluate_stage._read_table, "read"))
+    monkeypatch.setattr(engine, "_validate", counted(engine._validate, "validate"))
+    evaluate_stage.evaluate(run, n_boot=20)
+    assert calls == {"read": 2, "validate": 1}
+    compare(run, baseline="imagenet", n_boot=20, plots=False)
+    assert calls == {"read": 2, "validate": 1}
+    # a changed file is read again
+    path = run / "predictions/external/mine/probe.parquet"
+    frame = pd.read_parquet(path)
+    frame["y_score"] = frame["y_score"] + 1.0
+    frame.to_parquet(path)
+    evaluate_stage.evaluate(run, n_boot=20)
+    assert calls == {"read": 4, "validate": 2}

@@ -355,3 +355,42 @@ def test_replicate_cache_misses_on_other_inputs_and_survives_a_bad_file(tmp_path
     shuffled = df.sample(frac=1.0, random_state=0)
     _same(evaluate(shuffled, n_boot=20, cache=tmp_path), evaluate(shuffled, n_boot=20))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.parametrize("n_s", [5, 70_000])
+@pytest.mark.parametrize("n_groups", [300, 70_000])
+@pytest.mark.parametrize("presorted", [False, True])
+def test_stable_order_and_unique_inverse_match_numpy(n_s, n_groups, presorted):
+    from cxrbench.stats.engine import _codes, _stable_order, _unique_inverse
+
+    rng = np.random.default_rng(n_s + n_groups)
+    group = rng.integers(0, n_groups, 50_000)
+    sample = np.sort(rng.integers(0, n_s, 50_000)) if presorted else rng.integers(0, n_s, 50_000)
+    perm, g, smp = _stable_order(group, sample, n_s)
+    expected = np.argsort(group * n_s + sample, kind="stable")
+    assert np.array_equal(perm, expected)
+    assert np.array_equal(g, group[expected]) and np.array_equal(smp, sample[expected])
+    values, inverse = _unique_inverse(group * 7)
+    expected = np.unique(group * 7, return_inverse=True)
+    assert np.array_equal(values, expected[0]) and np.array_equal(inverse, expected[1])
+    # categorical columns are coded as factorize codes them (NaN a value of its own)
+    col = pd.Series(np.array(["b", "a", None, "c", "a", None, "b"], dtype=object)[rng.integers(0, 7, 1000)])
+    for series in (col, col.astype("category"), col.astype("category").cat.reorder_categories(["c", "b", "a"])):
+        codes, vals = _codes(series)
+        ref_codes, ref_vals = pd.factorize(col, use_na_sentinel=False)
+        assert np.array_equal(codes, ref_codes)
+        assert [v if isinstance(v, str) else "nan" for v in vals] == [
+            v if isinstance(v, str) else "nan" for v in ref_vals
+        ]
+
+
+def test_bootstrap_threads_do_not_change_a_bit(monkeypatch):
+    import cxrbench.stats.engine as engine
+
+    df = _shuffled_problem(seed=21)
+    results = []
+    for n in (1, 3):
+        monkeypatch.setattr(engine, "_threads", lambda n_tasks, n=n: n)
+        results.append((evaluate(df, n_boot=300, seed=2), compare(df, baseline="imagenet", n_boot=300, seed=2)))
+    for a, b in zip(*results, strict=True):
+        _same(a, b)
