@@ -152,3 +152,25 @@ def test_early_stop_hook_and_bad_settings(tmp_path: Path) -> None:
         _fit(tmp_path, batch_size=4, accumulate=2, checkpoint_every=3)
     with pytest.raises(CxrbenchError, match="optimizer 'lamb'"):
         TrainConfig(epochs=1, batch_size=1, lr=1.0, optimizer="lamb")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_the_loop_on_cuda_matches_the_cpu(tmp_path: Path, precision: str) -> None:
+    # what tests/perf/device_checks.sh runs where a GPU is lent: the same task on CUDA (autocast,
+    # loss scaling, channels-last preparation, accumulation) ends near the CPU fp32 weights
+    cpu, _ = _fit(tmp_path, batch_size=4, accumulate=2, name="cpu")
+    task = _Regression()
+    config = TrainConfig(epochs=2, batch_size=4, lr=0.05, optimizer="sgd", momentum=0.0, accumulate=2)
+    fit(
+        task,
+        _data(4),
+        config,
+        seed=0,
+        device=Device.choose("cuda", precision=precision),
+        checkpoint_dir=tmp_path / precision,
+    )
+    tolerance = 1e-5 if precision == "fp32" else 5e-2
+    for a, b in zip(cpu.model.parameters(), task.model.parameters(), strict=True):
+        torch.testing.assert_close(b.detach().cpu(), a.detach(), rtol=tolerance, atol=tolerance)

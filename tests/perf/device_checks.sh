@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check that needs a CUDA device, in one run of about 6 minutes on one H100/H200, for a
-# session that is lent one: the gpu-marked tests (probe and stats on GPU equal CPU), the probe's
+# session that is lent one: the gpu-marked tests (probe, stats and the training engine in fp32/bf16/fp16
+# on GPU against the CPU), the probe's
 # time on the GPU (goal < 1 s), and training/extraction throughput against plain torch loops
 # (goal >= 80 %). Each part runs even if an earlier one failed; the exit code is the worst one.
 # Usage: tests/perf/device_checks.sh [LOG_DIR]   (the device tool's $OUT by default)
