@@ -88,3 +88,14 @@ def test_weights_dir_identity_and_finetuning(tiny_clip, tmp_path, monkeypatch):
     torch.nn.functional.binary_cross_entropy_with_logits(model(torch.rand(3, 1, 30, 30)), torch.ones(3, 2)).backward()
     optimizer.step()
     assert not torch.equal(before, model.encoder.backbone.visual.conv1.weight)
+
+
+def test_text_tower_equals_open_clip_encode_text(tiny_clip):
+    snapshot, _ = tiny_clip
+    tower, tokenizer = resolve_encoder("open_clip:org/tiny-open-clip").text_tower()
+    model = open_clip.create_model(f"local-dir:{snapshot}").eval()
+    tokens = torch.randint(1, 99, (3, 8), generator=torch.Generator().manual_seed(2))
+    tokens[:, -1] = 99  # CLIP pools the text at its end-of-text token (the largest id)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(tokens), model.encode_text(tokens), rtol=1e-4, atol=1e-5)
+    assert tokenizer(["no effusion"]).shape == (1, 8)  # CLIP's own byte-pair encoding, offline

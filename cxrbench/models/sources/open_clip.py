@@ -154,6 +154,44 @@ class OpenClipSpec(EncoderSpec):
         native = self.input_size if timm_tower else None
         return _backbone_module_class()(visual, num_features=model_cfg["embed_dim"], native=native)
 
+    def text_tower(self) -> tuple[nn.Module, Any]:
+        """The checkpoint's text tower and its tokenizer, for zero-shot scoring: ``tower(tokenizer(texts))``
+        gives open_clip's ``encode_text`` (projected, not normalised). The tokenizer is open_clip's own
+        (CLIP's byte-pair encoding ships with it) or the Hugging Face one the config names, read offline."""
+        self.require()
+        package = open_clip()
+        from open_clip.factory import load_state_dict
+        from open_clip.model import _build_text_tower
+
+        path = Path(self.weights.location)
+        model_cfg, *_ = read_config(path.parent / CONFIG, package)
+        text_cfg = dict(model_cfg.get("text_cfg") or {})
+        tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=model_cfg.get("quick_gelu", False))
+        state = load_state_dict(str(path), weights_only=True)
+        custom = any(k.startswith("text.") for k in state)  # CustomTextCLIP keeps its tower under text.
+        skip = ("visual.", "logit_scale", "logit_bias", "attn_mask")
+        text = {
+            (k[len("text.") :] if custom else k): v
+            for k, v in state.items()
+            if (k.startswith("text.") if custom else not k.startswith(skip))
+        }
+        result = tower.load_state_dict(text, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("attn_mask")]
+        if missing or result.unexpected_keys:
+            detail = f"missing: {', '.join(missing[:3])}" if missing else ""
+            detail += f" unexpected: {', '.join(result.unexpected_keys[:3])}" if result.unexpected_keys else ""
+            raise CxrbenchError(f"text weights in {path} do not fit its open_clip config; {detail.strip()}")
+        context = int(text_cfg.get("context_length", 77))
+        try:
+            if text_cfg.get("hf_tokenizer_name"):
+                tokenizer = package.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context)
+            else:
+                tokenizer = package.tokenizer.SimpleTokenizer(context_length=context)
+        except Exception as exc:  # noqa: BLE001 - a tokenizer not in the offline cache is one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CxrbenchError(f"the tokenizer of {self.name} is not available offline: {first}") from None
+        return tower.eval(), tokenizer
+
 
 def parse(name: str, *, arch: str | None, run: Path | None) -> OpenClipSpec:
     package = open_clip()
