@@ -244,3 +244,38 @@ def test_every_parameter_takes_part_in_training_whatever_the_feature(tiny_vit, f
     assert all(p.grad is not None for p in model.parameters())
     with torch.no_grad():
         torch.testing.assert_close(model.encoder.backbone(model.encoder.preprocess(x)), frozen)
+
+
+def test_siglip_checkpoint_gives_its_image_tower_pooled_by_default(tmp_path, hub_repo):
+    # SigLIP has no class token: its pooled output (attention-pooling head) is the default feature
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(3)
+    config = SiglipConfig(
+        text_config={
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "vocab_size": 99,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+    )
+    folder = tmp_path / "saved-siglip"
+    SiglipModel(config).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    snapshot = hub_repo("org/tiny-siglip", folder)
+    enc = create_encoder("hf:org/tiny-siglip")
+    assert enc.input_size == 32 and enc.num_features == 32 and enc.mean == pytest.approx((0.5, 0.5, 0.5))
+    assert not any(p.shape[-1] == 99 for p in enc.parameters())  # no text tower
+    grey = _grey(2, 32)
+    expected = _by_hand(snapshot, grey, tower=True)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(_as_input(grey)), expected.pooler_output, rtol=1e-4, atol=1e-5)
