@@ -129,10 +129,6 @@ class RunLayout:
     def encoder(self, name: str) -> Path:
         return self._join("encoders", name)
 
-    @property
-    def encoders(self) -> Path:
-        return self.root / "encoders"
-
     def features(self, dataset: str, encoder: str) -> Path:
         return self._join("features", dataset, f"{safe_name(encoder)}.parquet")
 

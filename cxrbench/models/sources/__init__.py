@@ -24,7 +24,6 @@ __all__ = [
     "builtin_names",
     "check_weights",
     "is_builtin",
-    "prefixes",
     "resolve_encoder",
     "source_modules",
 ]
@@ -40,11 +39,6 @@ def source_modules() -> tuple[ModuleType, ...]:
 def builtin_names() -> list[str]:
     """Encoder names claimed exactly by a source (``imagenet``, ``dinov2``, ``random``, ...)."""
     return sorted(n for m in source_modules() for n in getattr(m, "NAMES", ()))
-
-
-def prefixes() -> list[str]:
-    """Name prefixes claimed by a source (``file:``, ...)."""
-    return sorted(m.PREFIX for m in source_modules() if getattr(m, "PREFIX", None))
 
 
 def _claimant(name: str) -> ModuleType:
