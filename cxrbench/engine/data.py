@@ -11,15 +11,22 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cxrbench.errors import CxrbenchError
 
+if TYPE_CHECKING:
+    from cxrbench.data.partners import Partners
+
 #: one batch: ``images`` (uint8 ``[B, H, W]``) plus any per-row fields (``targets``, ``patient_id``, ...)
 Batch = dict[str, Any]
+#: the batch entries holding cached images (uint8 on the way, float ``[B, 1, H, W]`` on the device)
+IMAGE_KEYS = ("images", "partner_images")
+#: the ``step_seed`` part of the stream partner images are drawn from (the loop uses none and 1)
+PARTNER_STREAM = 2
 
 
 def step_seed(seed: int, *parts: int) -> int:
@@ -89,7 +96,9 @@ class EpochBatches(_CacheReader):
 
     ``batch`` holds the uint8 ``images`` and, for each entry of ``fields`` (per-row arrays such as
     ``targets``, ``patient_id`` or report text), the values of the batch's rows: numeric arrays as
-    tensors, anything else as a list. Steps follow ``epoch_order``/``batches`` for (seed, epoch), so
+    tensors, anything else as a list. With ``partners`` (``cxrbench.data.partners``), ``partner_images``
+    holds one partner image per row, drawn from stream (seed, epoch, step, ``PARTNER_STREAM``) over
+    the whole batch before sharding. Steps follow ``epoch_order``/``batches`` for (seed, epoch), so
     iterating items in order is the single-process plan; ``shard(idx)`` (a ``Dist.shard``) keeps
     this rank's part of each batch.
     """
@@ -105,9 +114,13 @@ class EpochBatches(_CacheReader):
         epochs: int,
         drop_last: bool = False,
         shard: Callable[[np.ndarray], np.ndarray] | None = None,
+        partners: Partners | None = None,
     ) -> None:
         super().__init__(images)
         self.rows = np.asarray(rows)
+        if partners is not None and len(partners) != len(self.rows):
+            raise CxrbenchError(f"partner candidates cover {len(partners)} rows for {len(self.rows)} images")
+        self.partners = partners
         self.fields = {name: values for name, values in (fields or {}).items() if values is not None}
         for name, values in self.fields.items():
             if len(values) != len(self.rows):
@@ -134,10 +147,14 @@ class EpochBatches(_CacheReader):
 
     def __getitem__(self, k: int) -> tuple[int, int, Batch]:
         epoch, step = divmod(int(k), self.steps_per_epoch)
-        idx = self.plan(epoch)[step]
-        if self.shard is not None:
-            idx = self.shard(idx)
+        whole = self.plan(epoch)[step]
+        keep = self.shard(np.arange(len(whole))) if self.shard is not None else np.arange(len(whole))
+        idx = whole[keep]
         batch: Batch = {"images": torch.from_numpy(read_rows(self.images, self.rows[idx]))}
+        if self.partners is not None:
+            rng = np.random.default_rng(step_seed(self.seed, epoch, step, PARTNER_STREAM))
+            mates = self.partners.draw(whole, rng)[keep]
+            batch["partner_images"] = torch.from_numpy(read_rows(self.images, self.rows[mates]))
         for name, values in self.fields.items():
             if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
                 batch[name] = torch.from_numpy(np.ascontiguousarray(values[idx]))

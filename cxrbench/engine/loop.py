@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cxrbench.engine.checkpoint import load_checkpoint, save_checkpoint
-from cxrbench.engine.data import Batch, EpochBatches, loader, step_seed, to_device
+from cxrbench.engine.data import IMAGE_KEYS, Batch, EpochBatches, loader, step_seed, to_device
 from cxrbench.engine.device import Device
 from cxrbench.engine.distributed import Dist
 from cxrbench.engine.log import StepLog
@@ -120,7 +120,7 @@ class Task:
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     moved: Batch = {}
     for name, value in batch.items():
-        if name == "images":
+        if name in IMAGE_KEYS:
             moved[name] = to_device(value, device)
         elif isinstance(value, torch.Tensor):
             moved[name] = value.to(device, non_blocking=True)

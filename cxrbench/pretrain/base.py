@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,6 +25,11 @@ from cxrbench.engine.loop import Loss, Step, Task, TrainConfig, fit
 from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import Encoder
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cxrbench.data.partners import Partners
+
 
 class Method(nn.Module):
     """A self-supervised method around ``encoder``; subclasses set ``defaults`` and implement ``loss``.
@@ -33,6 +38,8 @@ class Method(nn.Module):
     warmup_steps) a user may override. Keyword arguments of ``__init__`` are the method's own
     options (``--option temperature=0.2``). ``fields`` names per-image columns the method needs
     beyond the pixels (``patient_id``, ``report``). ``drop_last``: contrastive losses need full batches.
+    A method that pairs each image with another one (MedAug) returns candidates from
+    ``partner_candidates``; its batches then carry ``partner_images``.
     """
 
     defaults: ClassVar[dict[str, Any]] = {
@@ -63,6 +70,12 @@ class Method(nn.Module):
 
     def after_step(self, step: Step) -> None:
         """After each optimizer step: EMA teachers, queues, schedules of the method's own."""
+
+    @classmethod
+    def partner_candidates(cls, rows: pd.DataFrame, options: Mapping[str, Any], *, dataset: str) -> Partners | None:
+        """Per train row (of the prepared ``rows``), the rows whose image may be its partner; None
+        (the default): the method takes no partner images."""
+        return None
 
     @classmethod
     def training_defaults(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,13 +161,14 @@ def pretrain_loop(
     device: Device,
     checkpoint_dir: Path,
     fields: Mapping[str, Any] | None = None,
+    partners: Partners | None = None,
     checkpoint_every: int = 0,
     advance: Callable[[int], None] = lambda n=1: None,
     dist: Dist | None = None,
     num_workers: int = 0,
 ) -> tuple[list[float], StepLog]:
     """Train ``method`` on cached ``images[rows]`` (plus per-row ``fields``); returns the mean loss
-    per epoch and the per-step log. Resumes from ``checkpoint_dir``; under DDP each rank holds its
+    per epoch and the per-step log (``partners``: see ``Method.partner_candidates``). Resumes from ``checkpoint_dir``; under DDP each rank holds its
     slice of every batch (``Method.loss`` gathers what the loss needs from the whole batch)."""
     dist = dist or Dist()
     if len(rows) == 0:
@@ -171,6 +185,7 @@ def pretrain_loop(
         epochs=config.epochs,
         drop_last=config.drop_last,
         shard=dist.shard if dist.enabled else None,
+        partners=partners,
     )
     task = PretrainTask(method)
     log = fit(

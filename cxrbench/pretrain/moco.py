@@ -11,6 +11,7 @@ from torch import nn
 from cxrbench.data.augment import ViewSettings, part_views
 from cxrbench.engine.data import Batch
 from cxrbench.engine.loop import Loss, Step
+from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import Encoder
 from cxrbench.pretrain.base import Method as MethodBase
 from cxrbench.pretrain.base import ema_update, momentum_copy
@@ -48,6 +49,7 @@ class Method(MethodBase):
     """
 
     defaults: ClassVar[dict[str, Any]] = {**MethodBase.defaults, **PRESETS["moco-v2"]["training"]}
+    default_preset: ClassVar[str] = "moco-v2"  # the preset whose training defaults apply when none is given
 
     def __init__(
         self,
@@ -66,7 +68,7 @@ class Method(MethodBase):
         self.momentum = float(momentum if momentum is not None else chosen["momentum"])
         size = int(queue_size if queue_size is not None else chosen["queue_size"])
         if size < 1 or not 0 <= self.momentum <= 1 or self.temperature <= 0:
-            raise ValueError("moco: queue_size >= 1, momentum in [0, 1] and temperature > 0 are needed")
+            raise CxrbenchError("moco: queue_size >= 1, momentum in [0, 1] and temperature > 0 are needed")
         self.views = PRESETS[preset]["views"]
         width = encoder.num_features
         self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
@@ -78,13 +80,18 @@ class Method(MethodBase):
 
     @classmethod
     def training_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
-        return {**cls.defaults, **PRESETS[options.get("preset") or "moco-v2"]["training"]}
+        return {**cls.defaults, **PRESETS[options.get("preset") or cls.default_preset]["training"]}
 
     def loss(self, batch: Batch, step: Step) -> Loss:
-        images, dist, total = batch["images"], step.dist, step.total
+        return self.contrast(batch["images"], batch["images"], step)
+
+    def contrast(self, queries: torch.Tensor, keys: torch.Tensor, step: Step) -> Loss:
+        """InfoNCE of a view of each ``queries`` image against a view of the same row of ``keys``
+        (the image itself in MoCo, a partner image in MedAug) and the queue."""
+        dist, total = step.dist, step.total
         bounds = dist.bounds(total)
-        v1 = part_views(images, step.generator, self.views, bounds, total)
-        v2 = part_views(images, step.generator, self.views, bounds, total)
+        v1 = part_views(queries, step.generator, self.views, bounds, total)
+        v2 = part_views(keys, step.generator, self.views, bounds, total)
         q = self.projector(self.encoder(v1))
         with torch.no_grad():
             k = self.key_projector(self.key_encoder(v2))

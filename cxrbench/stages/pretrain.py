@@ -30,6 +30,12 @@ def check_name(name: str) -> str:
     return name
 
 
+def default_name(method: str, dataset: str) -> str:
+    """The output's name without ``--name``: the method's, or ``METHOD-DATASET`` where the method's
+    name is a built-in encoder (``medaug`` names the published MedAug weights)."""
+    return f"{method}-{dataset}" if is_builtin(method) else method
+
+
 def pretrain(
     run: RunLayout | Path,
     method: str,
@@ -56,7 +62,7 @@ def pretrain(
     """
     layout = layout_of(run)
     method_name, method_cls = method, get_method(method)
-    name = check_name(name or method)
+    name = check_name(name or default_name(method, dataset))
     # a method that declares the ``targets`` field is trained on the labels: the stage passes the
     # label matrix per row, the number of labels and the task (not user options)
     supervised = "targets" in method_cls.fields
@@ -66,6 +72,8 @@ def pretrain(
     hw = Device.choose(device, precision=precision)
     workers = batch_workers(num_workers, hw)
     prepared = load_prepared(layout, dataset)
+    # a method pairing images (MedAug) gets its candidates now: a dataset without them fails at once
+    partners = method_cls.partner_candidates(prepared.split("train"), options, dataset=dataset)
     # --init an encoder of the run (a pretrain output) brings its own architecture unless --arch is given
     init_spec = resolve_encoder(init, arch=arch, run=layout.root).require()
     if not init_spec.resavable:
@@ -125,6 +133,7 @@ def pretrain(
                 dist=dist,
                 num_workers=workers,
                 fields=fields,
+                partners=partners,
             )
 
     def write(result) -> None:
@@ -135,6 +144,8 @@ def pretrain(
         stage.extra["loss_per_epoch"] = [round(v, 6) for v in history]
         stage.extra["world_size"] = dist.world_size
         stage.extra["precision"] = hw.precision
+        if partners is not None:  # how many train images had a partner other than themselves
+            stage.extra["images_with_partner"] = int((partners.counts() > 0).sum())
         clear_tree(layout, checkpoints)
 
     distributed.stage_on_rank0(dist, stage, force=force, work=train, write=write)

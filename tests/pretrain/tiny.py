@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from cxrbench.data.partners import Partners
 from cxrbench.engine.device import Device
 from cxrbench.engine.distributed import Dist
 from cxrbench.engine.loop import Step, TrainConfig
@@ -68,10 +69,12 @@ def assert_resumes_exactly(
     *,
     n: int = 12,
     fields: dict | None = None,
+    partners: Partners | None = None,
     kill_at: int = 4,
 ) -> list[float]:
     """A run killed in step ``kill_at`` (after the checkpoint of the step before) and resumed ends with
-    bitwise the weights, buffers (queues, teachers) and epoch losses of an uninterrupted run."""
+    bitwise the weights, buffers (queues, teachers) and epoch losses of an uninterrupted run
+    (``fields``: per-row batch fields; ``partners``: partner images, as for MedAug)."""
     pixels = images(n)
 
     def run(directory: Path, **kwargs) -> tuple[Method, list[float]]:
@@ -86,6 +89,7 @@ def assert_resumes_exactly(
             device=Device.choose("cpu"),
             checkpoint_dir=directory,
             fields=fields,
+            partners=partners,
             **kwargs,
         )
         return method, history
