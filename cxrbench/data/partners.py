@@ -15,11 +15,16 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.data.adapters.base import FRONTAL_VIEWS
+from cxrbench.errors import CxrbenchError
 
 #: which studies a partner may come from: the image's own study, only other studies, or any
 STUDY_CRITERIA = ("same", "distinct", "all")
 #: which laterality (frontal or lateral view) a partner may have, relative to the image's own
 LATERALITY_CRITERIA = ("same", "distinct", "all")
+_LATERAL_VIEWS = frozenset({"LATERAL", "LL", "RL"})
+#: more images than this under one patient id means the ids are not patients (and the pairwise
+#: criteria would need its square in memory)
+MAX_IMAGES_PER_PATIENT = 10_000
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,18 @@ class Partners:
 
 
 def laterality(views: Sequence[object]) -> np.ndarray:
-    """``frontal`` (PA/AP/FRONTAL), ``lateral`` (any other recorded view) or None (unrecorded), per image."""
-    return np.array(
-        [
-            None if v is None or pd.isna(v) else ("frontal" if str(v).upper() in FRONTAL_VIEWS else "lateral")
-            for v in views
-        ],
-        dtype=object,
-    )
+    """``frontal`` (PA/AP/FRONTAL), ``lateral`` (LL, RL or a view naming LATERAL) or None (unrecorded,
+    or an oblique/other projection that is neither), per image."""
+    return np.array([_side(v) for v in views], dtype=object)
+
+
+def _side(view: object) -> str | None:
+    if view is None or pd.isna(view):
+        return None
+    text = str(view).upper()
+    if text in FRONTAL_VIEWS:
+        return "frontal"
+    return "lateral" if text in _LATERAL_VIEWS or "LATERAL" in text else None
 
 
 def find_partners(
@@ -90,6 +99,9 @@ def find_partners(
         group = order[lo:hi]
         if hi - lo < 2 or patients[group[0]] < 0:  # a lone image, or no patient id
             continue
+        if hi - lo > MAX_IMAGES_PER_PATIENT:
+            pid = list(patient_ids)[group[0]]
+            raise CxrbenchError(f"patient id {pid!r} has {hi - lo} images: these ids do not look like patients")
         ok = ~np.eye(len(group), dtype=bool)
         ok &= _criterion(studies[group], study)
         ok &= _criterion(sides[group], side)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from cxrbench.cli import main
-from cxrbench.data.partners import find_partners
+from cxrbench.data.partners import find_partners, laterality
 from cxrbench.engine.data import EpochBatches
 from cxrbench.engine.distributed import Dist
 from cxrbench.engine.loop import TrainConfig
@@ -52,6 +52,20 @@ def test_partners_are_the_patients_other_images_meeting_both_criteria(study, lat
     partners = _partners(study, laterality)
     got = [set(partners.members[partners.offsets[i] : partners.offsets[i + 1]].tolist()) for i in range(len(TABLE))]
     assert got == want
+
+
+def test_laterality_is_frontal_lateral_or_unknown() -> None:
+    views = ["PA", "AP", "FRONTAL", "LATERAL", "LL", "RL", "XTABLE LATERAL", "LAO", None, float("nan")]
+    want = ["frontal"] * 3 + ["lateral"] * 4 + [None] * 3
+    assert laterality(views).tolist() == want
+
+
+def test_a_patient_id_shared_by_too_many_images_is_refused(monkeypatch) -> None:
+    import cxrbench.data.partners as partners
+
+    monkeypatch.setattr(partners, "MAX_IMAGES_PER_PATIENT", 3)
+    with pytest.raises(CxrbenchError, match="patient id 'A' has 4 images"):
+        _partners("same", "all")
 
 
 def test_draws_are_uniform_among_candidates_and_fall_back_to_the_image_itself() -> None:
