@@ -221,7 +221,9 @@ def _methods_epilog() -> str:
 def pretrain(
     method: Annotated[str, typer.Argument(help="Pretraining method (listed below).")],
     dataset: Annotated[str, typer.Option(help="Prepared dataset to pretrain on (train split).")],
-    name: Annotated[str | None, typer.Option(help="Encoder name in the run [default: the method; METHOD-DATASET for medaug].")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Encoder name in the run [default: the method; METHOD-DATASET for medaug].")
+    ] = None,
     arch: ArchOpt = None,
     init: Annotated[
         str, typer.Option(help="Starting weights: random, imagenet, or an encoder name (a pretrain output, file:PATH).")
