@@ -44,9 +44,13 @@ def ssim(
     b, c = x.shape[:2]
     x, y = x.to(dtype).reshape(b * c, 1, *x.shape[-2:]), y.to(dtype).reshape(b * c, 1, *y.shape[-2:])
 
-    def blur(t: torch.Tensor) -> torch.Tensor:  # separable, 'valid': only windows inside the image
-        t = F.conv2d(t, taps.view(1, 1, side, 1))
-        return F.conv2d(t, taps.view(1, 1, 1, side))
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        # separable and 'valid' (only windows inside the image); every map a channel of one
+        # depthwise convolution, many times faster on CPU than a one-channel convolution
+        m = t.shape[0]
+        t = F.conv2d(t.reshape(1, m, *t.shape[-2:]), taps.view(1, 1, side, 1).expand(m, 1, side, 1), groups=m)
+        t = F.conv2d(t, taps.view(1, 1, 1, side).expand(m, 1, 1, side), groups=m)
+        return t.reshape(m, 1, *t.shape[-2:])
 
     stacked = blur(torch.cat([x, y, x * x, y * y, x * y]))
     mx, my, mxx, myy, mxy = stacked.chunk(5)
