@@ -47,7 +47,8 @@ class VectorQuantizer(nn.Module):
         """The index of the nearest code of each cell of ``z`` ``[B, D, h, w]`` -> ``[B, h, w]``."""
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
         book = self.codebook.weight.float()
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.T + book.pow(2).sum(1)
+        with torch.autocast(z.device.type, enabled=False):  # distances in float32 under autocast too
+            dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.T + book.pow(2).sum(1)
         return dist.argmin(dim=1).view(z.shape[0], *z.shape[2:])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

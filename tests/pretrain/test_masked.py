@@ -146,3 +146,18 @@ def test_a_run_killed_in_the_third_phase_resumes_there_to_the_same_weights(tmp_p
     assert len(history) == 3 and whole.seen == [0.05] * 3 + [0.1] * 3 + [0.2] * 3
     assert cut.seen == whole.seen[:8]
     assert resumed.seen == [0.2, 0.2]  # only the two steps after the last checkpoint, in phase 3
+
+
+@pytest.mark.parametrize("arch", ["resnet10t", "vit_tiny_patch16_224"])
+def test_timm_cnns_and_vits_reconstruct_through_their_tokens(arch: str) -> None:
+    from cxrbench.models.encoders import create_encoder
+
+    torch.manual_seed(0)
+    encoder = create_encoder("random", arch=arch, input_size=32)
+    method = masked.Method(encoder, ratios=[0.2], decoder_width=16, quantize=True)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = method.loss({"images": x}, step(total=2))
+    out.backward.backward()
+    assert torch.isfinite(out.backward)
+    grads = [p.grad for p in encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)

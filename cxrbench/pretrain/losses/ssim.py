@@ -33,7 +33,7 @@ def ssim(
     k2: float = 0.03,
 ) -> torch.Tensor:
     """The mean SSIM of each image pair ``[B]`` of ``x``, ``y`` ``[B, C, H, W]`` (channels averaged),
-    computed in float32 (or float64 for float64 input)."""
+    computed in float32 (or float64 for float64 input), also under autocast."""
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"ssim needs two [B, C, H, W] tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -52,7 +52,8 @@ def ssim(
         t = F.conv2d(t, taps.view(1, 1, 1, side).expand(m, 1, 1, side), groups=m)
         return t.reshape(m, 1, *t.shape[-2:])
 
-    stacked = blur(torch.cat([x, y, x * x, y * y, x * y]))
+    with torch.autocast(x.device.type, enabled=False):  # variances cancel badly in half precision
+        stacked = blur(torch.cat([x, y, x * x, y * y, x * y]))
     mx, my, mxx, myy, mxy = stacked.chunk(5)
     vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2

@@ -59,3 +59,13 @@ def test_float32_loss_is_zero_for_identical_images_and_has_finite_gradients() ->
 def test_images_smaller_than_the_window_are_a_one_line_error() -> None:
     with pytest.raises(CxrbenchError, match="at least 11x11"):
         ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+def test_ssim_stays_float32_under_bfloat16_autocast() -> None:
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(2, 1, 24, 24, generator=g), torch.rand(2, 1, 24, 24, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ssim(x.bfloat16(), y.bfloat16())
+    want = ssim(x.bfloat16().float(), y.bfloat16().float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
