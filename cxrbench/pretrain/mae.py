@@ -58,7 +58,8 @@ class Method(MethodBase):
     flip) is dropped; the ViT encodes the visible ones only; a light transformer decoder (``decoder_dim``,
     ``decoder_depth`` blocks, fixed sine-cosine positions, a learned mask token) predicts the pixels of
     every patch; the loss is the MSE on the masked patches, against pixels normalised per patch
-    (``norm_pix_loss``). Defaults are the paper's (decoder 512 wide, 8 blocks; AdamW, weight decay 0.05)."""
+    (``norm_pix_loss``). Defaults are the paper's: decoder 512 wide, 8 blocks; AdamW (betas 0.9, 0.95),
+    weight decay 0.05 except on biases and norms, lr 1.5e-4 (its base rate; not scaled by batch/256)."""
 
     defaults: ClassVar[dict[str, Any]] = {**MethodBase.defaults, "lr": 1.5e-4, "weight_decay": 0.05}
     drop_last: ClassVar[bool] = False
@@ -102,6 +103,14 @@ class Method(MethodBase):
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             module.apply(_init)
         nn.init.normal_(self.mask_token, std=0.02)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """MAE's AdamW settings: betas (0.9, 0.95); no weight decay on biases and norms (1-D tensors)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.ndim > 1], "betas": (0.9, 0.95)},
+            {"params": [p for p in params if p.ndim <= 1], "betas": (0.9, 0.95), "weight_decay": 0.0},
+        ]
 
     def encode_visible(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """The ViT's output ``[B, prefix + K, D]`` on the prefix (class, register) tokens and the patches

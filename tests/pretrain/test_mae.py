@@ -106,3 +106,15 @@ def test_bad_ratios_are_one_line_errors() -> None:
     for ratio in (0.0, 1.0, 0.99):  # 0.99 of 16 patches leaves none visible
         with pytest.raises(CxrbenchError, match="mask_ratio"):
             _method(mask_ratio=ratio)
+
+
+def test_optimizer_groups_are_maes() -> None:
+    from cxrbench.pretrain.base import PretrainTask, train_config
+
+    method = _method()
+    optimizer = PretrainTask(method).optimizer(train_config(mae.Method, {}))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert decayed["betas"] == plain["betas"] == (0.9, 0.95)
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(method.parameters()))
