@@ -92,7 +92,8 @@ def upsample_steps(encoder: nn.Module, size: int) -> int:
     encoder.eval()
     try:
         with torch.no_grad():
-            tokens = encoder.tokens(torch.zeros(1, 1, size, size))
+            device = next(encoder.parameters()).device
+            tokens = encoder.tokens(torch.zeros(1, 1, size, size, device=device))
     finally:
         encoder.train(was_training)
     if tokens is None:

@@ -131,7 +131,9 @@ def test_the_chain_runs_its_ratios_in_order_each_from_the_previous_weights(tmp_p
     assert [r["step"] for r in rows] == list(range(1, 13)) and [r["phase"] for r in rows] == [0] * 4 + [1] * 4 + [2] * 4
 
 
-def test_a_run_killed_in_the_third_phase_resumes_there_to_the_same_weights(tmp_path) -> None:
+@pytest.mark.parametrize(("kill_at", "left"), [(8, [0.2, 0.2]), (4, [0.1] * 3 + [0.2] * 3)])
+def test_a_killed_chain_resumes_in_the_phase_it_was_cut_in(tmp_path, kill_at: int, left: list[float]) -> None:
+    """Cut in phase 3's second step, or in phase 2's first (phase 1 finished, phase 2 not checkpointed)."""
     config = TrainConfig(epochs=1, batch_size=5, lr=1e-2)  # 12 images: 3 steps per phase, 9 in all
     made: list[_Recorder] = []
 
@@ -141,11 +143,11 @@ def test_a_run_killed_in_the_third_phase_resumes_there_to_the_same_weights(tmp_p
         )
         return made[-1]
 
-    history = assert_resumes_exactly(tmp_path, make, config, kill_at=8)  # cut in phase 3's second step
+    history = assert_resumes_exactly(tmp_path, make, config, kill_at=kill_at)
     whole, cut, resumed = made
     assert len(history) == 3 and whole.seen == [0.05] * 3 + [0.1] * 3 + [0.2] * 3
-    assert cut.seen == whole.seen[:8]
-    assert resumed.seen == [0.2, 0.2]  # only the two steps after the last checkpoint, in phase 3
+    assert cut.seen == whole.seen[:kill_at]
+    assert resumed.seen == left  # only the steps after the last checkpoint: finished phases are not rerun
 
 
 @pytest.mark.parametrize("arch", ["resnet10t", "vit_tiny_patch16_224"])
