@@ -10,7 +10,6 @@ are summed and divided by the whole batch's size, so DDP's gradient average is t
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -20,7 +19,9 @@ from torch import nn
 from cxrbench.engine.data import Batch
 from cxrbench.engine.loop import Loss, Step
 from cxrbench.errors import CxrbenchError
+from cxrbench.models.decoder import Decoder
 from cxrbench.pretrain.base import Method as MethodBase
+from cxrbench.pretrain.losses.reconstruction import Weights, reconstruction_terms, weighted_sum
 
 
 def _draw(generator: torch.Generator, shape: tuple[int, ...], bounds: tuple[int, int], draw) -> torch.Tensor:
@@ -70,45 +71,35 @@ def salt_and_pepper(x: torch.Tensor, noise: torch.Tensor, amount: float) -> torc
     return torch.where(hit, salt.to(x.dtype), x)
 
 
-def token_grid(tokens: torch.Tensor) -> torch.Tensor:
-    """Tokens ``[B, N, D]`` as a square map ``[B, D, g, g]``; leading extra tokens (class, register
-    tokens of a ViT) are dropped."""
-    b, n, d = tokens.shape
-    g = math.isqrt(n)
-    if g == 0:
-        raise CxrbenchError("denoise: the encoder returned no tokens")
-    return tokens[:, n - g * g :].transpose(1, 2).reshape(b, d, g, g)
-
-
 class Denoise(nn.Module):
-    """Remove salt-and-pepper noise (``amount`` of the pixels; 50% in the CT study): a small decoder
-    from the encoder's tokens (CNN map cells or ViT patches) back to the clean image; MSE per image."""
+    """Remove salt-and-pepper noise (``amount`` of the pixels; 50% in the CT study) with the shared
+    encoder-decoder (``cxrbench.models.decoder``: no skips, optional vector-quantised code); the
+    study's composite loss per image (``weights``: MSE, 1 - SSIM, quantisation)."""
 
     name = "denoise"
 
-    def __init__(self, width: int, *, amount: float = 0.5, hidden: int = 64) -> None:
+    def __init__(
+        self,
+        width: int,
+        *,
+        steps: int,
+        amount: float = 0.5,
+        hidden: int = 64,
+        quantize: bool = False,
+        weights: Weights | None = None,
+    ) -> None:
         super().__init__()
         if not 0 < amount <= 1:
-            raise ValueError(f"denoise: the noise amount must be in (0, 1], got {amount}")
-        self.amount = amount
-        self.reduce = nn.Conv2d(width, hidden, kernel_size=1)
-        self.refine = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden // 2, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden // 2, 1, kernel_size=3, padding=1),
-        )
+            raise CxrbenchError(f"denoise: the noise amount must be in (0, 1], got {amount}")
+        self.amount, self.weights = amount, weights or Weights()
+        self.decoder = Decoder(width, steps=steps, width=hidden, quantize=quantize)
 
     def forward(self, encoder: nn.Module, x: torch.Tensor, generator: torch.Generator, bounds, total) -> torch.Tensor:
         noise = _draw(generator, (total, *x.shape[1:], 2), bounds, lambda s: torch.rand(s, generator=generator))
         noisy = salt_and_pepper(x, noise.to(x.device), self.amount)
-        tokens = encoder.tokens(noisy)
-        if tokens is None:
-            raise CxrbenchError("denoise needs an encoder with tokens (a CNN feature map or ViT patches)")
-        cells = self.reduce(token_grid(tokens))
-        up = F.interpolate(cells, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        out = self.refine(up)
-        return (out.float() - x.float()).pow(2).flatten(1).mean(dim=1)
+        out = self.decoder.reconstruct(encoder, noisy)
+        terms = reconstruction_terms(out.image, x, self.weights, quantization=out.quantization)
+        return weighted_sum(terms, self.weights)
 
 
 TASKS = {"rotation": Rotation, "flip": Flip, "denoise": Denoise}

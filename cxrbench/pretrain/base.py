@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cxrbench.data.adapters.base import coerce_options
-from cxrbench.engine.data import Batch, EpochBatches
+from cxrbench.engine.data import Batch, EpochBatches, step_seed
 from cxrbench.engine.device import Device
 from cxrbench.engine.distributed import Dist
 from cxrbench.engine.log import StepLog
@@ -70,6 +70,15 @@ class Method(nn.Module):
 
     def after_step(self, step: Step) -> None:
         """After each optimizer step: EMA teachers, queues, schedules of the method's own."""
+
+    def phases(self) -> int:
+        """Consecutive training phases (a curriculum such as the progressive masking ratios): each
+        trains all epochs with a fresh optimizer and schedule, starting from the weights the previous
+        one ended with. Default: one."""
+        return 1
+
+    def enter_phase(self, phase: int) -> None:
+        """Set the method up for ``phase`` (0-based) before it trains."""
 
     @classmethod
     def partner_candidates(cls, rows: pd.DataFrame, options: Mapping[str, Any], *, dataset: str) -> Partners | None:
@@ -168,36 +177,52 @@ def pretrain_loop(
     num_workers: int = 0,
 ) -> tuple[list[float], StepLog]:
     """Train ``method`` on cached ``images[rows]`` (plus per-row ``fields``); returns the mean loss
-    per epoch and the per-step log (``partners``: see ``Method.partner_candidates``). Resumes from ``checkpoint_dir``; under DDP each rank holds its
-    slice of every batch (``Method.loss`` gathers what the loss needs from the whole batch)."""
+    per epoch and the per-step log (``partners``: see ``Method.partner_candidates``). Resumes from
+    ``checkpoint_dir``; under DDP each rank holds its slice of every batch (``Method.loss`` gathers
+    what the loss needs from the whole batch). A method of several ``phases`` trains them in turn
+    (epoch losses and log rows appended)."""
     dist = dist or Dist()
     if len(rows) == 0:
         raise CxrbenchError("pretraining needs images in the train split")
     batch_size = min(config.batch_size, len(rows))
     if dist.enabled and batch_size < dist.world_size:
         raise CxrbenchError(f"batch size {batch_size} is smaller than the {dist.world_size} processes")
-    data = EpochBatches(
-        images,
-        rows,
-        fields,
-        seed=seed,
-        batch_size=batch_size,
-        epochs=config.epochs,
-        drop_last=config.drop_last,
-        shard=dist.shard if dist.enabled else None,
-        partners=partners,
-    )
-    task = PretrainTask(method)
-    log = fit(
-        task,
-        data,
-        config,
-        seed=seed,
-        device=device,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-        advance=advance,
-        dist=dist,
-        num_workers=num_workers,
-    )
-    return task.history, log
+    phases = method.phases()
+    history: list[float] = []
+    log = StepLog()
+    for phase in range(phases):
+        # each phase has a checkpoint folder of its own: a finished phase resumes as finished (its
+        # last checkpoint restores the weights the next phase starts from), the cut one mid-phase
+        method.enter_phase(phase)
+        phase_seed = seed if phase == 0 else step_seed(seed, -2, phase)  # new batch order and masks
+        data = EpochBatches(
+            images,
+            rows,
+            fields,
+            seed=phase_seed,
+            batch_size=batch_size,
+            epochs=config.epochs,
+            drop_last=config.drop_last,
+            shard=dist.shard if dist.enabled else None,
+            partners=partners,
+        )
+        task = PretrainTask(method)
+        part = fit(
+            task,
+            data,
+            config,
+            seed=phase_seed,
+            device=device,
+            checkpoint_dir=checkpoint_dir if phases == 1 else checkpoint_dir / f"phase-{phase}",
+            checkpoint_every=checkpoint_every,
+            advance=advance,
+            dist=dist,
+            num_workers=num_workers,
+        )
+        history += task.history
+        if phases == 1:
+            log = part
+        else:  # one log: steps counted on across phases, each row naming its phase
+            offset = log.rows[-1]["step"] if log.rows else 0
+            log.rows += [{**row, "step": row["step"] + offset, "phase": phase} for row in part.rows]
+    return history, log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cxrbench.errors import CxrbenchError
+from cxrbench.models.decoder import upsample_steps
 from cxrbench.models.encoders import Encoder
 from cxrbench.pretrain._pretext import TASKS, Denoise, Flip, PretextMethod, Rotation
 
@@ -27,6 +28,8 @@ class Method(PretextMethod):
         made = {
             "rotation": lambda: Rotation(width),
             "flip": lambda: Flip(width, vertical=vertical),
-            "denoise": lambda: Denoise(width, amount=amount, hidden=decoder_width),
+            "denoise": lambda: Denoise(
+                width, steps=upsample_steps(encoder, encoder.input_size), amount=amount, hidden=decoder_width
+            ),
         }
         super().__init__(encoder, [made[t]() for t in tasks])

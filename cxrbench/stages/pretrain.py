@@ -118,7 +118,7 @@ def pretrain(
         else:
             method = method_cls(encoder, **options)
         rows = train_rows["cache_index"].to_numpy(dtype=np.int64)
-        steps = config.epochs * (len(rows) // max(min(config.batch_size, len(rows)), 1))
+        steps = method.phases() * config.epochs * (len(rows) // max(min(config.batch_size, len(rows)), 1))
         bar = progress(steps, f"pretrain {name}") if dist.is_main else None
         with bar if bar is not None else contextlib.nullcontext(lambda n=1: None) as advance:
             return pretrain_loop(

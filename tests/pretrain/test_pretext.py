@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from cxrbench.engine.loop import TrainConfig
 from cxrbench.errors import CxrbenchError
+from cxrbench.models.decoder import token_grid
 from cxrbench.pretrain import denoise, flip, pretext, rotation
-from cxrbench.pretrain._pretext import Denoise, Flip, Rotation, salt_and_pepper, token_grid
+from cxrbench.pretrain._pretext import Denoise, Flip, Rotation, salt_and_pepper
 from tests.pretrain.tiny import TinyEncoder, assert_resumes_exactly, images, losses_on_a_fixed_batch, step
 
 
@@ -58,7 +59,7 @@ def test_token_grid_drops_class_tokens_and_keeps_the_patch_layout() -> None:
     torch.testing.assert_close(grid[:, :, 1, 2], patches[:, 5])
 
 
-@pytest.mark.parametrize("make", [lambda: Rotation(8), lambda: Flip(8), lambda: Denoise(8, hidden=8)])
+@pytest.mark.parametrize("make", [lambda: Rotation(8), lambda: Flip(8), lambda: Denoise(8, steps=2, hidden=8)])
 def test_a_ranks_slice_reproduces_the_single_process_draw(make) -> None:
     torch.manual_seed(0)
     encoder, task, x = TinyEncoder(), make(), _x()

@@ -22,6 +22,7 @@ class TinyEncoder(nn.Module):
     """4x4 patches -> 8 channels (tokens); pooled features are their mean. No BatchNorm."""
 
     num_features = 8
+    input_size = 16
 
     def __init__(self) -> None:
         super().__init__()
