@@ -137,7 +137,9 @@ def _check_out(out: Path, layout: RunLayout) -> None:
         raise CxrbenchError(f"{out}: is inside the run directory {layout.root}; export to a folder outside it")
     if not (out.exists() or out.is_symlink()):
         return
-    if not out.is_dir() or out.is_symlink():
+    if out.is_symlink():
+        raise CxrbenchError(f"{out}: is a symbolic link; name the folder itself")
+    if not out.is_dir():
         raise CxrbenchError(f"{out}: exists and is not a folder; choose a new or empty folder")
     if any(out.iterdir()) and not is_export(out):
         raise CxrbenchError(

@@ -320,15 +320,21 @@ class _Pre(HTMLParser):
             self.text += data
 
 
-def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    if not CHROMIUM.exists():
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's chromium (or $CXRBENCH_CHROMIUM); the browser tests are skipped without it."""
+    if not CHROMIUM.is_file():
         pytest.skip(f"no headless browser: {CHROMIUM} is not installed (apt-get install chromium)")
+    return CHROMIUM
+
+
+def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     command = [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
 
 
 @pytest.fixture(scope="module")
-def rendered(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def rendered(chromium: Path, bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The bundle moved elsewhere, its page loaded by Chromium; (moved folder, what the page showed)."""
     moved = tmp_path_factory.mktemp("moved") / "supplement copy #1"  # a space and a # in the path
     shutil.copytree(bundle, moved)
