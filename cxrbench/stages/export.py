@@ -55,8 +55,9 @@ def export(
     layout = layout_of(run)
     out = Path(out).expanduser()
     _check_out(out, layout)
-    steps, record = _suite_steps(layout, suite)
-    provenance = _provenance(layout, steps)
+    found = _complete_manifests(layout)
+    steps, record = _suite_steps(layout, suite, found)
+    provenance = _provenance(steps, found)
     run_label = run_arg if run_arg is not None else str(layout.root)
     with atomic_dir(out) as tmp:
         bundle = _Bundle(tmp)
@@ -155,7 +156,9 @@ def is_export(folder: Path) -> bool:
         return False
 
 
-def _suite_steps(layout: RunLayout, suite: Suite) -> tuple[dict[str, Step], dict[str, Any]]:
+def _suite_steps(
+    layout: RunLayout, suite: Suite, found: dict[str, tuple[Path, Manifest]]
+) -> tuple[dict[str, Step], dict[str, Any]]:
     """The manifests of the suite's last finished run, by step name; one-line errors if it is not
     finished, its settings changed since, or a stage's outputs are gone or changed."""
     from cxrbench.stages.suite import _fingerprint
@@ -172,7 +175,6 @@ def _suite_steps(layout: RunLayout, suite: Suite) -> tuple[dict[str, Step], dict
             f"suite {suite.name}: its settings (or cxrbench's version) changed since it ran in {layout.root}; "
             f"run `{again}` first"
         )
-    found = _complete_manifests(layout)
     steps = {}
     for name, key in keys.items():
         if key not in found:
@@ -198,10 +200,10 @@ def _complete_manifests(layout: RunLayout) -> dict[str, tuple[Path, Manifest]]:
     return found
 
 
-def _provenance(layout: RunLayout, steps: dict[str, Step]) -> list[Step]:
+def _provenance(steps: dict[str, Step], found: dict[str, tuple[Path, Manifest]]) -> list[Step]:
     """The manifests of stages the suite's steps read from without naming them (cached features)."""
     producers: dict[tuple[str, str], tuple[Path, Manifest]] = {}
-    for path, manifest in _complete_manifests(layout).values():
+    for path, manifest in found.values():
         for rel, digest in manifest.outputs.items():
             producers[(rel, digest)] = (path, manifest)
     seen = {step.path for step in steps.values()}

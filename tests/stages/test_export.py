@@ -291,6 +291,8 @@ window.addEventListener("load", () => {
       visible: t.getBoundingClientRect().height > 0,
     })),
     scripts: document.scripts.length,
+    facts: Object.fromEntries([...document.querySelectorAll("dl dt")].map((dt) => [dt.innerText, dt.nextElementSibling.innerText])),
+    italics: document.querySelectorAll("i").length,
     title: document.title,
   };
   const pre = document.createElement("pre");
@@ -427,6 +429,13 @@ def test_tables_show_the_parquet_numbers(rendered, finished) -> None:
     ]
     assert summary["rows"] == [expected]
     assert shown["scripts"] == 1 and shown["title"] == "cxrbench suite tiny"
+
+
+def test_names_show_as_text_not_markup(rendered) -> None:
+    _, shown = rendered
+    assert shown["facts"]["description"] == 'phantoms <i>tiny</i> & "quick"'
+    assert shown["italics"] == 0
+    assert shown["facts"]["encoders"] == "random, simclr" and shown["facts"]["label fractions"] == "0.5, 1"
 
 
 def test_the_page_renders_to_a_picture(rendered) -> None:
