@@ -74,7 +74,7 @@ def export(
         if metrics is not None:
             bundle.text("evaluation/metrics.csv", metrics.to_csv(index=False, lineterminator="\n"))
         manifest_links = []
-        for step in [*steps.values(), *provenance]:
+        for step in sorted([*steps.values(), *provenance], key=_pipeline_order):
             rel = "manifests/" + layout.relative(step.path)
             bundle.copy_file(step.path, rel)
             manifest_links.append((step, rel))
@@ -217,6 +217,16 @@ def _provenance(steps: dict[str, Step], found: dict[str, tuple[Path, Manifest]])
                 extra.append(Step(f"({manifest.stage})", path, manifest))
                 todo.append(manifest)
     return sorted(extra, key=lambda s: str(s.path))
+
+
+_STAGE_ORDER = ("generate", "prepare", "pretrain", "features", "probe", "finetune", "evaluate", "compare")
+
+
+def _pipeline_order(step: Step) -> tuple[int, str]:
+    """Steps in the order the pipeline runs them (unknown stages last), then by output path."""
+    stage = step.manifest.stage
+    rank = _STAGE_ORDER.index(stage) if stage in _STAGE_ORDER else len(_STAGE_ORDER)
+    return rank, str(step.path)
 
 
 # ---------------------------------------------------------------------------------------------
