@@ -436,6 +436,27 @@ def run_command(
     _show_tables(run_dir, done["compare"])
 
 
+@app.command("export", epilog="Example: cxrbench export --suite smoke supplement/")
+def export_command(
+    out: Annotated[Path, typer.Argument(help="Folder to write: new, empty, or an earlier export (replaced whole).")],
+    suite: Annotated[str, typer.Option(help="Suite whose finished run to export.")],
+    predictions: Annotated[bool, typer.Option(help="Also copy every predictions file (can be large).")] = False,
+    config: ConfigOpt = None,
+    run: RunOpt = None,
+) -> None:
+    """A finished suite as a self-contained folder: index.html, tables, plots, manifests, commands, versions."""
+    from cxrbench.config import get_suite
+    from cxrbench.console import out as console
+    from cxrbench.stages.export import export as export_stage
+
+    chosen = get_suite(suite, config)
+    run_dir = _run(run)
+    if not run_dir.is_dir():
+        raise CxrbenchError(f"--run {run_dir}: no such run directory")
+    index = export_stage(run_dir, chosen, out, predictions=predictions, run_arg=str(run_dir))
+    console.print(f"wrote {index} (open it in a browser; the folder {out} is self-contained)")
+
+
 @app.command(epilog="Example: cxrbench verify --run runs/default")
 def verify(run: RunOpt = None) -> None:
     """Re-hash every output of every finished stage, check inputs and image files; exit 1 on any problem."""

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -271,7 +272,36 @@ def remove_stale_temporaries(path: Path) -> None:
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
         pid = tmp.name.rpartition(".tmp-")[2]
         if pid.isdigit() and int(pid) > 0 and not _running(int(pid)):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir() and not tmp.is_symlink():  # left by atomic_dir
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (a folder the
+    caller has agreed to replace), else it is removed.
+
+    Everything lives in one ``.NAME.tmp-PID`` container until the end: the new folder is built in it,
+    the old ``path`` is moved into it, the new one renamed out, then the container removed, so a
+    killed writer leaves nothing but the container, which the next writer of ``path`` removes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    container = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(container, ignore_errors=True)
+    container.mkdir()
+    try:
+        built = container / "new"
+        built.mkdir()
+        yield built
+        if path.exists() or path.is_symlink():
+            os.replace(path, container / "old")
+        os.replace(built, path)
+    finally:
+        shutil.rmtree(container, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:

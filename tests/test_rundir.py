@@ -72,6 +72,40 @@ def test_atomic_path_exception_keeps_previous_content(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_atomic_dir_replaces_the_folder_whole_only_at_the_end(tmp_path):
+    target = tmp_path / "bundle"
+    (target / "old-sub").mkdir(parents=True)
+    (target / "old-sub" / "stale.txt").write_text("old")
+    with rundir.atomic_dir(target) as tmp:
+        (tmp / "index.html").write_text("new")
+        assert (target / "old-sub" / "stale.txt").read_text() == "old"  # untouched while writing
+    assert sorted(p.name for p in target.iterdir()) == ["index.html"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_dir_exception_keeps_the_old_folder_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with rundir.atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("new")
+            raise RuntimeError("boom")
+    assert (target / "a.txt").read_text() == "old"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_dir_removes_what_a_killed_writer_left(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that has exited
+    stale = tmp_path / f".bundle.tmp-{child.pid}"
+    (stale / "new").mkdir(parents=True)
+    (stale / "new" / "half.html").write_text("<html")
+    with rundir.atomic_dir(tmp_path / "bundle") as tmp:
+        (tmp / "index.html").write_text("done")
+    assert _leftovers(tmp_path) == [] and (tmp_path / "bundle" / "index.html").read_text() == "done"
+
+
 def test_write_helpers_round_trip(tmp_path):
     frame = pd.DataFrame({"a": [1, 2, 3], "b": ["x", None, "z"]})
     rundir.write_parquet(tmp_path / "t.parquet", frame)
