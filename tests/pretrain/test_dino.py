@@ -51,6 +51,23 @@ def test_head_is_an_mlp_to_a_normalised_bottleneck_then_a_weight_normed_layer() 
     assert free.last_layer.parametrizations.weight.original0.requires_grad
 
 
+def test_last_layer_is_frozen_over_the_first_part_of_training() -> None:
+    # SGD without weight decay: a zero gradient (and zero momentum) leaves a weight where it is
+    method = _dino(freeze_last_layer=0.5)
+    last, first = method.head.last_layer.parametrizations.weight.original1, method.head.mlp[0].weight
+    seen = [(last.detach().clone(), first.detach().clone())]
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    for update in range(4):
+        optimizer.zero_grad()
+        method.loss(_batch(), step(total=6, update=update, updates=4)).backward.backward()
+        optimizer.step()
+        seen.append((last.detach().clone(), first.detach().clone()))
+    moved = [
+        (not torch.equal(a[0], b[0]), not torch.equal(a[1], b[1])) for a, b in zip(seen[:-1], seen[1:], strict=True)
+    ]
+    assert moved == [(False, True), (False, True), (True, True), (True, True)]  # progress 0, .25 | .5, .75
+
+
 @pytest.mark.parametrize(("update", "temp"), [(0, 0.04), (15, 0.055), (30, 0.07), (70, 0.07), (100, 0.07)])
 def test_teacher_temperature_warms_up_linearly_then_stays(update: int, temp: float) -> None:
     assert _dino().teacher_temperature(step(total=4, update=update, updates=100)) == pytest.approx(temp)
