@@ -69,8 +69,9 @@ class Method(MethodBase):
     and sharpened with a temperature warmed up linearly from ``teacher_temp_start`` to
     ``teacher_temp`` over the first ``teacher_temp_warmup`` of training; its momentum rises from
     ``momentum`` to 1 along a cosine. The student's last layer is frozen over the first
-    ``freeze_last_layer`` of training (the paper's first epoch of 100), which stabilises its start. ``out_dim`` defaults to 4096 prototypes rather than the
-    paper's 65536 (a 1M- instead of 17M-weight last layer; enough for CXR datasets, fast on CPU).
+    ``freeze_last_layer`` of training (the paper's first epoch of 100), which stabilises its start.
+    ``out_dim`` defaults to 4096 prototypes rather than the paper's 65536 (a 1M- instead of a
+    17M-weight last layer, practical on CPU and for datasets of thousands of images).
 
     The paper's views add colour jitter, blur and solarisation; here the package's radiograph views
     are used. Its weight-decay schedule (0.04 -> 0.4) and gradient clipping are not applied.
@@ -125,8 +126,7 @@ class Method(MethodBase):
         self.teacher_temp_start, self.teacher_temp_warmup = float(teacher_temp_start), float(teacher_temp_warmup)
         self.global_views = ViewSettings(min_scale=global_min_scale)
         self.local_views = ViewSettings(min_scale=local_min_scale, max_scale=global_min_scale)
-        self.global_size = getattr(encoder, "input_size", None)  # None: crops keep the images' size
-        size = getattr(encoder, "input_size", None)
+        size = self.global_size = getattr(encoder, "input_size", None)  # None: crops keep the images' size
         self.local_size = local_size or (local_crop_size(size, getattr(encoder, "patch_size", None)) if size else None)
         if self.local_crops and isinstance(encoder, Encoder) and self.local_size:
             encoder.allow_any_size(self.local_size)  # else local crops are resized up to input_size
