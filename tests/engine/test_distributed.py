@@ -3,6 +3,9 @@ rank bookkeeping of ``cxrbench.engine.distributed``."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +15,7 @@ from safetensors.torch import load_file
 
 from cxrbench.engine.distributed import Dist, setup
 from cxrbench.rundir import Manifest
-from tests.stages.conftest import phantom_run, run_copy  # noqa: F401  (fixtures)
-from tests.stages.torchrun import torchrun_and_single
+from tests.stages.conftest import cli, phantom_run, run_copy  # noqa: F401  (fixtures)
 
 # A ViT has no BatchNorm, so 2 ranks with half-batches compute the single-process gradient exactly
 # (up to summation order); resnet's per-rank batch statistics would not.
@@ -62,9 +64,44 @@ def test_single_process_setup_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> Non
     assert dist.all_sum(t) is t
 
 
+def _torchrun_and_single(run: Path, single: Path, args: list[str]) -> None:
+    """Run ``cxrbench ARGS`` under torchrun with 2 CPU ranks on ``run``, then in this process on
+    ``single`` (a copy of the same prepared run), both with one intra-op thread."""
+    import shutil
+
+    shutil.copytree(run, single)
+    # torchrun's own parser takes `--run` for an abbreviation of its `--run-path`: the run directory
+    # goes through $CXRBENCH_RUN instead.
+    env = {**os.environ, "CXRBENCH_QUIET": "1", "OMP_NUM_THREADS": "1", "CXRBENCH_RUN": str(run)}
+    env.pop("WORLD_SIZE", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cxrbench",
+        *args,
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    wrote = [line for line in done.stdout.splitlines() if line.startswith("wrote ")]
+    assert wrote and len(wrote) == len(set(wrote))  # rank 0 alone reports (and writes) the result
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cli(*args, "--run", str(single), "--device", "cpu")
+    finally:
+        torch.set_num_threads(before)  # later tests in this process must see the default again
+
+
 def test_torchrun_two_cpu_ranks_equal_single_process(run_copy: Path, tmp_path: Path) -> None:  # noqa: F811
     single = tmp_path / "single"
-    torchrun_and_single(run_copy, single, ARGS)
+    _torchrun_and_single(run_copy, single, ARGS)
     manifest = Manifest.read(run_copy / MANIFEST)
     assert manifest.complete and manifest.extra["world_size"] == 2
     assert set(manifest.outputs) == {OUT, WEIGHTS, "logs/finetune/synthetic/random/finetune-f0.25-s0.parquet"}
@@ -105,7 +142,7 @@ def test_torchrun_two_cpu_ranks_pretrain_equals_single_process(run_copy: Path, t
     # SimCLR's loss couples the whole batch (negatives): the ranks gather each other's projections
     # and views are drawn as for the whole batch, so 2 ranks with 5 images each reproduce 1 x 10
     single = tmp_path / "single"
-    torchrun_and_single(run_copy, single, PRETRAIN)
+    _torchrun_and_single(run_copy, single, PRETRAIN)
     manifest = Manifest.read(run_copy / "encoders/ddp-simclr/manifest.json")
     assert manifest.complete and manifest.extra["world_size"] == 2
     assert not (run_copy / "checkpoints").exists()

@@ -15,8 +15,8 @@ from cxrbench.engine.distributed import Dist
 from cxrbench.engine.loop import Step
 from cxrbench.pretrain.moco import Method as Moco
 from cxrbench.rundir import Manifest
+from tests.engine.test_distributed import _torchrun_and_single
 from tests.stages.conftest import cli
-from tests.stages.torchrun import torchrun_and_single
 
 TOTAL, WORLD, SEED = 7, 2, 5  # unequal slices: 4 and 3 images
 
@@ -120,7 +120,7 @@ def test_torchrun_two_cpu_ranks_pretrain_equals_single_process(method: str, smal
     # whole batch, multi-crop views drawn as for the whole batch
     run, single, name = tmp_path / "run", tmp_path / "single", f"ddp-{method}"
     shutil.copytree(small_run, run)
-    torchrun_and_single(run, single, ["pretrain", method, *VIT, *METHODS[method], "--name", name])
+    _torchrun_and_single(run, single, ["pretrain", method, *VIT, *METHODS[method], "--name", name])
     manifest = Manifest.read(run / f"encoders/{name}/manifest.json")
     assert manifest.complete and manifest.extra["world_size"] == 2
     reference = Manifest.read(single / f"encoders/{name}/manifest.json")
