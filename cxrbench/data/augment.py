@@ -18,12 +18,12 @@ class ViewSettings:
     """Strength of each random transform (defaults suit radiographs: no colour, mild geometry)."""
 
     min_scale: float = 0.35
-    max_scale: float = 1.0  # crop area fractions are drawn from [min_scale, max_scale]
     max_rotation_deg: float = 10.0
     flip: bool = True
     brightness: float = 0.3
     contrast: float = 0.3
     noise: float = 0.03
+    max_scale: float = 1.0  # crop area fractions are drawn from [min_scale, max_scale]
 
 
 def random_views(
