@@ -43,3 +43,18 @@ def tokens(backbone: Backbone, x: torch.Tensor) -> torch.Tensor | None:
     if feats.ndim == 4:  # [B, C, H, W] -> [B, H*W, C]
         feats = feats.flatten(2).transpose(1, 2)
     return feats
+
+
+def dynamic_size(backbone: Backbone) -> bool:
+    """Let a timm ViT take images of any multiple of its patch size, in place: position embeddings
+    are interpolated to each input's patch grid (what timm's ``dynamic_img_size=True`` builds; the
+    weights are unchanged). True when it did; False for other backbones (nothing is changed)."""
+    from timm.layers import Format, PatchEmbed
+    from timm.models.vision_transformer import VisionTransformer
+
+    embed = getattr(backbone, "patch_embed", None)
+    if not isinstance(backbone, VisionTransformer) or type(embed) is not PatchEmbed:
+        return False
+    backbone.dynamic_img_size = True
+    embed.strict_img_size, embed.flatten, embed.output_fmt = False, False, Format.NHWC
+    return True

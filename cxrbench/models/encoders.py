@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.models.backbone import Backbone, patch_size, tokens
+from cxrbench.models.backbone import Backbone, dynamic_size, patch_size, tokens
 from cxrbench.rundir import atomic_path
 
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -22,8 +22,8 @@ _PREFIXES = ("module.", "encoder.", "backbone.", "model.", "_orig_mod.")
 class Encoder(nn.Module):
     """Backbone + its preprocessing: ``forward(x)`` maps x in [0, 1], [B, 1 or 3, H, W] to [B, D].
 
-    The one place where grey becomes 3 channels, images are resized to ``input_size`` and
-    mean/std normalisation is applied.
+    The one place where grey becomes 3 channels, images are resized to ``input_size`` (unless
+    ``any_size``, see ``allow_any_size``) and mean/std normalisation is applied.
     """
 
     def __init__(
@@ -47,17 +47,19 @@ class Encoder(nn.Module):
         self.source = source
         self.num_features = int(backbone.num_features)
         self.patch_size: int | None = patch_size(backbone)
+        self.any_size = False
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Return x as 3 channels at ``input_size`` x ``input_size``, normalised with mean/std."""
+        """Return x as 3 channels at ``input_size`` x ``input_size`` (at its own size if ``any_size``),
+        normalised with mean/std."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise CxrbenchError(f"encoder input must have shape [B, 1 or 3, H, W], got {list(x.shape)}")
         x = x.to(self._mean.dtype)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        if x.shape[-2:] != (self.input_size, self.input_size):
+        if x.shape[-2:] != (self.input_size, self.input_size) and not self.any_size:
             x = F.interpolate(
                 x,
                 size=(self.input_size, self.input_size),
@@ -70,6 +72,24 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return pooled features [B, num_features] of images x in [0, 1]."""
         return self.backbone(self.preprocess(x))
+
+    @torch.no_grad()
+    def allow_any_size(self, size: int) -> bool:
+        """Encode images at their own size from now on (multi-crop's smaller crops cost less and a
+        ViT sees them at their own patch grid) if the backbone takes ``size`` x ``size`` images: CNNs
+        do, a timm ViT after ``dynamic_size``; checked by one forward pass. False, and nothing changes
+        (images are still resized to ``input_size``), for backbones that cannot."""
+        dynamic_size(self.backbone)
+        training = self.training
+        self.eval()
+        try:
+            probe = torch.zeros(1, 3, size, size, dtype=self._mean.dtype, device=self._mean.device)
+            fits = tuple(self.backbone(probe).shape) == (1, self.num_features)
+        except Exception:  # noqa: BLE001 - any failure means the backbone needs its own size
+            fits = False
+        self.train(training)
+        self.any_size = fits
+        return fits
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor | None:
         """Return tokens [B, N, num_features] of images x in [0, 1] (patches, map cells), or None."""

@@ -43,9 +43,13 @@ class Method(MethodBase):
     EMA after every optimizer step; the queue (a buffer, so checkpoints carry it) holds the
     L2-normalised keys of the last ``queue_size`` images. Under DDP each rank encodes its slice; the
     queries and keys of all ranks are gathered, so the loss and the enqueued keys are the whole
-    batch's, as in one process. BatchNorm statistics stay per rank and are not shuffled: as in one
-    process, a query and its key are normalised with statistics of the same batch (MoCo's shuffled
-    BN removes that shortcut; a BatchNorm-free encoder such as a ViT does not have it).
+    batch's, as in one process. Keys are encoded with MoCo's shuffled BatchNorm: the key views of all
+    ranks are gathered, permuted (drawn from the step's generator, the same on every rank), each rank
+    encodes its slice of the permuted batch, and the keys are gathered and put back in order, so a
+    query and its key are normalised with statistics of different images and BatchNorm cannot leak
+    which key is the positive (``shuffled_keys``). In one process (one BatchNorm batch) shuffling
+    would change nothing and is skipped: there the leak remains, as in MoCo's own single-GPU runs;
+    a BatchNorm-free encoder such as a ViT does not have it.
     """
 
     defaults: ClassVar[dict[str, Any]] = {**MethodBase.defaults, **PRESETS["moco-v2"]["training"]}
@@ -92,13 +96,26 @@ class Method(MethodBase):
         bounds = dist.bounds(total)
         v1 = part_views(queries, step.generator, self.views, bounds, total)
         v2 = part_views(keys, step.generator, self.views, bounds, total)
-        q = self.projector(self.encoder(v1))
-        with torch.no_grad():
-            k = self.key_projector(self.key_encoder(v2))
-        q, k = dist.gather_batch(q, total), dist.gather_batch(k, total)
+        q = dist.gather_batch(self.projector(self.encoder(v1)), total)
+        k = self.shuffled_keys(v2, step)
         loss = info_nce(q, k, self.queue.detach(), temperature=self.temperature)
         self._pending.append(F.normalize(k.detach().float(), dim=1))
         return Loss(loss * dist.world_size, loss)
+
+    @torch.no_grad()
+    def shuffled_keys(self, views: torch.Tensor, step: Step) -> torch.Tensor:
+        """The whole batch's keys, in order, from this rank's key ``views``; under DDP encoded with
+        shuffled BatchNorm (each rank encodes a random slice of the whole batch's views)."""
+        dist, total = step.dist, step.total
+        if not dist.enabled:
+            return self.key_projector(self.key_encoder(views))
+        whole = dist.gather_batch(views, total)
+        order = torch.randperm(total, generator=step.generator).to(whole.device)
+        lo, hi = dist.bounds(total)
+        shuffled = dist.gather_batch(self.key_projector(self.key_encoder(whole[order[lo:hi]])), total)
+        keys = torch.empty_like(shuffled)
+        keys[order] = shuffled  # row i of the shuffled batch is image order[i]
+        return keys
 
     def after_step(self, step: Step) -> None:
         ema_update(self.key_encoder, self.encoder, self.momentum)

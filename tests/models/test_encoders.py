@@ -203,3 +203,35 @@ def test_dinov2_loads_from_cache_at_224_with_its_patch_size(hub_cache):
     assert enc.backbone.pos_embed.shape[1] == 16 * 16 + 1  # resampled from 37 x 37
     torch.testing.assert_close(enc.backbone.blocks[0].mlp.fc1.weight, state["blocks.0.mlp.fc1.weight"])
     assert enc(torch.rand(1, 1, 100, 100)).shape == (1, 384)
+
+
+@torch.no_grad()
+def test_allow_any_size_vit_equals_timms_dynamic_image_size_model():
+    # encoded at their own size, smaller images give what timm's own dynamic_img_size=True model
+    # (position embeddings interpolated per input) gives for the same weights and preprocessing
+    import timm
+
+    encoder = create_encoder("random", arch="vit_tiny_patch16_224", input_size=32, seed=1)
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, dynamic_img_size=True).eval()
+    reference.load_state_dict(encoder.backbone.state_dict())
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+
+    def timm_dynamic(images: torch.Tensor) -> torch.Tensor:
+        return reference((images.expand(-1, 3, -1, -1) - encoder._mean) / encoder._std)
+
+    full = encoder(x)  # resized to 32 px until allowed
+    assert encoder.allow_any_size(16) and encoder.any_size and not encoder.training
+    torch.testing.assert_close(encoder(x), timm_dynamic(x))
+    assert not torch.allclose(encoder(x), full)
+    y = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(encoder(y), timm_dynamic(y))  # the input size itself is unchanged
+
+
+def test_allow_any_size_keeps_resizing_when_the_backbone_cannot_take_the_size():
+    encoder = create_encoder("random", arch="vit_tiny_patch16_224", input_size=32, seed=1)
+    assert not encoder.allow_any_size(12)  # not a whole number of 16-pixel patches
+    x = torch.rand(1, 1, 12, 12)
+    assert encoder(x).shape == (1, encoder.num_features) and not encoder.any_size
+    cnn = create_encoder("random", arch=SMALL, input_size=32, seed=1)
+    assert cnn.allow_any_size(16) and cnn.preprocess(torch.rand(1, 1, 16, 16)).shape[-1] == 16
