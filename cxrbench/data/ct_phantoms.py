@@ -12,14 +12,15 @@ body's shape and age the vertebra's density, so attribute probes have something 
 from __future__ import annotations
 
 import csv
-import os
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from cxrbench.errors import CxrbenchError
+from cxrbench.rundir import atomic_path
 
 #: train.csv's columns, as in the RSNA STR Pulmonary Embolism Detection challenge data.
 RSNA_COLUMNS = (
@@ -93,9 +94,9 @@ def draw_studies(n_patients: int, seed: int) -> list[Study]:
         nodules = tuple(
             (
                 float(rng.uniform(0.25, 0.4) if rng.random() < 0.5 else rng.uniform(0.6, 0.75)),
-                float(rng.uniform(0.4, 0.6)),
-                float(rng.uniform(0.2, 0.8)),
-                float(rng.uniform(8.0, 14.0)),
+                float(rng.uniform(0.57, 0.62)),  # below the arteries, inside a lung
+                float(rng.uniform(0.3, 0.7)),
+                float(rng.uniform(12.0, 18.0)),
             )
             for _ in range(int(rng.integers(0, 3)))
         )
@@ -195,10 +196,59 @@ def write_slice(path: Path, stored: np.ndarray, meta: dict) -> None:
     ds.RescaleIntercept = "-1024"
     ds.RescaleSlope = "1"
     ds.PixelData = np.ascontiguousarray(stored, dtype="<i2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+
+
+@dataclass(frozen=True)
+class WrittenSlice:
+    path: Path
+    sop: str
+    z: float  # height fraction in [0, 1]
+    shows_embolus: bool
+    nodule_mask: np.ndarray
+
+
+def write_series(
+    study: Study,
+    index: int,
+    *,
+    seed: int,
+    size: int,
+    folder: Callable[[str, str], Path],
+    name: Callable[[int, str], str],
+) -> tuple[str, str, list[WrittenSlice]]:
+    """Write one study's series as DICOM files ``folder(study_uid, series_uid) / name(k, sop)``
+    (``k``: a shuffled instance number); returns the study and series UIDs and the slices in
+    position order."""
+    rng = np.random.default_rng(study.seed)
+    study_uid, series_uid = _uid(seed, index, 1), _uid(seed, index, 1, 2)
+    n = int(round(_EXTENT_MM / study.spacing))
+    order = rng.permutation(n)  # InstanceNumber and SOP UIDs do not follow position
+    pixel = _PIXEL_MM * 64 / size
+    out = []
+    for k in range(n):
+        z = k / max(n - 1, 1)
+        hu, shows, mask = slice_hu(study, z, size, rng)
+        instance = int(order[k]) + 1
+        sop = _uid(seed, index, 1, 2, instance, int(rng.integers(1, 10**9)))
+        stored = np.clip(np.rint(hu + 1024.0), -32768, 32767).astype(np.int16)
+        meta = {
+            "sop": sop,
+            "study": study_uid,
+            "series": series_uid,
+            "patient": study.patient,
+            "sex": study.sex,
+            "age": study.age,
+            "instance": instance,
+            "position": (-160.0, -160.0, -300.0 + k * study.spacing),
+            "pixel": pixel,
+            "thickness": study.spacing,
+        }
+        path = folder(study_uid, series_uid) / name(instance, sop)
+        write_slice(path, stored, meta)
+        out.append(WrittenSlice(path, sop, z, shows, mask))
+    return study_uid, series_uid, out
 
 
 def write_ct_phantoms(
@@ -215,41 +265,23 @@ def write_ct_phantoms(
     root = Path(root)
     rows = []
     for index, study in enumerate(draw_studies(n_patients, seed)):
-        rng = np.random.default_rng(study.seed)
-        study_uid, series_uid = _uid(seed, index, 1), _uid(seed, index, 1, 2)
-        n = int(round(_EXTENT_MM / study.spacing))
-        order = rng.permutation(n)  # InstanceNumber and SOP UIDs do not follow position
-        pixel = _PIXEL_MM * 64 / size
-        positive_exam = False
-        slices = []
-        for k in range(n):
-            z = k / max(n - 1, 1)
-            hu, shows, _ = slice_hu(study, z, size, rng)
-            positive_exam |= shows
-            sop = _uid(seed, index, 1, 2, int(order[k]) + 1, int(rng.integers(1, 10**9)))
-            stored = np.clip(np.rint(hu + 1024.0), -32768, 32767).astype(np.int16)
-            meta = {
-                "sop": sop,
-                "study": study_uid,
-                "series": series_uid,
-                "patient": study.patient,
-                "sex": study.sex,
-                "age": study.age,
-                "instance": int(order[k]) + 1,
-                "position": (-160.0, -160.0, -300.0 + k * study.spacing),
-                "pixel": pixel,
-                "thickness": study.spacing,
-            }
-            write_slice(root / "train" / study_uid / series_uid / f"{sop}.dcm", stored, meta)
-            slices.append((sop, shows))
+        study_uid, series_uid, slices = write_series(
+            study,
+            index,
+            seed=seed,
+            size=size,
+            folder=lambda st, se: root / "train" / st / se,
+            name=lambda k, sop: f"{sop}.dcm",
+        )
+        positive_exam = any(s.shows_embolus for s in slices)
         sides = {e.side for e in study.emboli} if positive_exam else set()
-        for sop, shows in sorted(slices):  # the CSV lists a study's slices in no positional order
+        for item in sorted(slices, key=lambda s: s.sop):  # the CSV lists a study's slices in no positional order
             rows.append(
                 {
                     "StudyInstanceUID": study_uid,
                     "SeriesInstanceUID": series_uid,
-                    "SOPInstanceUID": sop,
-                    "pe_present_on_image": int(shows),
+                    "SOPInstanceUID": item.sop,
+                    "pe_present_on_image": int(item.shows_embolus),
                     "negative_exam_for_pe": int(not positive_exam),
                     "qa_motion": 0,
                     "qa_contrast": 0,
@@ -268,10 +300,92 @@ def write_ct_phantoms(
         if progress:
             progress(index + 1)
     out = root / "train.csv"
-    tmp = out.with_name(f".train.csv.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=RSNA_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out)
     return out
+
+
+def _reader_xml(
+    series_uid: str, study_uid: str, slices: list[WrittenSlice], study: Study, size: int, readers: int, rng
+) -> str:
+    """The LIDC XML of one series: per reader, a contour of each nodule on each slice it crosses
+    (16 points on the nodule's outline, the radius off by up to 15%; a reader misses a nodule with
+    probability 0.2)."""
+    from xml.sax.saxutils import escape
+
+    pixel = _PIXEL_MM * 64 / size
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<LidcReadMessage xmlns="http://www.nih.gov" uid="phantom">',
+        f"<ResponseHeader><SeriesInstanceUid>{escape(series_uid)}</SeriesInstanceUid>"
+        f"<StudyInstanceUID>{escape(study_uid)}</StudyInstanceUID></ResponseHeader>",
+    ]
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    for reader in range(readers):
+        parts.append(f"<readingSession><servicingRadiologistID>{reader}</servicingRadiologistID>")
+        for number, (nx, ny, nz, r_mm) in enumerate(study.nodules):
+            if rng.random() < 0.2:
+                continue
+            scale = float(rng.uniform(0.85, 1.15))
+            parts.append(f"<unblindedReadNodule><noduleID>{reader}-{number}</noduleID><characteristics/>")
+            for item in slices:
+                dz = (item.z - nz) * _EXTENT_MM
+                if abs(dz) >= r_mm:
+                    continue
+                r = np.sqrt(r_mm**2 - dz**2) / pixel * scale
+                xs, ys = nx * size + r * np.cos(angles), ny * size + r * np.sin(angles)
+                edges = "".join(
+                    f"<edgeMap><xCoord>{int(round(x))}</xCoord><yCoord>{int(round(y))}</yCoord></edgeMap>"
+                    for x, y in zip(xs, ys, strict=True)
+                )
+                parts.append(
+                    f"<roi><imageZposition>{-300.0 + item.z * _EXTENT_MM:.3f}</imageZposition>"
+                    f"<imageSOP_UID>{item.sop}</imageSOP_UID><inclusion>TRUE</inclusion>{edges}</roi>"
+                )
+            parts.append("</unblindedReadNodule>")
+        parts.append("</readingSession>")
+    parts.append("</LidcReadMessage>")
+    return "\n".join(parts)
+
+
+def write_lidc_phantoms(
+    root: Path,
+    *,
+    n_patients: int = 12,
+    size: int = 64,
+    seed: int = 0,
+    readers: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write phantoms in the LIDC-IDRI layout (``LIDC-IDRI/LIDC-IDRI-NNNN/STUDY/SERIES/1-KKK.dcm`` and
+    the readers' ``069.xml`` beside them; every patient has at least one nodule); returns
+    ``phantoms.json`` (the series written), written last."""
+    n_patients, size, seed = check_ct_phantoms(n_patients=n_patients, size=size, seed=seed)
+    base = Path(root) / "LIDC-IDRI"
+    written = []
+    for index, study in enumerate(draw_studies(n_patients, seed)):
+        rng = np.random.default_rng(study.seed + 1)
+        if not study.nodules:  # segmentation phantoms: everyone has a nodule
+            study = replace(study, nodules=((0.32, 0.6, 0.5, 15.0),))
+        patient = f"LIDC-IDRI-{index + 1:04d}"
+        study = replace(study, patient=patient)
+        study_uid, series_uid, slices = write_series(
+            study,
+            index,
+            seed=seed,
+            size=size,
+            folder=lambda st, se: base / patient / st[-12:] / se[-12:],
+            name=lambda k, sop: f"1-{k:03d}.dcm",
+        )
+        xml = _reader_xml(series_uid, study_uid, slices, study, size, readers, rng)
+        with atomic_path(slices[0].path.parent / "069.xml") as tmp:
+            tmp.write_text(xml, encoding="utf-8")
+        written.append({"patient": patient, "series": series_uid, "slices": len(slices)})
+        if progress:
+            progress(index + 1)
+    index_file = Path(root) / "phantoms.json"
+    with atomic_path(index_file) as tmp:
+        tmp.write_text(json.dumps({"size": size, "seed": seed, "series": written}, indent=1), encoding="utf-8")
+    return index_file

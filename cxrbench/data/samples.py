@@ -109,7 +109,13 @@ def build_samples(raw: RawDataset, policy: LabelPolicy, *, root: Path) -> tuple[
         }
     )
     # volume slices keep their place in the series (next-slice pretraining, study-level scores)
-    for column, kind in (("series_id", str), ("slice_index", "int64"), ("slice_position", "float64")):
+    # and a segmentation dataset its mask (RLE, cached as masks.npy beside the images)
+    for column, kind in (
+        ("series_id", str),
+        ("slice_index", "int64"),
+        ("slice_position", "float64"),
+        ("mask_rle", str),
+    ):
         if column in frame:
             out[column] = frame[column].astype(kind).to_numpy()
     # one concat, not one insert per label: hundreds of labels (Indiana's MeSH headings) would

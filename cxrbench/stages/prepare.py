@@ -21,6 +21,7 @@ from cxrbench.data.adapters import get_adapter
 from cxrbench.data.adapters.base import coerce_options
 from cxrbench.data.cache import build_cache
 from cxrbench.data.images import CT_PREFIX
+from cxrbench.data.masks import build_masks
 from cxrbench.data.prepared import CACHE_DIR, QUARANTINE, SAMPLES
 from cxrbench.data.samples import LabelPolicy, build_samples, prevalence_table
 from cxrbench.data.transforms import Preprocess
@@ -194,6 +195,8 @@ def prepare(
                     workers=workers,
                     progress=advance,
                 )
+            if "mask_rle" in samples:  # segmentation: masks resized like their images, row for row
+                stage.record(build_masks(samples["mask_rle"].tolist(), home / CACHE_DIR, image))
             bad = pd.Series([r is not None for r in reasons], index=samples.index)
             quarantine = samples.loc[bad, ["sample_id", "patient_id", "path"]].assign(
                 reason=[r for r in reasons if r is not None], step="decode"

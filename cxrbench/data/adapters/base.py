@@ -60,7 +60,9 @@ class RawDataset:
     - optional ``study_id`` (str), ``sex`` (``M``/``F``/None), ``age`` (float years, NaN unknown),
       ``split`` (``train``/``val``/``test``/None: the official split; None rows get a seeded
       patient-level split), ``report`` (free text); CT slices: ``series_id`` (SeriesInstanceUID),
-      ``slice_index`` (0, 1, ... along the slice normal) and ``slice_position`` (mm along it).
+      ``slice_index`` (0, 1, ... along the slice normal) and ``slice_position`` (mm along it);
+      segmentation: ``mask_rle`` (``cxrbench.data.masks.encode_rle`` at the image's own size; empty
+      for an empty mask).
     - one float column per name in ``labels``: 1.0 / 0.0 / -1.0 (uncertain) / NaN (unknown).
 
     ``task`` is ``multiclass`` when exactly one label per image is positive (one-hot columns).
