@@ -376,7 +376,7 @@ def write_lidc_phantoms(
             index,
             seed=seed,
             size=size,
-            folder=lambda st, se: base / patient / st[-12:] / se[-12:],
+            folder=lambda st, se, patient=patient: base / patient / st[-12:] / se[-12:],
             name=lambda k, sop: f"1-{k:03d}.dcm",
         )
         xml = _reader_xml(series_uid, study_uid, slices, study, size, readers, rng)
