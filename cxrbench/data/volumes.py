@@ -179,7 +179,7 @@ def read_headers(
     from cxrbench.processes import die_with_parent
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         for part, result in zip(chunks, pool.map(_read_headers, chunks), strict=True):
             out.extend(result)
             if progress:
