@@ -366,6 +366,50 @@ def finetune(
                 _written(run_dir, manifest)
 
 
+@app.command(epilog="Example: cxrbench segment --dataset lidc --encoder masked --fraction 0.1 --fraction 1.0")
+def segment(
+    dataset: Annotated[str, typer.Option(help="Prepared dataset with masks (lidc, synthetic-lidc).")],
+    encoder: Annotated[str, typer.Option(help="The U-Net's down branch: imagenet, random, a pretrain output, ...")],
+    arch: ArchOpt = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs (the epoch budget).")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Slices per batch.")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    width: Annotated[int, typer.Option(help="Channels of the up branch.")] = 32,
+    fraction: Annotated[list[float] | None, typer.Option(help="Fraction(s) of train patients (repeatable).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: per epoch only).")] = 0,
+    num_workers: WorkersOpt = None,
+    run: RunOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Train a U-Net with the encoder as its down branch; Dice and IoU per case (selection on val Dice)."""
+    from cxrbench.stages.finetune import check_fraction
+    from cxrbench.stages.segment import segment as segment_stage
+
+    run_dir = _run(run)
+    for frac in [check_fraction(f) for f in fraction or [1.0]]:
+        manifest = segment_stage(
+            run_dir,
+            dataset=dataset,
+            encoder=encoder,
+            arch=arch,
+            fraction=frac,
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            width=width,
+            checkpoint_every=checkpoint_every,
+            num_workers=num_workers,
+            device=device,
+            precision=precision,
+            force=force,
+        )
+        _written(run_dir, manifest)
+
+
 @app.command(epilog="Example: cxrbench evaluate --n-boot 1000 --cluster patient")
 def evaluate(
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,

@@ -87,6 +87,7 @@ class RunLayout:
         encoders/NAME/encoder.{safetensors,json}, manifest.json
         features/DATASET/ENCODER.parquet
         predictions/DATASET/ENCODER/ADAPTATION.parquet
+        segmentation/DATASET/ENCODER/ADAPTATION.parquet   Dice/IoU per case (segment)
         finetuned/DATASET/ENCODER/ADAPTATION.safetensors
         checkpoints/STAGE/.../KEY/                    resumable training state, removed when done
         logs/STAGE/....parquet                        per-step training log
@@ -139,6 +140,13 @@ class RunLayout:
     @property
     def predictions_root(self) -> Path:
         return self.root / "predictions"
+
+    def segmentation(self, dataset: str, encoder: str, adaptation: str) -> Path:
+        return self._join("segmentation", dataset, encoder, f"{safe_name(adaptation)}.parquet")
+
+    @property
+    def segmentation_root(self) -> Path:
+        return self.root / "segmentation"
 
     def finetuned(self, dataset: str, encoder: str, adaptation: str) -> Path:
         return self._join("finetuned", dataset, encoder, f"{safe_name(adaptation)}.safetensors")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrbench.data.images import IMAGE_FORMATS, ImageError, pixel_limit, read_image
+from cxrbench.data.images import ImageError, check_image_format, pixel_limit, read_image
 from cxrbench.data.transforms import Preprocess, preprocess
 from cxrbench.errors import CxrbenchError
 from cxrbench.processes import die_with_parent
@@ -55,8 +55,7 @@ def build_cache(
     """
     if not isinstance(settings, Preprocess):
         raise CxrbenchError(f"settings must be a Preprocess, got {type(settings).__name__}")
-    if image_format is not None and image_format not in IMAGE_FORMATS:
-        raise CxrbenchError(f"image_format must be one of {', '.join(IMAGE_FORMATS)} or None, got {image_format!r}")
+    check_image_format(image_format)
     if workers is None:
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:

@@ -20,6 +20,8 @@ import numpy as np
 from cxrbench.errors import CxrbenchError
 
 IMAGE_FORMATS = ("png", "jpeg", "tiff", "dicom", "jsrt-raw")
+#: CT slices are decoded to HU and windowed: ``ct:LEVEL:WIDTH`` (``ct_format``) names the window.
+CT_PREFIX = "ct:"
 JSRT_SIDE = 2048
 JSRT_BYTES = JSRT_SIDE * JSRT_SIDE * 2
 JSRT_MAX = 4095  # 12 bits used of 16
@@ -81,8 +83,7 @@ def read_image(path: str | Path, *, image_format: str | None = None, max_pixels:
     Pillow's own decompression-bomb error (2 x ``PIL.Image.MAX_IMAGE_PIXELS``) also applies.
     """
     limit = pixel_limit(max_pixels)
-    if image_format is not None and image_format not in IMAGE_FORMATS:
-        raise CxrbenchError(f"image_format must be one of {', '.join(IMAGE_FORMATS)} or None, got {image_format!r}")
+    check_image_format(image_format)
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -96,7 +97,9 @@ def read_image(path: str | Path, *, image_format: str | None = None, max_pixels:
         raise ImageError("empty file (0 bytes)", path)
     fmt = image_format or _detect_format(path, size)
     try:
-        if fmt == "dicom":
+        if fmt.startswith(CT_PREFIX):
+            image = _read_ct(path, limit, *ct_window(fmt))
+        elif fmt == "dicom":
             image = _read_dicom(path, limit)
         elif fmt == "jsrt-raw":
             image = _read_jsrt(path, size)
@@ -112,6 +115,30 @@ def read_image(path: str | Path, *, image_format: str | None = None, max_pixels:
         raise ImageError(f"undecodable {fmt} ({type(exc).__name__}: {exc})", path) from None
     _check_shape(image, path)
     return image
+
+
+def check_image_format(image_format: str | None) -> None:
+    """One-line error unless ``image_format`` is None, one of ``IMAGE_FORMATS`` or ``ct:LEVEL:WIDTH``."""
+    if image_format is None or image_format in IMAGE_FORMATS:
+        return
+    if isinstance(image_format, str) and image_format.startswith(CT_PREFIX):
+        ct_window(image_format)
+        return
+    raise CxrbenchError(
+        f"image_format must be one of {', '.join(IMAGE_FORMATS)}, ct:LEVEL:WIDTH or None, got {image_format!r}"
+    )
+
+
+def ct_format(level: float, width: float) -> str:
+    """The image format of CT slices shown in window ``(level, width)`` HU, e.g. ``ct:50:350``."""
+    return f"{CT_PREFIX}{level:g}:{width:g}"
+
+
+def ct_window(image_format: str) -> tuple[float, float]:
+    """``(level, width)`` of a ``ct:LEVEL:WIDTH`` format."""
+    from cxrbench.data.volumes import parse_window
+
+    return parse_window(image_format[len(CT_PREFIX) :])
 
 
 def _detect_format(path: Path, size: int) -> str:
@@ -378,6 +405,33 @@ def _stored_range(ds) -> tuple[float, float]:
     if int(ds.get("PixelRepresentation", 0)) == 1:
         return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
     return 0.0, float(2**bits - 1)
+
+
+# ---------------------------------------------------------------- CT slices
+def _read_ct(path: Path, limit: int, level: float, width: float) -> np.ndarray:
+    """One CT slice: stored values to HU by its rescale slope/intercept, then the window onto [0, 1]
+    (the fixed scaling of CT: the same HU give the same grey in every slice and scan)."""
+    from pydicom.errors import InvalidDicomError
+
+    from cxrbench.data.volumes import to_hu, window_hu
+
+    try:
+        ds = _dcmread(path, force=True, limit=limit)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, zlib.error) as exc:
+        raise ImageError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    if "PixelData" not in ds:
+        raise ImageError("DICOM has no pixel data (not an image, or truncated)")
+    if _check_dicom_pixels(ds, limit) > 1:
+        raise ImageError("wrong shape: a CT slice file holds one 2-D image, this one several frames")
+    if not str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().startswith("MONOCHROME"):
+        raise ImageError("colour DICOM is not a CT slice")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types for bad pixel data
+        raise ImageError(f"undecodable DICOM pixel data ({type(exc).__name__}: {exc})") from None
+    if pixels.ndim != 2:
+        raise ImageError(f"wrong shape {pixels.shape}, expected a 2-D image")
+    return window_hu(to_hu(pixels, ds), level, width)
 
 
 # ---------------------------------------------------------------- JSRT raw

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.data.samples import LABEL_PREFIX, label_columns
+from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import Manifest, RunLayout, layout_of, read_complete
 
 SAMPLES = "samples.parquet"
@@ -32,6 +33,16 @@ class Prepared:
         from cxrbench.data.cache import open_cache
 
         return open_cache(self.directory / CACHE_DIR)
+
+    def masks(self) -> np.ndarray:
+        """The segmentation masks as a read-only memmap ``[n_cached, size, size]`` uint8 (0/1),
+        row for row with ``images()``; a one-line error for a dataset without masks."""
+        from cxrbench.data.masks import MASKS_FILE
+
+        path = self.directory / CACHE_DIR / MASKS_FILE
+        if "mask_rle" not in self.samples or not path.is_file():
+            raise CxrbenchError(f"dataset '{self.name}' has no segmentation masks (lidc and synthetic-lidc have)")
+        return np.load(path, mmap_mode="r")
 
     def split(self, name: str) -> pd.DataFrame:
         """Rows of one split, in table order."""

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.data.adapters.base import FRONTAL_VIEWS, UNCERTAIN, RawDataset, label_key, preview
+from cxrbench.data.images import CT_PREFIX
 from cxrbench.data.splits import SPLITS, assign_splits
 from cxrbench.errors import CxrbenchError
 
@@ -71,7 +72,9 @@ def build_samples(raw: RawDataset, policy: LabelPolicy, *, root: Path) -> tuple[
         raise CxrbenchError(f"no images found under {root}")
     mapping = {name: normalise_label(name) for name in raw.labels}
     _check_no_collisions(mapping)
-    frame, view_counts = _filter_views(frame, policy.views)
+    # --views chooses radiograph projections; CT slices are all axial, the choice does not apply
+    ct = raw.image_format is not None and raw.image_format.startswith(CT_PREFIX)
+    frame, view_counts = _filter_views(frame, "all" if ct else policy.views)
 
     labels = {}
     for name, new in mapping.items():
@@ -105,6 +108,16 @@ def build_samples(raw: RawDataset, policy: LabelPolicy, *, root: Path) -> tuple[
             "report": _optional(frame, "report", str),
         }
     )
+    # volume slices keep their place in the series (next-slice pretraining, study-level scores)
+    # and a segmentation dataset its mask (RLE, cached as masks.npy beside the images)
+    for column, kind in (
+        ("series_id", str),
+        ("slice_index", "int64"),
+        ("slice_position", "float64"),
+        ("mask_rle", str),
+    ):
+        if column in frame:
+            out[column] = frame[column].astype(kind).to_numpy()
     # one concat, not one insert per label: hundreds of labels (Indiana's MeSH headings) would
     # fragment the frame and make pandas warn once per insert
     out = pd.concat([out, pd.DataFrame(labels, index=out.index)], axis=1)

@@ -23,12 +23,15 @@ class Preprocess:
     """How decoded images become ``uint8 [size, size]``.
 
     ``aspect``: ``pad`` fits the longer side and pads with black, ``crop`` fits the shorter side
-    and takes the centre, ``stretch`` resizes each side independently.
+    and takes the centre, ``stretch`` resizes each side independently. ``scaling``: ``min-max``
+    stretches each image's own range onto 0..255 (radiographs have no absolute scale); ``fixed``
+    maps the decoder's [0, 1] onto 0..255 unchanged (windowed CT: one HU, one grey, in every slice).
     """
 
     size: int = 224
     aspect: Literal["pad", "crop", "stretch"] = "pad"
     equalize: bool = False
+    scaling: Literal["min-max", "fixed"] = "min-max"
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 8:
@@ -37,6 +40,8 @@ class Preprocess:
             raise CxrbenchError(f"aspect must be one of {', '.join(ASPECTS)}, got {self.aspect!r}")
         if not isinstance(self.equalize, bool):
             raise CxrbenchError(f"equalize must be true or false, got {self.equalize!r}")
+        if self.scaling not in ("min-max", "fixed"):
+            raise CxrbenchError(f"scaling must be min-max or fixed, got {self.scaling!r}")
 
     def to_dict(self) -> dict:
         """Return the settings and the fixed choices behind them, for the manifest and cache keys."""
@@ -45,14 +50,14 @@ class Preprocess:
             "aspect": self.aspect,
             "equalize": self.equalize,
             "resample": "bilinear-antialiased",
-            "scaling": "min-max",
+            "scaling": self.scaling,
             "version": PREPROCESS_VERSION,
         }
 
 
 def preprocess(image: np.ndarray, settings: Preprocess) -> np.ndarray:
-    """Return ``uint8 [size, size]``: resized per ``settings.aspect``, min-max scaled to 0..255,
-    then histogram-equalised if asked. Padding is 0 and takes no part in scaling or equalisation;
+    """Return ``uint8 [size, size]``: resized per ``settings.aspect``, scaled to 0..255 (min-max, or
+    fixed from [0, 1]), then histogram-equalised if asked. Padding is 0 and takes no part in scaling or equalisation;
     a constant image becomes all zeros."""
     image = np.asarray(image)
     if image.ndim != 2 or min(image.shape) < 1:
@@ -71,7 +76,10 @@ def preprocess(image: np.ndarray, settings: Preprocess) -> np.ndarray:
         scale = size / max(h, w)
         nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
         content = resize(image, (nh, nw))
-    scaled = minmax_uint8(content)
+    if settings.scaling == "fixed":
+        scaled = np.rint(np.clip(content, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        scaled = minmax_uint8(content)
     if settings.equalize:
         scaled = equalize_hist(scaled)
     if scaled.shape == (size, size):

@@ -95,10 +95,11 @@ class EpochBatches(_CacheReader):
     """Item ``k``: ``(epoch, step, batch)`` of the ``k``-th step of the whole run.
 
     ``batch`` holds the uint8 ``images`` and, for each entry of ``fields`` (per-row arrays such as
-    ``targets``, ``patient_id`` or report text), the values of the batch's rows: numeric arrays as
-    tensors, anything else as a list. With ``partners`` (``cxrbench.data.partners``), ``partner_images``
-    holds one partner image per row, drawn from stream (seed, epoch, step, ``PARTNER_STREAM``) over
-    the whole batch before sharding. Steps follow ``epoch_order``/``batches`` for (seed, epoch), so
+    ``targets``, ``patient_id`` or report text, or array-likes with a ``dtype`` such as segmentation
+    masks read on demand), the values of the batch's rows: numeric arrays as tensors, anything else
+    as a list. With ``partners`` (``cxrbench.data.partners``), ``partner_images`` holds one partner
+    image per row, drawn from stream (seed, epoch, step, ``PARTNER_STREAM``) over the whole batch
+    before sharding. Steps follow ``epoch_order``/``batches`` for (seed, epoch), so
     iterating items in order is the single-process plan; ``shard(idx)`` (a ``Dist.shard``) keeps
     this rank's part of each batch.
     """
@@ -156,7 +157,7 @@ class EpochBatches(_CacheReader):
             mates = self.partners.draw(whole, rng)[keep]
             batch["partner_images"] = torch.from_numpy(read_rows(self.images, self.rows[mates]))
         for name, values in self.fields.items():
-            if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+            if getattr(values, "dtype", None) is not None and np.dtype(values.dtype).kind in "biuf":
                 batch[name] = torch.from_numpy(np.ascontiguousarray(values[idx]))
             else:
                 batch[name] = [values[i] for i in idx]

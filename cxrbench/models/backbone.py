@@ -58,3 +58,23 @@ def dynamic_size(backbone: Backbone) -> bool:
     backbone.dynamic_img_size = True
     embed.strict_img_size, embed.flatten, embed.output_fmt = False, False, Format.NHWC
     return True
+
+
+def feature_maps(backbone: Backbone, x: torch.Tensor, *, levels: int = 4) -> list[torch.Tensor]:
+    """Intermediate feature maps ``[B, C, h, w]`` of normalised images ``x``, shallow to deep: a
+    CNN's stages, or ``levels`` evenly spaced ViT blocks (timm's ``forward_intermediates``); else
+    the tokens as one square map. Empty for a backbone with neither (U-Nets need maps)."""
+    intermediates = getattr(backbone, "forward_intermediates", None)
+    if intermediates is not None:
+        blocks = getattr(backbone, "blocks", None)
+        if blocks is not None and patch_size(backbone) is not None:  # a ViT: spread over its depth
+            depth = len(blocks)
+            indices = sorted({max(0, round(depth * (i + 1) / levels) - 1) for i in range(levels)})
+            return list(intermediates(x, indices=indices, intermediates_only=True))
+        return list(intermediates(x, intermediates_only=True))
+    found = tokens(backbone, x)
+    if found is None:
+        return []
+    side = int(found.shape[1] ** 0.5)
+    grid = found[:, found.shape[1] - side * side :]  # leading class/register tokens dropped
+    return [grid.transpose(1, 2).reshape(found.shape[0], -1, side, side)]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.models.backbone import Backbone, dynamic_size, patch_size, tokens
+from cxrbench.models.backbone import Backbone, dynamic_size, feature_maps, patch_size, tokens
 from cxrbench.rundir import atomic_path
 
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -94,6 +94,10 @@ class Encoder(nn.Module):
     def tokens(self, x: torch.Tensor) -> torch.Tensor | None:
         """Return tokens [B, N, num_features] of images x in [0, 1] (patches, map cells), or None."""
         return tokens(self.backbone, self.preprocess(x))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Intermediate maps ``[B, C, h, w]`` of images x in [0, 1], shallow to deep (U-Net skips)."""
+        return feature_maps(self.backbone, self.preprocess(x))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, source={self.source!r}, input_size={self.input_size}"

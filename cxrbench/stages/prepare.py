@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from cxrbench.console import progress
 from cxrbench.data.adapters import get_adapter
 from cxrbench.data.adapters.base import coerce_options
 from cxrbench.data.cache import build_cache
+from cxrbench.data.images import CT_PREFIX
+from cxrbench.data.masks import build_masks
 from cxrbench.data.prepared import CACHE_DIR, QUARANTINE, SAMPLES
 from cxrbench.data.samples import LabelPolicy, build_samples, prevalence_table
 from cxrbench.data.transforms import Preprocess
@@ -153,6 +156,9 @@ def prepare(
     root = Path(root)
     raw = adapter.load(root, **options)
     samples, summary = build_samples(raw, policy, root=root)
+    if raw.image_format is not None and raw.image_format.startswith(CT_PREFIX):
+        image = replace(image, scaling="fixed")  # windowed HU: the same grey for the same HU everywhere
+    rejected = _rejected(raw)
 
     names = relative_paths(samples["path"], root)
     rows_hash = pd.util.hash_pandas_object(samples.assign(path=names), index=False).sum()
@@ -173,6 +179,7 @@ def prepare(
         extra_inputs={
             "rows": f"{int(rows_hash) & (2**64 - 1):016x}",
             "files": files_fingerprint(samples["path"].tolist(), names),
+            **({"rejected": _frame_hash(rejected)} if len(rejected) else {}),
         },
         seed=policy.seed,
         what=f"prepared dataset '{dataset}'",
@@ -188,10 +195,13 @@ def prepare(
                     workers=workers,
                     progress=advance,
                 )
+            if "mask_rle" in samples:  # segmentation: masks resized like their images, row for row
+                stage.record(build_masks(samples["mask_rle"].tolist(), home / CACHE_DIR, image))
             bad = pd.Series([r is not None for r in reasons], index=samples.index)
             quarantine = samples.loc[bad, ["sample_id", "patient_id", "path"]].assign(
-                reason=[r for r in reasons if r is not None]
+                reason=[r for r in reasons if r is not None], step="decode"
             )
+            quarantine = pd.concat([quarantine, rejected], ignore_index=True) if len(rejected) else quarantine
             kept = samples.assign(cache_index=range(len(samples)))[~bad.to_numpy()].reset_index(drop=True)
             if kept.empty:
                 raise CxrbenchError(f"no image of {dataset} under {root} could be decoded (see {home / QUARANTINE})")
@@ -207,6 +217,19 @@ def prepare(
                 prevalence=prevalence_table(kept).to_dict(orient="records"),
             )
     return stage.manifest
+
+
+def _rejected(raw) -> pd.DataFrame:
+    """The adapter's own refusals as quarantine rows (``step`` = ``scan``: never decoded, no cache row)."""
+    columns = ["sample_id", "patient_id", "path", "reason"]
+    if raw.rejected is None or raw.rejected.empty:
+        return pd.DataFrame(columns=[*columns, "step"])
+    frame = raw.rejected.reindex(columns=columns).astype(object)
+    return frame.assign(step="scan").reset_index(drop=True)
+
+
+def _frame_hash(frame: pd.DataFrame) -> str:
+    return f"{int(pd.util.hash_pandas_object(frame, index=False).sum()) & (2**64 - 1):016x}"
 
 
 def _portable(root: Path, run: Path) -> str:

@@ -38,7 +38,9 @@ def _image_files_changed(layout: RunLayout, manifest: Manifest, directory: Path)
     if recorded is None:
         return None
     kept = pd.read_parquet(directory / SAMPLES, columns=["path", "cache_index"])
-    quarantined = pd.read_parquet(directory / QUARANTINE, columns=["path"])
+    quarantined = pd.read_parquet(directory / QUARANTINE)
+    if "step" in quarantined:  # files the adapter refused before decoding have no cache row
+        quarantined = quarantined[quarantined["step"] != "scan"]
     order = [""] * (len(kept) + len(quarantined))
     for path, index in zip(kept["path"], kept["cache_index"], strict=True):
         order[int(index)] = path

@@ -25,7 +25,17 @@ from cxrbench.errors import CxrbenchError
 #: Columns every adapter frame has (``None``/NaN where the dataset does not record it).
 REQUIRED_COLUMNS = ("path", "patient_id", "view")
 #: Optional columns the generic path understands.
-OPTIONAL_COLUMNS = ("sample_id", "study_id", "sex", "age", "split", "report")
+OPTIONAL_COLUMNS = (
+    "sample_id",
+    "study_id",
+    "sex",
+    "age",
+    "split",
+    "report",
+    "series_id",
+    "slice_index",
+    "slice_position",
+)
 #: Label values adapters emit: positive, negative, uncertain (policy applied later), NaN = unknown.
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 #: Normalised frontal views; ``FRONTAL`` is a frontal image whose projection (PA or AP) the
@@ -49,12 +59,17 @@ class RawDataset:
     - ``patient_id`` (str), ``view`` (str or None: ``PA``, ``AP``, ``LATERAL``, ``LL``, ... upper-case).
     - optional ``study_id`` (str), ``sex`` (``M``/``F``/None), ``age`` (float years, NaN unknown),
       ``split`` (``train``/``val``/``test``/None: the official split; None rows get a seeded
-      patient-level split), ``report`` (free text).
+      patient-level split), ``report`` (free text); CT slices: ``series_id`` (SeriesInstanceUID),
+      ``slice_index`` (0, 1, ... along the slice normal) and ``slice_position`` (mm along it);
+      segmentation: ``mask_rle`` (``cxrbench.data.masks.encode_rle`` at the image's own size; empty
+      for an empty mask).
     - one float column per name in ``labels``: 1.0 / 0.0 / -1.0 (uncertain) / NaN (unknown).
 
     ``task`` is ``multiclass`` when exactly one label per image is positive (one-hot columns).
     ``image_format`` names a non-standard pixel encoding the decoder must be told about
-    (``jsrt-raw``); ``None`` means "detect from the file".
+    (``jsrt-raw``, ``ct:LEVEL:WIDTH``); ``None`` means "detect from the file". ``rejected``: files
+    the adapter itself refused before decoding (``path``, ``sample_id``, ``patient_id``, ``reason``;
+    e.g. a CT series with missing slices), which go to the quarantine table with the reason.
     """
 
     frame: pd.DataFrame
@@ -62,6 +77,7 @@ class RawDataset:
     task: Literal["multilabel", "multiclass"] = "multilabel"
     image_format: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    rejected: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         missing = [c for c in (*REQUIRED_COLUMNS, *self.labels) if c not in self.frame.columns]

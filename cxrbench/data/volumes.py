@@ -1,0 +1,268 @@
+"""CT volumes from DICOM series: headers read once, slices grouped by SeriesInstanceUID and ordered
+by their position along the slice normal, pixels converted to Hounsfield units and windowed.
+
+A series is an ordered list of slice files; the pixels stay in the files and are decoded one slice
+at a time into the prepared cache, so memory does not grow with the dataset. A series that cannot
+be trusted as a volume (unreadable files, mixed orientations, missing or duplicated slices, slices
+thicker than asked) is rejected whole, with the reason, rather than silently reordered or patched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxrbench.errors import CxrbenchError
+
+#: The soft-tissue window (level, width) in HU that the chest CT study clips every slice to.
+SOFT_TISSUE = (50.0, 350.0)
+#: Other common chest windows, by name (level, width).
+WINDOWS = {"soft-tissue": SOFT_TISSUE, "lung": (-600.0, 1500.0), "mediastinum": (40.0, 400.0), "bone": (400.0, 1800.0)}
+#: Orientation cosines further apart than this are different orientations.
+ORIENTATION_TOLERANCE = 1e-3
+#: A gap between neighbouring slices larger than this many times the series' median spacing means
+#: slices are missing.
+GAP_FACTOR = 1.5
+_HEADER_TAGS = (
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "SOPInstanceUID",
+    "PatientID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "SliceThickness",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "PatientSex",
+    "PatientAge",
+)
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What ordering and checking a slice needs, read without its pixel data."""
+
+    path: str
+    series_uid: str
+    study_uid: str
+    sop_uid: str
+    patient_id: str
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    thickness: float
+    instance: int | None
+    shape: tuple[int, int]
+    sex: str | None = None
+    age: str | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series: its slices ordered along the normal (feet to head for axial scans), their
+    positions in mm along that normal, or the reason it was rejected (then ``slices`` keeps the
+    files in the order found, for the quarantine table)."""
+
+    uid: str
+    slices: tuple[SliceHeader, ...]
+    positions: tuple[float, ...] = ()
+    problem: str | None = None
+
+    @property
+    def spacing(self) -> float:
+        """Median distance between neighbouring slices (mm); NaN for a single slice."""
+        return float(np.median(np.diff(self.positions))) if len(self.positions) > 1 else math.nan
+
+
+def parse_window(text: str | Sequence[float]) -> tuple[float, float]:
+    """A window as ``(level, width)`` from a name (``soft-tissue``, ``lung``, ...), ``"50,350"`` or a pair."""
+    if isinstance(text, str):
+        if text in WINDOWS:
+            return WINDOWS[text]
+        parts = text.replace(":", ",").split(",")
+    else:
+        parts = list(text)
+    try:
+        level, width = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise CxrbenchError(
+            f"window {text!r}: give LEVEL,WIDTH in HU (e.g. 50,350) or one of {', '.join(WINDOWS)}"
+        ) from None
+    if not (math.isfinite(level) and math.isfinite(width)) or width <= 0:
+        raise CxrbenchError(f"window {text!r}: the width must be positive and both numbers finite")
+    return level, width
+
+
+def window_hu(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """HU clipped to ``[level - width/2, level + width/2]`` and mapped linearly onto [0, 1] (float32)."""
+    lo = level - width / 2.0
+    return np.clip((np.asarray(hu, dtype=np.float64) - lo) / width, 0.0, 1.0).astype(np.float32)
+
+
+def to_hu(pixels: np.ndarray, ds) -> np.ndarray:
+    """Stored values to Hounsfield units with the slice's own RescaleSlope/RescaleIntercept
+    (identity where absent), as float64."""
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return np.asarray(pixels, dtype=np.float64) * slope + intercept
+
+
+def read_header(path: str | Path) -> SliceHeader | str:
+    """The slice's header, or the reason it cannot be read (a string) -- never an exception."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS), force=str(path).endswith(".dcm")
+            )
+        series = str(ds.get("SeriesInstanceUID", "") or "")
+        if not series:
+            return "not a DICOM slice (no SeriesInstanceUID)"
+        position = ds.get("ImagePositionPatient")
+        orientation = ds.get("ImageOrientationPatient")
+        thickness = ds.get("SliceThickness")
+        instance = ds.get("InstanceNumber")
+        return SliceHeader(
+            path=str(path),
+            series_uid=series,
+            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+            sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+            patient_id=str(ds.get("PatientID", "") or ""),
+            position=tuple(float(v) for v in position) if position is not None and len(position) == 3 else None,
+            orientation=tuple(float(v) for v in orientation)
+            if orientation is not None and len(orientation) == 6
+            else None,
+            thickness=float(thickness) if thickness not in (None, "") else math.nan,
+            instance=int(instance) if instance not in (None, "") else None,
+            shape=(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)),
+            sex=str(ds.get("PatientSex")) if ds.get("PatientSex") else None,
+            age=str(ds.get("PatientAge")) if ds.get("PatientAge") else None,
+        )
+    except Exception as exc:  # a bad file is a reason for the quarantine, not a crash
+        return f"unreadable DICOM header ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+
+def _read_headers(paths: list[str]) -> list[SliceHeader | str]:
+    return [read_header(p) for p in paths]
+
+
+def read_headers(
+    paths: Sequence[str | Path],
+    *,
+    workers: int | None = None,
+    chunk: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> list[SliceHeader | str]:
+    """Headers of ``paths`` in order (a reason string for each unreadable file), read in ``workers``
+    processes (None: the CPU count, at most 8; 0 or 1: in this process)."""
+    paths = [str(p) for p in paths]
+    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    out: list[SliceHeader | str] = []
+    if workers <= 1 or len(chunks) <= 1:
+        for part in chunks:
+            out.extend(_read_headers(part))
+            if progress:
+                progress(len(part))
+        return out
+    import multiprocessing
+
+    from cxrbench.processes import die_with_parent
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        for part, result in zip(chunks, pool.map(_read_headers, chunks), strict=True):
+            out.extend(result)
+            if progress:
+                progress(len(part))
+    return out
+
+
+def order_series(slices: Iterable[SliceHeader], *, max_thickness: float | None = None) -> Series:
+    """The slices of one series ordered along the normal of their common orientation, or rejected.
+
+    The normal is the cross product of the row and column direction cosines; each slice's
+    coordinate along it is ``position . normal``. File names and InstanceNumber play no part (they
+    are often out of order). Rejected: slices of different orientations or sizes, without position
+    or orientation, two slices at one position, gaps larger than ``GAP_FACTOR`` times the median
+    spacing (missing slices), or slice thickness above ``max_thickness`` mm.
+    """
+    items = list(slices)
+    if not items:
+        raise ValueError("a series needs at least one slice")
+    uid = items[0].series_uid
+
+    def rejected(reason: str) -> Series:
+        return Series(uid, tuple(items), problem=reason)
+
+    if any(s.position is None or s.orientation is None for s in items):
+        return rejected("slice without ImagePositionPatient or ImageOrientationPatient")
+    orientations = np.array([s.orientation for s in items], dtype=np.float64)
+    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
+        return rejected("mixed slice orientations in one series")
+    if len({s.shape for s in items}) > 1:
+        return rejected("slices of different sizes in one series")
+    row, col = orientations[0, :3], orientations[0, 3:]
+    normal = np.cross(row, col)
+    if np.linalg.norm(normal) < 0.5:
+        return rejected("degenerate ImageOrientationPatient (row and column directions are parallel)")
+    coords = np.array([s.position for s in items], dtype=np.float64) @ normal
+    order = np.argsort(coords, kind="stable")
+    coords = coords[order]
+    ordered = tuple(items[i] for i in order)
+    if len(ordered) > 1:
+        steps = np.diff(coords)
+        if (steps < 1e-3).any():
+            return rejected("two slices at the same position")
+        median = float(np.median(steps))
+        if (steps > GAP_FACTOR * median).any():
+            gaps = int((steps > GAP_FACTOR * median).sum())
+            return rejected(f"missing slices ({gaps} gap(s) wider than {GAP_FACTOR} x the {median:.2f} mm spacing)")
+    if max_thickness is not None:
+        thickness = np.array([s.thickness for s in ordered])
+        known = thickness[np.isfinite(thickness)]
+        thick = (
+            float(np.median(known))
+            if known.size
+            else (float(np.median(np.diff(coords))) if len(coords) > 1 else math.nan)
+        )
+        if not math.isfinite(thick):
+            return rejected("slice thickness unknown (no SliceThickness, single slice)")
+        if thick > max_thickness:
+            return rejected(f"slice thickness {thick:g} mm > {max_thickness:g} mm")
+    return Series(uid, ordered, tuple(float(c) for c in coords))
+
+
+def group_series(
+    headers: Iterable[SliceHeader | str], paths: Sequence[str | Path], *, max_thickness: float | None = None
+) -> tuple[list[Series], list[tuple[str, str]]]:
+    """Headers grouped by SeriesInstanceUID and ordered; returns the series (accepted and rejected,
+    in order of first appearance) and ``(path, reason)`` for files whose header could not be read.
+
+    A series with an unreadable file is rejected whole: the volume would have a hole."""
+    by_series: dict[str, list[SliceHeader]] = {}
+    unreadable: list[tuple[str, str]] = []
+    for header, path in zip(headers, paths, strict=True):
+        if isinstance(header, str):
+            unreadable.append((str(path), header))
+        else:
+            by_series.setdefault(header.series_uid, []).append(header)
+    # a file that failed to read belongs to the series of its folder (the layouts keep one series
+    # per folder): that series is incomplete
+    broken_dirs = {str(Path(p).parent) for p, _ in unreadable}
+    out = []
+    for slices in by_series.values():
+        if broken_dirs and {str(Path(s.path).parent) for s in slices} & broken_dirs:
+            out.append(Series(slices[0].series_uid, tuple(slices), problem="series has an unreadable slice file"))
+        else:
+            out.append(order_series(slices, max_thickness=max_thickness))
+    return out, unreadable

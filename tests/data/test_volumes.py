@@ -1,0 +1,125 @@
+"""CT volumes: slices ordered by position along the normal (not by file name or InstanceNumber),
+series checks with their reasons, HU and windowing against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrbench.data.ct_phantoms import write_ct_phantoms, write_slice
+from cxrbench.data.images import ct_format, read_image
+from cxrbench.data.volumes import SliceHeader, group_series, order_series, parse_window, read_headers, window_hu
+from cxrbench.errors import CxrbenchError
+
+
+def _header(z: float, *, orientation=(1, 0, 0, 0, 1, 0), instance=1, thickness=1.0, series="S", path=None):
+    return SliceHeader(
+        path=path or f"/x/{z}.dcm",
+        series_uid=series,
+        study_uid="T",
+        sop_uid=f"sop{z}",
+        patient_id="P",
+        position=(0.0, 0.0, float(z)),
+        orientation=tuple(float(v) for v in orientation),
+        thickness=thickness,
+        instance=instance,
+        shape=(8, 8),
+    )
+
+
+def test_phantom_series_are_ordered_by_position_not_by_file_name_or_instance(tmp_path: Path) -> None:
+    write_ct_phantoms(tmp_path, n_patients=2, size=16, seed=3)
+    files = sorted((tmp_path / "train").rglob("*.dcm"))
+    random.Random(0).shuffle(files)
+    series, unreadable = group_series(read_headers(files, workers=0), files)
+    assert not unreadable and len(series) == 2
+    for item in series:
+        assert item.problem is None
+        z = [s.position[2] for s in item.slices]
+        assert z == sorted(z) and item.positions == pytest.approx(z)
+        assert np.diff(z) == pytest.approx([item.spacing] * (len(z) - 1))
+        instances = [s.instance for s in item.slices]
+        names = [Path(s.path).name for s in item.slices]
+        assert instances != sorted(instances) and names != sorted(names)  # neither gives the order
+
+
+def test_oblique_series_are_ordered_along_the_cross_product_of_the_direction_cosines() -> None:
+    # rows along x, columns tilted 30 degrees towards z: normal = (0, -sin, cos)
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    orientation = (1, 0, 0, 0, c, s)
+    normal = np.array([0.0, -s, c])
+    positions = [np.array([0.0, 0.0, 0.0]) + k * 2.0 * normal + np.array([3.0, 0, 0]) for k in (3, 0, 2, 1)]
+    slices = [
+        SliceHeader(f"/x/{k}", "S", "T", f"sop{k}", "P", tuple(p), orientation, 2.0, 10 - k, (8, 8))
+        for k, p in zip((3, 0, 2, 1), positions, strict=True)
+    ]
+    ordered = order_series(slices)
+    assert ordered.problem is None
+    assert [h.path for h in ordered.slices] == ["/x/0", "/x/1", "/x/2", "/x/3"]
+    assert ordered.positions == pytest.approx([0.0, 2.0, 4.0, 6.0])
+
+
+@pytest.mark.parametrize(
+    ("slices", "reason"),
+    [
+        ([_header(z) for z in (0, 1, 2, 4, 5)], "missing slices"),
+        ([_header(0), _header(1), _header(2, orientation=(0, 1, 0, 0, 0, -1))], "mixed slice orientations"),
+        ([_header(0), _header(1), _header(1)], "two slices at the same position"),
+        ([_header(z, thickness=5.0) for z in (0, 5, 10)], "slice thickness 5 mm > 3 mm"),
+    ],
+)
+def test_unsound_series_are_rejected_with_the_reason(slices, reason: str) -> None:
+    out = order_series(slices, max_thickness=3.0)
+    assert out.problem is not None and reason in out.problem
+    assert len(out.slices) == len(slices)
+
+
+def test_a_series_with_an_unreadable_file_is_rejected_whole(tmp_path: Path) -> None:
+    write_ct_phantoms(tmp_path, n_patients=2, size=16, seed=1)
+    files = sorted((tmp_path / "train").rglob("*.dcm"))
+    files[0].write_bytes(b"not dicom at all")
+    series, unreadable = group_series(read_headers(files, workers=0), files)
+    assert [p for p, _ in unreadable] == [str(files[0])]
+    assert "not a DICOM slice" in unreadable[0][1]
+    broken = [s for s in series if s.problem]
+    assert len(broken) == 1 and broken[0].problem == "series has an unreadable slice file"
+    assert all(Path(h.path).parent == files[0].parent for h in broken[0].slices)
+
+
+def test_hu_and_window_match_hand_computed_values(tmp_path: Path) -> None:
+    stored = np.tile(np.array([[0, 899, 1074, 1249], [1424, 2000, 24, 1000]], dtype=np.int16), (2, 1))
+    meta = {
+        "sop": "1.2.3.4",
+        "study": "1.2.3",
+        "series": "1.2.3.5",
+        "patient": "P",
+        "sex": "F",
+        "age": 50,
+        "instance": 1,
+        "position": (0.0, 0.0, 0.0),
+        "pixel": 1.0,
+        "thickness": 1.0,
+    }
+    path = tmp_path / "slice.dcm"
+    write_slice(path, stored, meta)  # intercept -1024, slope 1: HU = stored - 1024
+    got = read_image(path, image_format=ct_format(50, 350))
+    hu = stored.astype(float) - 1024  # -1024, -125, 50, 225, 400, 976, -1000, -24
+    want = np.clip((hu - (50 - 175)) / 350, 0, 1)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got[0, 1] == 0 and got[0, 2] == pytest.approx(0.5) and got[0, 3] == 1
+    lung = read_image(path, image_format=ct_format(*parse_window("lung")))
+    np.testing.assert_allclose(lung, np.clip((hu - (-600 - 750)) / 1500, 0, 1), atol=1e-6)
+
+
+def test_window_values_and_errors() -> None:
+    assert window_hu(np.array([-125.0, 50.0, 225.0, -1000.0, 3000.0]), 50, 350).tolist() == [0, 0.5, 1, 0, 1]
+    assert parse_window("soft-tissue") == (50.0, 350.0) and parse_window("40,400") == (40.0, 400.0)
+    for bad in ("wide", "50", "50,-3", "a,b"):
+        with pytest.raises(CxrbenchError, match="window"):
+            parse_window(bad)
+    with pytest.raises(CxrbenchError, match="window '50'"):
+        read_image("/nonexistent.dcm", image_format="ct:50")
