@@ -170,7 +170,9 @@ def prepare(
     ] = None,
     name: Annotated[
         str | None,
-        typer.Option(help="Name in the run [default: the dataset], e.g. two synthetic sites: --option site=b --name site-b."),
+        typer.Option(
+            help="Name in the run [default: the dataset], e.g. two synthetic sites: --option site=b --name site-b."
+        ),
     ] = None,
     force: ForceOpt = False,
 ) -> None:
@@ -514,7 +516,9 @@ def suites_command(config: ConfigOpt = None) -> None:
 def labels_command(
     dataset: Annotated[
         list[str] | None,
-        typer.Option(help="A prepared dataset of the run or an adapter name (repeatable): the first is the training one."),
+        typer.Option(
+            help="A prepared dataset of the run or an adapter name (repeatable): the first is the training one."
+        ),
     ] = None,
     run: RunOpt = None,
 ) -> None:
@@ -537,9 +541,7 @@ def labels_command(
     run_dir = _run(run)
     train = dataset_labels(dataset[0], run_dir)
     for test in dataset[1:]:
-        shared = shared_labels(
-            train, dataset_labels(test, run_dir), table=table, train_name=dataset[0], test_name=test
-        )
+        shared = shared_labels(train, dataset_labels(test, run_dir), table=table, train_name=dataset[0], test_name=test)
         view = Table("finding", dataset[0], test, "source", title=f"{dataset[0]} → {test}: shared labels")
         for key, a, b in shared.pairs:
             view.add_row(key, a, b, shared.sources.get(key, ""))

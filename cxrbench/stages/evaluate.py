@@ -46,12 +46,9 @@ def prediction_files(run: RunLayout | Path) -> list[Path]:
             if manifest is None or not manifest.complete:
                 info(f"[yellow]skipping {path}: its stage has not finished[/]")
                 continue
-            train = split_external(path.stem)[1]
-            stage = manifest.stage.removesuffix("-external")
-            where = f"--dataset {path.parent.parent.name}" if train is None else (
-                f"--dataset {train} --test-dataset {path.parent.parent.name}"
-            )
-            rerun = f"cxrbench {stage} {where} --encoder {path.parent.name}"
+            train, test = split_external(path.stem)[1], path.parent.parent.name
+            where = f"--dataset {test}" if train is None else f"--dataset {train} --test-dataset {test}"
+            rerun = f"cxrbench {manifest.stage.removesuffix('-external')} {where} --encoder {path.parent.name}"
             problem = manifest.intact(layout)
             if problem is not None:
                 raise CxrbenchError(f"{problem}; rerun `{rerun} --force`")

@@ -22,15 +22,18 @@ from cxrbench.data.harmonise import SharedLabels, shared_labels
 from cxrbench.data.prepared import Prepared, load_prepared
 from cxrbench.data.samples import LABEL_PREFIX
 from cxrbench.errors import CxrbenchError
-from cxrbench.rundir import Manifest, RunLayout, Stage, manifest_path_for
+from cxrbench.rundir import Manifest, RunLayout, Stage, manifest_path_for, read_complete
 from cxrbench.stages.prepare import adapter_of
 
 #: which rows of an external dataset are scored: its test split, or every image
 TEST_SPLITS = ("test", "all")
 
 
-def check_external(train: str, tests: Sequence[str], test_split: str) -> tuple[str, ...]:
-    """The external datasets, checked before any work: known split choice, no repeats, not ``train``."""
+def check_external(
+    train: str, tests: Sequence[str], test_split: str, layout: RunLayout | None = None
+) -> tuple[str, ...]:
+    """The external datasets, checked before any work: known split choice, no repeats, not ``train``,
+    and (with ``layout``) each one prepared."""
     if test_split not in TEST_SPLITS:
         raise CxrbenchError(f"--test-split {test_split!r}: choose one of {', '.join(TEST_SPLITS)}")
     tests = tuple(tests)
@@ -39,6 +42,13 @@ def check_external(train: str, tests: Sequence[str], test_split: str) -> tuple[s
     repeated = sorted({t for t in tests if tests.count(t) > 1})
     if repeated:
         raise CxrbenchError(f"--test-dataset {repeated[0]} is given twice")
+    for test in tests if layout is not None else ():
+        read_complete(
+            layout,
+            layout.prepared(test) / "manifest.json",
+            what=f"prepared dataset '{test}'",
+            hint=f"cxrbench prepare {test}",
+        )
     return tests
 
 

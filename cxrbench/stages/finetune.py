@@ -58,7 +58,7 @@ def finetune(
     if test_datasets:
         from cxrbench.stages.external import check_external
 
-        test_datasets = check_external(dataset, test_datasets, test_split)
+        test_datasets = check_external(dataset, test_datasets, test_split, layout)
     dist, device = distributed.setup(device)
     prepared = load_prepared(layout, dataset)
     spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()

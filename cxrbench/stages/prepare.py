@@ -222,7 +222,9 @@ def check_name(name: str) -> str:
     if not is_safe_name(name) or " " in name:
         raise CxrbenchError(f"--name {name!r}: use letters, digits and . _ + = - (no spaces or slashes)")
     if name in ("summary", "external") or "-to-" in name:
-        raise CxrbenchError(f"--name {name!r}: taken by the comparison tables (summary, external, A-to-B); choose another")
+        raise CxrbenchError(
+            f"--name {name!r}: taken by the comparison tables (summary, external, A-to-B); choose another"
+        )
     return name
 
 

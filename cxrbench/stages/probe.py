@@ -85,7 +85,7 @@ def probe(
     if test_datasets:
         from cxrbench.stages.external import check_external
 
-        test_datasets = check_external(dataset, test_datasets, test_split)
+        test_datasets = check_external(dataset, test_datasets, test_split, layout)
     prepared = load_prepared(layout, dataset)
     spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()
     input_size = input_size or int(prepared.manifest.settings["image"]["size"])
@@ -105,7 +105,9 @@ def probe(
     with stage.open(force=force) as todo:
         if todo:
             x = feature_lookup(feat_path)
-            model, train = fit_on_train(prepared, x, fraction=fraction, seed=seed, Cs=Cs, max_iter=max_iter, device=device)
+            model, train = fit_on_train(
+                prepared, x, fraction=fraction, seed=seed, Cs=Cs, max_iter=max_iter, device=device
+            )
             samples = prepared.samples
             scored = samples[samples["split"].isin(["val", "test"])]
             table = predictions_table(scored, prepared.labels, prepared.targets(scored), model.predict_proba(x(scored)))
