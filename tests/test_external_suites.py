@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrbench.config import builtin_suites, load_config
+from cxrbench.config import load_config
 from cxrbench.errors import CxrbenchError
 
 BASE = """
@@ -32,7 +32,6 @@ def _load(tmp_path: Path, external: str):
 def test_external_tables_are_parsed(tmp_path: Path) -> None:
     assert _load(tmp_path, 'external = { synthetic = ["site-b"] }').external == {"synthetic": ("site-b",)}
     assert _load(tmp_path, "").external == {}
-    assert builtin_suites()["external-smoke"].external == {"synthetic": ("site-b",)}
 
 
 @pytest.mark.parametrize(
