@@ -42,13 +42,11 @@ def check_external(
     repeated = sorted({t for t in tests if tests.count(t) > 1})
     if repeated:
         raise CxrbenchError(f"--test-dataset {repeated[0]} is given twice")
+    from cxrbench.data.adapters import adapter_names
+
     for test in tests if layout is not None else ():
-        read_complete(
-            layout,
-            layout.prepared(test) / "manifest.json",
-            what=f"prepared dataset '{test}'",
-            hint=f"cxrbench prepare {test}",
-        )
+        hint = f"cxrbench prepare {test}" if test in adapter_names() else f"cxrbench prepare DATASET --name {test}"
+        read_complete(layout, layout.prepared(test) / "manifest.json", what=f"prepared dataset '{test}'", hint=hint)
     return tests
 
 

@@ -224,7 +224,8 @@ def test_finetune_external_uses_the_selected_weights(sites: Path, tmp_path: Path
         (("--test-dataset", "synthetic"), "it is the training dataset"),
         (("--test-dataset", "site-b", "--test-split", "val"), "--test-split 'val'"),
         (("--test-dataset", "site-b", "--test-dataset", "site-b"), "given twice"),
-        (("--test-dataset", "chexpert"), "cxrbench prepare chexpert"),
+        (("--test-dataset", "chexpert"), "run `cxrbench prepare chexpert` first"),
+        (("--test-dataset", "site-c"), "run `cxrbench prepare DATASET --name site-c` first"),
     ],
 )
 def test_bad_external_options_are_one_line_errors(
