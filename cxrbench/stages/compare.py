@@ -134,25 +134,29 @@ def compare(
                     f"no encoder but the baseline '{baseline}' has predictions, so no summary of improvements "
                     "(add another encoder's predictions, then evaluate and compare again)"
                 )
-            _write_external_view(stage, home, files, loaded, n_boot=n_boot, seed=seed, note=note)
+            _write_external_view(stage, home, files, loaded, n_boot=n_boot, seed=seed, cluster=cluster)
     return stage.manifest
 
 
-def _write_external_view(stage: Stage, home: Path, files, loaded, *, n_boot: int, seed: int, note: str) -> None:
+def _write_external_view(stage: Stage, home: Path, files, loaded, *, n_boot: int, seed: int, cluster: str) -> None:
     """``comparisons/external.*``: each externally tested model's AUC on its own test split beside the
     external ones, with the drop and its CI (only when the run has external predictions)."""
     from cxrbench.report.tables import render
     from cxrbench.stages.external import external_human, internal_vs_external
 
-    view = internal_vs_external(files, loaded, n_boot=n_boot, seed=seed)
+    view = internal_vs_external(files, loaded, n_boot=n_boot, seed=seed, cluster=cluster)
     if view.empty:
         return
     stage.write_parquet(home / "external.parquet", view)
     human = external_human(view)
     caption = "Internal vs external: mean AUC over shared labels [95% CI] on the training dataset's test split and on the external one"
-    extra = "Drop = internal − external; independent bootstraps of the two test sets."
+    note = (
+        f"AUC: mean over the labels with both classes on both test sets, with 95% percentile CI from {n_boot} "
+        f"bootstrap replicates of each set (resampled by {cluster}; seed {seed}). Drop = internal − external, "
+        "its CI from the two sets resampled independently."
+    )
     for fmt in FORMATS:
-        stage.write_text(home / f"external.{fmt}", render(human, fmt=fmt, caption=caption, footnote=f"{note} {extra}"))
+        stage.write_text(home / f"external.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
 
 
 def _plot_jobs(

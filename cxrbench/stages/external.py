@@ -276,10 +276,17 @@ def external_manifests(layout: RunLayout, internal: Manifest, tests: Sequence[st
 
 
 def internal_vs_external(
-    files: Sequence[Path], loaded: dict[str, Any], *, n_boot: int, seed: int, ci: float = 0.95
+    files: Sequence[Path],
+    loaded: dict[str, Any],
+    *,
+    n_boot: int,
+    seed: int,
+    cluster: str = "image",
+    ci: float = 0.95,
 ) -> pd.DataFrame:
     """One row per external predictions file: the same model's mean AUC on its own test split (the
-    shared labels) beside the external one, and the drop, with bootstrap CIs (``stats.shift``).
+    shared labels) beside the external one, and the drop, with bootstrap CIs (``stats.shift``;
+    ``cluster="patient"`` resamples patients).
 
     ``loaded`` is ``load_predictions``' result (groups ``TRAIN`` and ``TRAIN → TEST``); files whose
     internal twin or label mapping (manifest) is missing are left out with a message.
@@ -291,7 +298,7 @@ def internal_vs_external(
         value = loaded.get(group)
         return getattr(value, "frame", value)
 
-    def matrices(frame: pd.DataFrame, model: tuple, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def matrices(frame: pd.DataFrame, model: tuple, labels: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         encoder, kind, fraction, model_seed = model
         sel = frame[
             (frame["encoder"].astype(str) == encoder)
@@ -303,7 +310,8 @@ def internal_vs_external(
         sel = sel.assign(label=sel["label"].astype(str), sample_id=sel["sample_id"].astype(str))
         y = sel.pivot(index="sample_id", columns="label", values="y_true").reindex(columns=labels)
         s = sel.pivot(index="sample_id", columns="label", values="y_score").reindex(columns=labels)
-        return y.to_numpy(dtype=float), s.to_numpy(dtype=float)
+        patients = sel.groupby("sample_id")["patient_id"].first().reindex(y.index).astype(str)
+        return y.to_numpy(dtype=float), s.to_numpy(dtype=float), patients.to_numpy()
 
     rows = []
     for path in files:
@@ -320,12 +328,13 @@ def internal_vs_external(
             continue
         kind, fraction, model_seed = parse_adaptation(stem)
         model = (path.parent.name, kind, fraction, model_seed)
-        Yi, Si = matrices(internal, model, [p[1] for p in pairs])
-        Ye, Se = matrices(frame_of(group_name(test, train)), model, [p[0] for p in pairs])
+        Yi, Si, Pi = matrices(internal, model, [p[1] for p in pairs])
+        Ye, Se, Pe = matrices(frame_of(group_name(test, train)), model, [p[0] for p in pairs])
         if Yi.shape[0] == 0:
             info(f"[yellow]internal vs external: {path.parent.name}/{stem} has no predictions on {train}[/]")
             continue
-        shift = auc_shift((Yi, Si), (Ye, Se), n_boot=n_boot, seed=seed, ci=ci)
+        clusters = (Pi, Pe) if cluster == "patient" else (None, None)
+        shift = auc_shift((Yi, Si), (Ye, Se), n_boot=n_boot, seed=seed, ci=ci, clusters=clusters)
         rows.append(
             {
                 "train": train,

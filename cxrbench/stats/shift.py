@@ -51,18 +51,22 @@ def auc_shift(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    clusters: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> Shift:
     """Mean AUC on the internal and the external test set (``(Y, S)`` each, ``[N, L]``, NaN = unknown,
     the same labels in the same order), and ``drop = internal - external`` with percentile CIs.
 
     Only labels with both classes on both sets count; a replicate where a label has one class is
-    left out of the CIs (as the evaluation's mean rows do).
+    left out of the CIs (as the evaluation's mean rows do). ``clusters``: per-sample patient ids of
+    each set, to resample patients rather than images.
     """
     (Yi, Si), (Ye, Se) = (tuple(np.asarray(a, dtype=float) for a in pair) for pair in (internal, external))
     if Yi.ndim != 2 or Yi.shape != Si.shape or Ye.shape != Se.shape or Yi.shape[1] != Ye.shape[1]:
         raise CxrbenchError("auc_shift: internal and external need [N, L] targets and scores with the same labels")
-    pi, ri = _label_reps(Yi, Si, bootstrap_counts(Yi.shape[0], n_boot=n_boot, seed=seed))
-    pe, re = _label_reps(Ye, Se, bootstrap_counts(Ye.shape[0], n_boot=n_boot, seed=seed + 1))
+    counts_i = bootstrap_counts(Yi.shape[0], n_boot=n_boot, seed=seed, clusters=clusters[0])
+    counts_e = bootstrap_counts(Ye.shape[0], n_boot=n_boot, seed=seed + 1, clusters=clusters[1])
+    pi, ri = _label_reps(Yi, Si, counts_i)
+    pe, re = _label_reps(Ye, Se, counts_e)
     used = np.flatnonzero(~np.isnan(pi) & ~np.isnan(pe))
     if used.size == 0:
         nan = (float("nan"), float("nan"))

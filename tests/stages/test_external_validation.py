@@ -247,3 +247,13 @@ def test_labels_command_shows_shared_labels(sites: Path, capsys: pytest.CaptureF
     cli("labels", "--dataset", "nih", "--dataset", "chexpert")
     shown = capsys.readouterr().out
     assert "pleural_effusion" in shown and "only in nih:" in shown and "hernia" in shown
+
+
+@pytest.mark.parametrize("name", ["external", "summary", "nih-to-chexpert", "../x", "a b", ".hidden"])
+def test_names_that_would_shadow_or_escape_are_refused(name: str) -> None:
+    from cxrbench.errors import CxrbenchError
+    from cxrbench.stages.prepare import check_name
+
+    with pytest.raises(CxrbenchError, match="--name"):
+        check_name(name)
+    assert check_name("site-b") == "site-b"

@@ -64,3 +64,18 @@ def test_labels_with_one_class_on_either_set_are_left_out() -> None:
 def test_mismatched_labels_are_an_error() -> None:
     with pytest.raises(CxrbenchError, match="same labels"):
         auc_shift((np.zeros((4, 2)), np.zeros((4, 2))), (np.zeros((4, 3)), np.zeros((4, 3))))
+
+
+def test_patient_clusters_resample_whole_patients() -> None:
+    rng = np.random.default_rng(8)
+    internal, external = _set(rng, 60, 1.2), _set(rng, 40, 0.4)
+    pi, pe = np.repeat(np.arange(30), 2), np.repeat(np.arange(20), 2)  # two images per patient
+    shift = auc_shift(internal, external, n_boot=30, seed=2, clusters=(pi, pe))
+    ci = bootstrap_counts(60, n_boot=30, seed=2, clusters=pi)
+    ce = bootstrap_counts(40, n_boot=30, seed=3, clusters=pe)
+    assert (ci[:, 0::2] == ci[:, 1::2]).all()  # both images of a patient come together
+    diff = np.array(
+        [_reference_mean(*internal, a) - _reference_mean(*external, b) for a, b in zip(ci, ce, strict=True)]
+    )
+    assert shift.drop_ci == pytest.approx(tuple(np.percentile(diff[~np.isnan(diff)], [2.5, 97.5])), abs=1e-9)
+    assert shift.drop_ci != auc_shift(internal, external, n_boot=30, seed=2).drop_ci
