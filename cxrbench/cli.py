@@ -69,6 +69,19 @@ ConfigOpt = Annotated[
 ]
 
 
+TestDatasetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--test-dataset",
+        help="External validation: also score this prepared dataset (repeatable), on the labels it shares "
+        "with --dataset (see `cxrbench labels`).",
+    ),
+]
+TestSplitOpt = Annotated[
+    str, typer.Option(help="Rows of each --test-dataset scored: test (its test split) or all (every image).")
+]
+
+
 def _key_values(items: list[str] | None) -> dict[str, str]:
     """``--option KEY=VALUE`` pairs (``-`` in keys read as ``_``); a malformed one is a one-line error."""
     options: dict[str, str] = {}
@@ -86,14 +99,22 @@ def _run(run: Path | None) -> Path:
     return resolve_run(run)
 
 
-def _written(run_dir: Path, manifest) -> None:
-    """Say what a stage wrote, from its manifest (nothing on DDP ranks other than 0)."""
+def _written(run_dir: Path, manifest, tests: tuple[str, ...] = ()) -> None:
+    """Say what a stage wrote, from its manifest (nothing on DDP ranks other than 0); with
+    ``tests``, also the external predictions beside it."""
     from cxrbench.console import out
 
     if manifest is None:
         return
     for rel in sorted(manifest.outputs):
         out.print(f"wrote {run_dir / rel}")
+    if tests:
+        from cxrbench.rundir import RunLayout
+        from cxrbench.stages.external import external_manifests
+
+        for external in external_manifests(RunLayout(run_dir), manifest, tests):
+            for rel in sorted(external.outputs):
+                out.print(f"wrote {run_dir / rel}")
 
 
 @app.callback(invoke_without_command=True)
@@ -147,6 +168,12 @@ def prepare(
     option: Annotated[
         list[str] | None, typer.Option(help="Adapter option KEY=VALUE, repeatable (e.g. labels=all).")
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Name in the run [default: the dataset], e.g. two synthetic sites: --option site=b --name site-b."
+        ),
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Read a dataset as its creators distribute it; write samples.parquet and the image cache."""
@@ -181,11 +208,12 @@ def prepare(
         policy=policy,
         image=Preprocess(size=size, aspect=aspect, equalize=equalize),
         workers=workers,
+        name=name,
         force=force,
     )
     extra = manifest.extra
     out.print(
-        f"[bold]{dataset}[/]: {extra['images']} images, {extra['patients']} patients, "
+        f"[bold]{name or dataset}[/]: {extra['images']} images, {extra['patients']} patients, "
         f"splits {extra['splits']}, quarantined {extra['quarantined']}"
     )
     left_out = {k: extra.get(f"excluded_{k}", 0) for k in ("non_frontal", "unknown_view")}
@@ -282,6 +310,8 @@ def probe(
     fraction: Annotated[
         list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")
     ] = None,
+    test_dataset: TestDatasetOpt = None,
+    test_split: TestSplitOpt = "test",
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
@@ -293,20 +323,21 @@ def probe(
 
     run_dir = _run(run)
     fractions = [check_fraction(f) for f in fraction or [1.0]]
+    tests = tuple(test_dataset or ())
     for frac in fractions:
-        _written(
+        manifest = probe_stage(
             run_dir,
-            probe_stage(
-                run_dir,
-                dataset=dataset,
-                encoder=encoder,
-                arch=arch,
-                fraction=frac,
-                seed=seed,
-                device=device,
-                force=force,
-            ),
+            dataset=dataset,
+            encoder=encoder,
+            arch=arch,
+            fraction=frac,
+            seed=seed,
+            device=device,
+            test_datasets=tests,
+            test_split=test_split,
+            force=force,
         )
+        _written(run_dir, manifest, tests)
 
 
 @app.command(epilog="Example: cxrbench finetune --dataset synthetic --encoder simclr --epochs 2 --recipe ssl-cxr")
@@ -326,6 +357,8 @@ def finetune(
         list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: per epoch only).")] = 0,
+    test_dataset: TestDatasetOpt = None,
+    test_split: TestSplitOpt = "test",
     num_workers: WorkersOpt = None,
     run: RunOpt = None,
     seed: SeedOpt = 0,
@@ -360,10 +393,12 @@ def finetune(
                 num_workers=num_workers,
                 device=device,
                 precision=precision,
+                test_datasets=tuple(test_dataset or ()),
+                test_split=test_split,
                 force=force,
             )
             if dist.is_main:
-                _written(run_dir, manifest)
+                _written(run_dir, manifest, tuple(test_dataset or ()))
 
 
 @app.command(epilog="Example: cxrbench segment --dataset lidc --encoder masked --fraction 0.1 --fraction 1.0")
@@ -542,6 +577,44 @@ def suites_command(config: ConfigOpt = None) -> None:
             chosen.description,
         )
     out.print(table)
+
+
+@app.command("labels", epilog="Example: cxrbench labels --dataset nih --dataset chexpert")
+def labels_command(
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A prepared dataset of the run or an adapter name (repeatable): the first is the training one."
+        ),
+    ] = None,
+    run: RunOpt = None,
+) -> None:
+    """The label harmonisation table (built in, plus ./labels.toml), or the labels datasets share."""
+    from rich.table import Table
+
+    from cxrbench.console import out
+    from cxrbench.data.harmonise import dataset_labels, label_table, shared_labels
+
+    table = label_table()
+    if not dataset:
+        adapters = sorted({a for f in table.values() for a in f.labels})
+        view = Table("finding", *adapters, "source", title="label harmonisation (cxrbench/labels.toml + ./labels.toml)")
+        for finding in table.values():
+            view.add_row(finding.name, *(finding.labels.get(a, "") for a in adapters), finding.source)
+        out.print(view)
+        return
+    if len(dataset) < 2:
+        raise CxrbenchError("cxrbench labels: give two or more --dataset (training, then test), or none for the table")
+    run_dir = _run(run)
+    train = dataset_labels(dataset[0], run_dir)
+    for test in dataset[1:]:
+        shared = shared_labels(train, dataset_labels(test, run_dir), table=table, train_name=dataset[0], test_name=test)
+        view = Table("finding", dataset[0], test, "source", title=f"{dataset[0]} → {test}: shared labels")
+        for key, a, b in shared.pairs:
+            view.add_row(key, a, b, shared.sources.get(key, ""))
+        out.print(view)
+        out.print(f"only in {dataset[0]}: {', '.join(shared.only_train) or '-'}")
+        out.print(f"only in {test}: {', '.join(shared.only_test) or '-'}")
 
 
 def _show_tables(run_dir: Path, manifest) -> None:

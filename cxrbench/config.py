@@ -67,6 +67,8 @@ class Suite:
     finetune: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     compare: dict[str, Any] = field(default_factory=dict)
+    #: training dataset -> datasets its models are also tested on (external validation)
+    external: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class Found(NamedTuple):
@@ -193,6 +195,16 @@ def _suite(name: str, table: Any, path: str) -> Suite:
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise CxrbenchError(f"{where}.seeds must be a list of integers: {list(seeds)}")
 
+    external = {}
+    for train, tests in _table(table.get("external", {}), f"{where}.external").items():
+        tests = _strings(tests, f"{where}.external.{train}")
+        for dataset in (train, *tests):
+            if dataset not in names:
+                raise CxrbenchError(f"{where}.external: '{dataset}' is not in datasets {names}")
+        if train in tests or len(set(tests)) != len(tests):
+            raise CxrbenchError(f"{where}.external.{train}: list other datasets, each once")
+        external[train] = tuple(tests)
+
     return Suite(
         name=name,
         description=str(table.get("description", "")),
@@ -208,6 +220,7 @@ def _suite(name: str, table: Any, path: str) -> Suite:
         finetune=dict(_table(table.get("finetune", {}), f"{where}.finetune")),
         evaluate=dict(_table(table.get("evaluate", {}), f"{where}.evaluate")),
         compare=dict(_table(table.get("compare", {}), f"{where}.compare")),
+        external=external,
     )
 
 

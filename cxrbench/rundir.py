@@ -88,6 +88,7 @@ class RunLayout:
         features/DATASET/ENCODER.parquet
         predictions/DATASET/ENCODER/ADAPTATION.parquet
         segmentation/DATASET/ENCODER/ADAPTATION.parquet   Dice/IoU per case (segment)
+        predictions/TEST/ENCODER/ADAPTATION@TRAIN.parquet   trained on TRAIN, tested on TEST (external)
         finetuned/DATASET/ENCODER/ADAPTATION.safetensors
         checkpoints/STAGE/.../KEY/                    resumable training state, removed when done
         logs/STAGE/....parquet                        per-step training log
@@ -136,6 +137,11 @@ class RunLayout:
 
     def predictions(self, dataset: str, encoder: str, adaptation: str) -> Path:
         return self._join("predictions", dataset, encoder, f"{safe_name(adaptation)}.parquet")
+
+    def external_predictions(self, test: str, encoder: str, adaptation: str, train: str) -> Path:
+        """Predictions on ``test`` of a model trained on ``train`` (``@`` never occurs in a safe name)."""
+        name = f"{safe_name(adaptation)}@{safe_name(train)}.parquet"
+        return self.inside(self.root / "predictions" / safe_name(test) / safe_name(encoder) / name)
 
     @property
     def predictions_root(self) -> Path:

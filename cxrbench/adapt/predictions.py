@@ -30,6 +30,37 @@ def parse_adaptation(name: str) -> tuple[str, float, int]:
         raise CxrbenchError(f"cannot read adaptation name {name!r} (expected like finetune-f0.10-s1)") from None
 
 
+#: between the adaptation and the training dataset in an external predictions file's name
+EXTERNAL_MARK = "@"
+#: between the training and the test dataset in an external group's name, as tables show it
+ARROW = " → "
+
+
+def split_external(stem: str) -> tuple[str, str | None]:
+    """``probe-f0.10-s0@nih`` -> (``probe-f0.10-s0``, ``nih``); an internal file's stem -> (stem, None)."""
+    adaptation, mark, train = stem.partition(EXTERNAL_MARK)
+    return (adaptation, train) if mark else (stem, None)
+
+
+def group_name(test: str, train: str | None) -> str:
+    """The name evaluate and compare give a set of predictions: ``chexpert``, or ``nih → chexpert``."""
+    return test if train is None or train == test else f"{train}{ARROW}{test}"
+
+
+def group_parts(name: str) -> tuple[str | None, str]:
+    """Inverse of ``group_name``: (training dataset or None, test dataset)."""
+    train, arrow, test = name.partition(ARROW)
+    return (train, test) if arrow else (None, name)
+
+
+def group_stem(name: str) -> str:
+    """A file stem for a group: ``chexpert``, or ``nih-to-chexpert``."""
+    from cxrbench.rundir import safe_name
+
+    train, test = group_parts(name)
+    return safe_name(test) if train is None else f"{safe_name(train)}-to-{safe_name(test)}"
+
+
 def predictions_table(rows: pd.DataFrame, labels: list[str], y_true: np.ndarray, y_score: np.ndarray) -> pa.Table:
     """Long table from per-image matrices ``[N, L]`` (rows: the samples, with split val or test)."""
     n, k = y_true.shape

@@ -28,6 +28,9 @@ FINDINGS = ("Cardiomegaly", "Pleural Effusion", "Nodule", "Pneumothorax", "Conso
 #: CSV columns, in order.
 COLUMNS = ("Path", "PatientID", "StudyID", "View", "Sex", "Age", "Report", *FINDINGS)
 VIEWS = ("PA", "AP", "LATERAL")
+#: Acquisition sites: ``a`` the default detector; ``b`` another hospital's (flatter contrast, fog,
+#: more noise, burned-in laterality marker and text), with its own patients.
+SITES = ("a", "b")
 MIN_PATIENTS, MIN_SIZE, MAX_SIZE = 10, 32, 4096
 
 # Label states: what the report says about a finding (the CSV encoding of each).
@@ -90,14 +93,14 @@ def _lung_point(rng: np.random.Generator, side: int, *, lateral_part: bool) -> t
     return side * float(rng.uniform(inner, outer)), float(rng.uniform(-0.5, 0.35))
 
 
-def _draw_studies(n_patients: int, seed: int) -> list[_Study]:
-    """Draw patients, their studies and the truth of every finding (fixed order for a seed)."""
-    rng = np.random.default_rng([seed, 7_919])
+def _draw_studies(n_patients: int, seed: int, site: str = "a") -> list[_Study]:
+    """Draw patients, their studies and the truth of every finding (fixed order for a seed and site)."""
+    rng = np.random.default_rng([seed, 7_919] if site == "a" else [seed, 7_919, SITES.index(site)])
     width = max(5, len(str(n_patients)))
     studies: list[_Study] = []
     study_counter = 0
     for p in range(n_patients):
-        pid = f"p{p + 1:0{width}d}"
+        pid = f"p{p + 1:0{width}d}" if site == "a" else f"{site}p{p + 1:0{width}d}"
         sex = "F" if rng.random() < 0.47 else "M"
         age = int(np.clip(round(rng.normal(58, 17)), 18, 92))
         # Chronic findings are properties of the patient: enlarged heart, a persistent nodule.
@@ -487,8 +490,11 @@ def _lateral(study: _Study, rng: np.random.Generator, size: int) -> np.ndarray:
     return a
 
 
-def _expose(a: np.ndarray, rng: np.random.Generator, *, size: int, bit16: bool) -> np.ndarray:
-    """Detector response: per-image exposure, contrast and noise, quantised to 8 or 12 bits."""
+def _expose(
+    a: np.ndarray, rng: np.random.Generator, *, size: int, bit16: bool, site: np.random.Generator | None = None
+) -> np.ndarray:
+    """Detector response: per-image exposure, contrast and noise, quantised to 8 or 12 bits;
+    ``site`` (its own random stream) applies site ``b``'s acquisition before quantising."""
     k = float(rng.uniform(1.7, 2.7))
     np.maximum(a, 0.0, out=a)
     d = _clip01((1.0 - np.exp(-k * a)) * np.float32(1.0 / (1.0 - math.exp(-k * 0.95))))
@@ -500,6 +506,8 @@ def _expose(a: np.ndarray, rng: np.random.Generator, *, size: int, bit16: bool) 
     sigma = float(rng.uniform(0.01, 0.03))
     d += rng.standard_normal(d.shape, dtype=np.float32) * (sigma * (0.6 + 0.8 * d))
     _clip01(d)
+    if site is not None:
+        d = _site_b(d, site)
     if bit16:  # 12-bit detector data in a 16-bit container, window varies per image
         lo, hi = float(rng.uniform(0, 300)), float(rng.uniform(2600, 4095))
         return np.rint(lo + d * (hi - lo)).astype(np.uint16)
@@ -512,12 +520,41 @@ def _render_size(size: int) -> int:
     return size if size <= 96 else max(96, (size + 1) // 2)
 
 
-def _render(study: _Study, view: str, *, size: int, seed: int, index: int) -> np.ndarray:
+def _render(study: _Study, view: str, *, size: int, seed: int, index: int, site: str = "a") -> np.ndarray:
     """Return the pixels (uint8 or uint16, ``size`` x ``size``) of one view of one study."""
     rng = np.random.default_rng([seed, index, VIEWS.index(view)])
     draw = _lateral if view == "LATERAL" else _frontal
     a = draw(study, rng, _render_size(size)).astype(np.float32, copy=False)
-    return _expose(a, rng, size=size, bit16=study.bit16)
+    if site == "a":
+        return _expose(a, rng, size=size, bit16=study.bit16)
+    site_rng = np.random.default_rng([seed, index, VIEWS.index(view), SITES.index(site)])
+    return _expose(a, rng, size=size, bit16=study.bit16, site=site_rng)
+
+
+#: A 5 x 3 bitmap of the letters R and L, for the laterality marker a technologist places.
+_GLYPHS = {
+    "R": ["110", "101", "110", "101", "101"],
+    "L": ["100", "100", "100", "100", "111"],
+}
+
+
+def _site_b(d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Site ``b``'s acquisition on detector values in [0, 1]: a flatter, fogged contrast curve,
+    stronger noise, a burned-in laterality marker (top corner) and a text strip (bottom)."""
+    size = d.shape[0]
+    d = 0.18 + 0.6 * np.power(d, 1.6)  # flatter curve with a raised floor
+    d = d + rng.standard_normal(d.shape, dtype=np.float32) * 0.05
+    cell = max(1, size // 40)
+    glyph = _GLYPHS["R" if rng.random() < 0.5 else "L"]
+    top = left = max(1, size // 20)
+    for r, row in enumerate(glyph):
+        for c, bit in enumerate(row):
+            if bit == "1":
+                d[top + r * cell : top + (r + 1) * cell, left + c * cell : left + (c + 1) * cell] = 1.0
+    strip = size - max(2, size // 12)
+    length = int(rng.integers(size // 4, size // 2))
+    d[strip : strip + cell, left : left + length : 2] = 0.95  # dotted "text" line
+    return _clip01(d.astype(np.float32, copy=False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,8 +571,10 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
     return int(value)
 
 
-def check_phantoms(*, n_patients: object, size: object, seed: object) -> tuple[int, int, int]:
+def check_phantoms(*, n_patients: object, size: object, seed: object, site: object = "a") -> tuple[int, int, int]:
     """The phantom settings as integers, or a one-line error naming the bad one (checked before any work)."""
+    if site not in SITES:
+        raise CxrbenchError(f"site={site!r}: choose one of {', '.join(SITES)}")
     return (
         _check_int("n_patients", n_patients, MIN_PATIENTS),
         _check_int("size", size, MIN_SIZE, MAX_SIZE),
@@ -586,14 +625,14 @@ def _patient_chunks(studies: list[_Study], *, per_chunk: int) -> list[tuple[int,
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _write_chunk(job: tuple[str, list[_Study], int, int, int]) -> int:
+def _write_chunk(job: tuple[str, list[_Study], int, int, int, str]) -> int:
     """Write the images of a run of studies (``first`` is the first one's index); return patients done."""
-    root, studies, first, size, seed = job
+    root, studies, first, size, seed, site = job
     for offset, study in enumerate(studies):
         folder = Path(root) / "images" / study.patient_id
         folder.mkdir(parents=True, exist_ok=True)
         for view in [study.frontal, "LATERAL"] if study.lateral else [study.frontal]:
-            pixels = _render(study, view, size=size, seed=seed, index=first + offset)
+            pixels = _render(study, view, size=size, seed=seed, index=first + offset, site=site)
             (folder / f"{study.study_id}_{view}.png").write_bytes(_png_bytes(pixels))
     return len({s.patient_id for s in studies})
 
@@ -604,6 +643,7 @@ def write_phantoms(
     n_patients: int = 200,
     size: int = 64,
     seed: int = 0,
+    site: str = "a",
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Return ``root/metadata.csv`` after writing a phantom dataset under ``root``.
@@ -613,16 +653,16 @@ def write_phantoms(
     byte-identical files. ``progress``, if given, is called as patients are finished with the number
     of patients written so far (after each patient, or each 16 for more than 1,000 patients).
     Large jobs (about 40 Mpixel of output) use one process per available core. The CSV is written last (atomically), so an interrupted run leaves
-    no metadata file.
+    no metadata file. ``site`` (``SITES``) chooses the acquisition and draws that site's own patients.
     """
-    n_patients, size, seed = check_phantoms(n_patients=n_patients, size=size, seed=seed)
+    n_patients, size, seed = check_phantoms(n_patients=n_patients, size=size, seed=seed, site=site)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise CxrbenchError(f"output folder {root} exists and is not a directory")
 
-    studies = _draw_studies(n_patients, seed)
+    studies = _draw_studies(n_patients, seed, site)
     chunks = _patient_chunks(studies, per_chunk=1 if n_patients <= 1000 else 16)
-    jobs = [(str(root), studies[a:b], a, size, seed) for a, b in chunks]
+    jobs = [(str(root), studies[a:b], a, size, seed, site) for a, b in chunks]
     pixels = sum(1 + s.lateral for s in studies) * size * size
     workers = _workers() if pixels >= _PARALLEL_PIXELS else 1
     done = 0

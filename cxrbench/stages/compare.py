@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrbench.adapt.predictions import group_stem
 from cxrbench.console import info
 from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import Manifest, RunLayout, Stage, file_hash, layout_of, safe_name
@@ -95,12 +96,12 @@ def compare(
                         "its AUCs and ROC curves are reported, with no differences to test"
                     )
                 comparisons[dataset] = table
-                stage.write_parquet(home / f"{safe_name(dataset)}.parquet", table)
+                stage.write_parquet(home / f"{group_stem(dataset)}.parquet", table)
                 human = dataset_table(table, metrics[metrics["dataset"] == dataset], dataset=dataset, baseline=baseline)
                 caption = f"{dataset}: AUC [95% CI] and difference vs {baseline}"
                 for fmt in FORMATS:
                     stage.write_text(
-                        home / f"{safe_name(dataset)}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note)
+                        home / f"{group_stem(dataset)}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note)
                     )
                 if plots:
                     plot_jobs += _plot_jobs(
@@ -133,7 +134,29 @@ def compare(
                     f"no encoder but the baseline '{baseline}' has predictions, so no summary of improvements "
                     "(add another encoder's predictions, then evaluate and compare again)"
                 )
+            _write_external_view(stage, home, files, loaded, n_boot=n_boot, seed=seed, cluster=cluster)
     return stage.manifest
+
+
+def _write_external_view(stage: Stage, home: Path, files, loaded, *, n_boot: int, seed: int, cluster: str) -> None:
+    """``comparisons/external.*``: each externally tested model's AUC on its own test split beside the
+    external ones, with the drop and its CI (only when the run has external predictions)."""
+    from cxrbench.report.tables import render
+    from cxrbench.stages.external import external_human, internal_vs_external
+
+    view = internal_vs_external(files, loaded, n_boot=n_boot, seed=seed, cluster=cluster)
+    if view.empty:
+        return
+    stage.write_parquet(home / "external.parquet", view)
+    human = external_human(view)
+    caption = "Internal vs external: mean AUC over shared labels [95% CI] on the training dataset's test split and on the external one"
+    note = (
+        f"AUC: mean over the labels with both classes on both test sets, with 95% percentile CI from {n_boot} "
+        f"bootstrap replicates of each set (resampled by {cluster}; seed {seed}). Drop = internal − external, "
+        "its CI from the two sets resampled independently."
+    )
+    for fmt in FORMATS:
+        stage.write_text(home / f"external.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
 
 
 def _plot_jobs(
@@ -151,18 +174,18 @@ def _plot_jobs(
     dataset, as ``render`` jobs."""
     jobs = []
     if not table.empty:
-        forest = folder / safe_name(f"{dataset}-forest")
+        forest = folder / f"{group_stem(dataset)}-forest"
         jobs.append((plotting.plot_forest, (table, forest), {"title": f"{dataset}: Δ AUC vs {baseline}"}))
     test = preds[preds["split"] == "test"]
     for label, rows in test.groupby("label", sort=True, observed=True):
         if rows["y_true"].dropna().nunique() < 2:  # evaluate left it out of the mean; no curve to draw
             info(f"[yellow]warning:[/] {dataset}: no ROC plot for label '{label}': its test set has one class")
             continue
-        stem = folder / safe_name(f"{dataset}-roc-{label}")
+        stem = folder / safe_name(f"{group_stem(dataset)}-roc-{label}")
         jobs.append(
             (plotting.plot_roc, (rows,), {"label": label, "baseline": baseline, "out_stem": stem, "seed": seed})
         )
-    stem = folder / safe_name(f"{dataset}-efficiency")
+    stem = folder / f"{group_stem(dataset)}-efficiency"
     jobs.append(
         (plotting.plot_label_efficiency, (metrics,), {"dataset": dataset, "baseline": baseline, "out_stem": stem})
     )

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from cxrbench.adapt.predictions import COLUMNS, parse_adaptation
+from cxrbench.adapt.predictions import COLUMNS, group_name, parse_adaptation, split_external
 from cxrbench.console import info
 from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import (
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 
 def prediction_files(run: RunLayout | Path) -> list[Path]:
-    """Finished, intact and current predictions files ``RUN/predictions/DATASET/ENCODER/ADAPTATION.parquet``."""
+    """Finished, intact and current predictions files ``RUN/predictions/DATASET/ENCODER/ADAPTATION.parquet``
+    (and ``ADAPTATION@TRAIN.parquet``: a model trained on TRAIN tested on DATASET)."""
     layout = layout_of(run)
     found, current = [], None
     for path in sorted(layout.predictions_root.glob("*/*/*.parquet")):
@@ -45,7 +46,9 @@ def prediction_files(run: RunLayout | Path) -> list[Path]:
             if manifest is None or not manifest.complete:
                 info(f"[yellow]skipping {path}: its stage has not finished[/]")
                 continue
-            rerun = f"cxrbench {manifest.stage} --dataset {path.parent.parent.name} --encoder {path.parent.name}"
+            train, test = split_external(path.stem)[1], path.parent.parent.name
+            where = f"--dataset {test}" if train is None else f"--dataset {train} --test-dataset {test}"
+            rerun = f"cxrbench {manifest.stage.removesuffix('-external')} {where} --encoder {path.parent.name}"
             problem = manifest.intact(layout)
             if problem is not None:
                 raise CxrbenchError(f"{problem}; rerun `{rerun} --force`")
@@ -102,7 +105,7 @@ def _frame(paths: list[Path], tables: list[pa.Table]) -> pd.DataFrame:
             if isinstance(col.dtype, pd.CategoricalDtype):
                 col = col.cat.reorder_categories(col.cat.categories.sort_values())
             columns[name] = col
-    parsed = [parse_adaptation(p.stem) for p in paths]
+    parsed = [parse_adaptation(split_external(p.stem)[0]) for p in paths]
     for name, values in (("encoder", [p.parent.name for p in paths]), ("adaptation", [k for k, _, _ in parsed])):
         categories = sorted(set(values))
         codes = np.repeat([categories.index(v) for v in values], lengths).astype(np.int32)
@@ -118,7 +121,7 @@ _LOADED: dict[str, object] = {}  # the last predictions loaded, by their files' 
 def load_predictions(
     files: list[Path], *, check: bool = False, hashes: list[str] | None = None
 ) -> dict[str, pd.DataFrame] | dict[str, CheckedPredictions]:
-    """Predictions grouped by dataset: a frame each or, with ``check``, each dataset's rows validated
+    """Predictions grouped by dataset (external ones by ``TRAIN → TEST``): a frame each or, with ``check``, each dataset's rows validated
     (``CheckedPredictions``, which ``evaluate``/``compare`` of ``cxrbench.stats.engine`` take as it
     is, its frame in ``.frame``), a problem reported with the file it is in.
 
@@ -138,7 +141,8 @@ def load_predictions(
     _LOADED.clear()
     by_dataset: dict[str, list[tuple[Path, pa.Table]]] = {}
     for path in files:
-        by_dataset.setdefault(path.parent.parent.name, []).append((path, _read_table(path)))
+        group = group_name(path.parent.parent.name, split_external(path.stem)[1])  # "nih → chexpert"
+        by_dataset.setdefault(group, []).append((path, _read_table(path)))
     result: dict = {}
     for name in sorted(by_dataset):
         preds = _frame(*map(list, zip(*by_dataset[name], strict=True)))

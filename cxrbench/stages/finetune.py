@@ -38,9 +38,12 @@ def finetune(
     num_workers: int | None = None,
     device: str | None = None,
     precision: str | None = None,
+    test_datasets: tuple[str, ...] = (),
+    test_split: str = "test",
     force: bool = False,
 ) -> Manifest:
-    """Finetune ``encoder`` on ``dataset``; predictions from the epoch with the best val mean AUC.
+    """Finetune ``encoder`` on ``dataset``; predictions from the epoch with the best val mean AUC
+    (with ``test_datasets``, also on each one's ``test_split``: external validation).
 
     Under ``torchrun`` (WORLD_SIZE > 1) every rank trains its part of each batch; rank 0 alone holds
     the stage lock and writes checkpoints, predictions, weights and the manifest, and tells the
@@ -52,6 +55,10 @@ def finetune(
     if checkpoint_every < 0:
         raise CxrbenchError(f"--checkpoint-every {checkpoint_every}: must be >= 0")
     check_fraction(fraction)
+    if test_datasets:
+        from cxrbench.stages.external import check_external
+
+        test_datasets = check_external(dataset, test_datasets, test_split, layout)
     dist, device = distributed.setup(device)
     prepared = load_prepared(layout, dataset)
     spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()
@@ -95,6 +102,23 @@ def finetune(
     distributed.stage_on_rank0(
         dist, stage, force=force, work=lambda: job.train(stage), write=lambda result: job.write(stage, *result)
     )
+    if test_datasets and dist.is_main:
+        from cxrbench.stages.external import finetune_external
+
+        finetune_external(
+            layout,
+            prepared,
+            spec,
+            test_datasets=test_datasets,
+            test_split=test_split,
+            adaptation=adaptation,
+            internal=stage.manifest,
+            input_size=input_size,
+            seed=seed,
+            hw=hw,
+            workers=job.workers,
+            force=force,
+        )
     return stage.manifest
 
 

@@ -139,16 +139,20 @@ def prepare(
     policy: LabelPolicy = LabelPolicy(),  # noqa: B008 - frozen dataclasses, safe as defaults
     image: Preprocess = Preprocess(),  # noqa: B008
     workers: int | None = None,
+    name: str | None = None,
     force: bool = False,
 ) -> Manifest:
-    """Prepare ``dataset`` from ``root`` into ``RUN/prepared/DATASET``; reuse it if up to date."""
+    """Prepare ``dataset`` from ``root`` into ``RUN/prepared/NAME`` (NAME: ``name``, default the
+    dataset), reusing it if up to date. A ``name`` lets one adapter give several prepared datasets
+    (two synthetic sites, one dataset under two settings)."""
     layout = layout_of(run)
     adapter = get_adapter(dataset)
+    name = check_name(name if name is not None else dataset)
     generate_options, options = split_options(adapter, dict(options or {}))
     inputs: list[Manifest] = []
     if hasattr(adapter, "generate"):
         root, written = generate(
-            layout, dataset, adapter, root=root, options=generate_options, image=image, seed=policy.seed, force=force
+            layout, name, adapter, root=root, options=generate_options, image=image, seed=policy.seed, force=force
         )
         inputs.append(written)
     elif root is None:
@@ -169,7 +173,9 @@ def prepare(
         "labels": policy.to_dict(),
         "image": image.to_dict(),
     }
-    home = layout.prepared(dataset)
+    if name != dataset:  # only then: runs prepared before names existed keep their keys
+        settings["name"] = name
+    home = layout.prepared(name)
     stage = Stage(
         layout,
         "prepare",
@@ -182,7 +188,7 @@ def prepare(
             **({"rejected": _frame_hash(rejected)} if len(rejected) else {}),
         },
         seed=policy.seed,
-        what=f"prepared dataset '{dataset}'",
+        what=f"prepared dataset '{name}'",
     )
     with stage.open(force=force) as todo:
         if todo:
@@ -230,6 +236,24 @@ def _rejected(raw) -> pd.DataFrame:
 
 def _frame_hash(frame: pd.DataFrame) -> str:
     return f"{int(pd.util.hash_pandas_object(frame, index=False).sum()) & (2**64 - 1):016x}"
+
+
+def check_name(name: str) -> str:
+    """A prepared dataset's name: one safe path component that no comparison file name can shadow."""
+    from cxrbench.rundir import is_safe_name
+
+    if not is_safe_name(name) or " " in name:
+        raise CxrbenchError(f"--name {name!r}: use letters, digits and . _ + = - (no spaces or slashes)")
+    if name in ("summary", "external") or "-to-" in name:
+        raise CxrbenchError(
+            f"--name {name!r}: taken by the comparison tables (summary, external, A-to-B); choose another"
+        )
+    return name
+
+
+def adapter_of(prepared_manifest: Manifest) -> str:
+    """The adapter a prepared dataset was read with (its name unless prepared with ``--name``)."""
+    return str(prepared_manifest.settings["dataset"])
 
 
 def _portable(root: Path, run: Path) -> str:

@@ -74,11 +74,18 @@ def probe(
     max_iter: int = 200,
     input_size: int | None = None,
     device: str | None = None,
+    test_datasets: tuple[str, ...] = (),
+    test_split: str = "test",
     force: bool = False,
 ) -> Manifest:
-    """Fit the probe on train (or a label fraction of it), choose C on val, predict val and test."""
+    """Fit the probe on train (or a label fraction of it), choose C on val, predict val and test;
+    with ``test_datasets`` also each one's ``test_split`` (external validation, shared labels)."""
     layout = layout_of(run)
     check_fraction(fraction)
+    if test_datasets:
+        from cxrbench.stages.external import check_external
+
+        test_datasets = check_external(dataset, test_datasets, test_split, layout)
     prepared = load_prepared(layout, dataset)
     spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()
     input_size = input_size or int(prepared.manifest.settings["image"]["size"])
@@ -97,31 +104,75 @@ def probe(
     )
     with stage.open(force=force) as todo:
         if todo:
-            ids, feats = read_features(pq.read_table(feat_path))
-            by_id = {sample: i for i, sample in enumerate(ids)}
-            samples = prepared.samples
-            train = prepared.split("train")
-            if fraction < 1.0:
-                keep = fraction_patients(train["patient_id"], fraction, seed=seed)
-                train = train[train["patient_id"].isin(keep)]
-            val = prepared.split("val")
-
-            def x(frame):
-                return feats[[by_id[s] for s in frame["sample_id"]]]
-
-            model = fit_probe(
-                x(train),
-                prepared.targets(train),
-                x(val),
-                prepared.targets(val),
-                task=prepared.task,
-                Cs=Cs,
-                max_iter=max_iter,
-                device=device,
+            x = feature_lookup(feat_path)
+            model, train = fit_on_train(
+                prepared, x, fraction=fraction, seed=seed, Cs=Cs, max_iter=max_iter, device=device
             )
+            samples = prepared.samples
             scored = samples[samples["split"].isin(["val", "test"])]
             table = predictions_table(scored, prepared.labels, prepared.targets(scored), model.predict_proba(x(scored)))
             stage.write_parquet(out, table)
             stage.extra["chosen_C"] = dict(zip(prepared.labels, map(float, np.atleast_1d(model.C_)), strict=True))
             stage.extra["n_train"] = len(train)
+    if test_datasets:
+        from cxrbench.stages.external import probe_external
+
+        probe_external(
+            layout,
+            prepared,
+            spec,
+            test_datasets=test_datasets,
+            test_split=test_split,
+            adaptation=adaptation,
+            inputs=[prepared.manifest, feat_manifest],
+            settings=settings,
+            x_train=feature_lookup(feat_path),
+            input_size=input_size,
+            seed=seed,
+            device=device,
+            force=force,
+        )
     return stage.manifest
+
+
+def feature_lookup(path: Path):
+    """A function from a samples frame to its rows of the cached features at ``path``."""
+    ids, feats = read_features(pq.read_table(path))
+    by_id = {sample: i for i, sample in enumerate(ids)}
+
+    def x(frame) -> np.ndarray:
+        return feats[[by_id[s] for s in frame["sample_id"]]]
+
+    return x
+
+
+def fit_on_train(
+    prepared: Prepared,
+    x,
+    *,
+    fraction: float,
+    seed: int,
+    Cs: tuple[float, ...],
+    max_iter: int,
+    device: str | None,
+    columns: list[int] | None = None,
+):
+    """(probe, train rows): fitted on train (or a label fraction of its patients), C chosen on val;
+    ``columns``: indices of the labels to fit (default: all)."""
+    train = prepared.split("train")
+    if fraction < 1.0:
+        keep = fraction_patients(train["patient_id"], fraction, seed=seed)
+        train = train[train["patient_id"].isin(keep)]
+    val = prepared.split("val")
+    cols = slice(None) if columns is None else list(columns)
+    model = fit_probe(
+        x(train),
+        prepared.targets(train)[:, cols],
+        x(val),
+        prepared.targets(val)[:, cols],
+        task=prepared.task,
+        Cs=Cs,
+        max_iter=max_iter,
+        device=device,
+    )
+    return model, train

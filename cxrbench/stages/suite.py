@@ -62,8 +62,16 @@ def run_suite(
     ]
     done: dict[str, Manifest] = {}
     for spec, policy, image, options in settings:
+        adapter = str(options.pop("adapter", spec.name))  # a dataset named apart from its adapter
         done[f"prepare {spec.name}"] = prepare(
-            run, spec.name, root=spec.root and Path(spec.root), options=options, policy=policy, image=image, force=force
+            run,
+            adapter,
+            root=spec.root and Path(spec.root),
+            options=options,
+            policy=policy,
+            image=image,
+            name=None if adapter == spec.name else spec.name,
+            force=force,
         )
     record_path = run.suite_record(suite.name)
     fingerprint = _fingerprint(suite)
@@ -110,6 +118,7 @@ def run_suite(
                             fraction=fraction,
                             seed=seed,
                             device=device,
+                            test_datasets=suite.external.get(spec.name, ()),
                             force=force,
                             **suite.probe,
                         )
@@ -125,6 +134,7 @@ def run_suite(
                             seed=seed,
                             device=device,
                             precision=precision,
+                            test_datasets=suite.external.get(spec.name, ()),
                             force=force,
                         )
     done["evaluate"] = evaluate(run, force=force, **suite.evaluate)

@@ -20,23 +20,29 @@ def generate(
     n_patients: int = 200,
     phantom_size: int = 64,
     phantom_seed: int = 0,
+    site: str = "a",
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write ``n_patients`` patients' phantoms (``phantom_size`` px) under ``root``; return ``metadata.csv``.
+
+    ``site`` (``a`` or ``b``) is the acquisition: ``b`` is another hospital (other patients, a
+    flatter contrast curve, more noise, burned-in markers), for external-validation tests.
 
     ``cxrbench prepare synthetic`` passes the prepare's ``--size`` and ``--seed`` unless
     ``--option phantom_size=``/``phantom_seed=`` are given; the same options give the same bytes.
     """
     from cxrbench.data.synthetic import write_phantoms
 
-    return write_phantoms(root, n_patients=n_patients, size=phantom_size, seed=phantom_seed, progress=progress)
+    return write_phantoms(
+        root, n_patients=n_patients, size=phantom_size, seed=phantom_seed, site=site, progress=progress
+    )
 
 
-def check_generate(*, n_patients: int = 200, phantom_size: int = 64, phantom_seed: int = 0) -> None:
+def check_generate(*, n_patients: int = 200, phantom_size: int = 64, phantom_seed: int = 0, site: str = "a") -> None:
     """Refuse bad ``generate`` options before anything is generated or invalidated."""
     from cxrbench.data.synthetic import check_phantoms
 
-    check_phantoms(n_patients=n_patients, size=phantom_size, seed=phantom_seed)
+    check_phantoms(n_patients=n_patients, size=phantom_size, seed=phantom_seed, site=site)
 
 
 def load(root: Path) -> RawDataset:
