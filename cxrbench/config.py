@@ -67,6 +67,8 @@ class Suite:
     finetune: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     compare: dict[str, Any] = field(default_factory=dict)
+    #: SLURM resources by stage kind (``default``, ``prepare``, ``finetune``, ...) for ``--executor slurm``
+    slurm: dict[str, Any] = field(default_factory=dict)
 
 
 class Found(NamedTuple):
@@ -208,6 +210,7 @@ def _suite(name: str, table: Any, path: str) -> Suite:
         finetune=dict(_table(table.get("finetune", {}), f"{where}.finetune")),
         evaluate=dict(_table(table.get("evaluate", {}), f"{where}.evaluate")),
         compare=dict(_table(table.get("compare", {}), f"{where}.compare")),
+        slurm=dict(_table(table.get("slurm", {}), f"{where}.slurm")),
     )
 
 
