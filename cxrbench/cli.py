@@ -457,7 +457,11 @@ def run_command(
         from cxrbench.grid.states import dry_run as plan_rows
         from cxrbench.rundir import layout_of
 
-        _show_cells(plan_rows(layout_of(run_dir), chosen), title=f"suite {suite} in {run_dir} (dry run)")
+        rows = plan_rows(layout_of(run_dir), chosen)
+        _show_cells(rows, title=f"suite {suite} in {run_dir} (dry run)", columns=("cell", "state", "missing input"))
+        lacking = sorted({row.detail for row in rows if row.detail})
+        for line in lacking:  # each missing root or weight once, whole, so its command can be copied
+            out.print(f"missing: {line}", markup=False)
         return
     if executor == "sequential":
         from cxrbench.stages.suite import run_suite
@@ -503,8 +507,9 @@ def status_command(
         _show_cells(suite_states(layout, name), title=f"suite {name} in {layout.root}")
 
 
-def _show_cells(rows, *, title: str) -> None:
-    """A table of cells and their states, with totals by state."""
+def _show_cells(rows, *, title: str, columns: tuple[str, ...] = ("cell", "state", "where", "detail", "log")) -> None:
+    """A table of cells and their states (``columns``: the first ones of cell, state, where, detail,
+    log; a dry run shows cell, state and what is missing), with totals by state."""
     from collections import Counter
 
     from rich.table import Table
@@ -512,11 +517,12 @@ def _show_cells(rows, *, title: str) -> None:
     from cxrbench.console import out
 
     colours = {"done": "green", "failed": "red", "interrupted": "red", "stale": "yellow", "running": "cyan"}
-    table = Table("cell", "state", "where", "detail", "log", title=title)
+    table = Table(*columns, title=title)
     for row in rows:
         colour = colours.get(row.state)
         state = f"[{colour}]{row.state}[/]" if colour else row.state
-        table.add_row(row.id, state, row.where, row.detail, row.log)
+        cells = (row.id, state, row.where, row.detail, row.log) if len(columns) == 5 else (row.id, state, row.detail)
+        table.add_row(*cells)
     out.print(table)
     totals = Counter(row.state for row in rows)
     out.print(f"{len(rows)} cells: " + ", ".join(f"{n} {state}" for state, n in totals.most_common()))

@@ -152,7 +152,9 @@ def test_mode_follows_the_environment_and_the_filesystem_type(tmp_path: Path, mo
     import shutil
 
     if shutil.which("findmnt"):  # util-linux's answer is the reference
-        found = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)], capture_output=True, text=True)
+        found = subprocess.run(
+            ["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)], capture_output=True, text=True
+        )
         assert filesystem_type(tmp_path / "not" / "yet") == found.stdout.strip()
     monkeypatch.delenv("CXRBENCH_LOCK", raising=False)
     import cxrbench.locks as locks
