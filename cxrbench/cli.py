@@ -525,7 +525,8 @@ def _show_cells(rows, *, title: str, columns: tuple[str, ...] = ("cell", "state"
         table.add_row(*cells)
     out.print(table)
     totals = Counter(row.state for row in rows)
-    out.print(f"{len(rows)} cells: " + ", ".join(f"{n} {state}" for state, n in totals.most_common()))
+    order = ("done", "running", "failed", "interrupted", "stale", "waiting", "missing input", "missing")
+    out.print(f"{len(rows)} cells: " + ", ".join(f"{totals[s]} {s}" for s in order if totals[s]))
 
 
 @app.command(epilog="Example: cxrbench verify --run runs/default")
