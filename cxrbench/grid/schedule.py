@@ -7,6 +7,7 @@ Backends (``local``: a process pool; ``slurm``: submitit) start cells and report
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,6 +15,7 @@ from cxrbench.config import Suite
 from cxrbench.console import info
 from cxrbench.grid.plan import Cell, plan
 from cxrbench.grid.states import Manifests, is_done, missing_inputs, write_plan
+from cxrbench.locks import holder
 from cxrbench.rundir import RunLayout
 
 
@@ -39,8 +41,12 @@ class Outcome:
     not_reached: list[str] = field(default_factory=list)
 
 
-def run_grid(run: RunLayout, suite: Suite, backend: Backend, *, retries: int = 1, force: bool = False) -> Outcome:
-    """Run every cell of ``suite`` through ``backend`` in dependency order."""
+def run_grid(
+    run: RunLayout, suite: Suite, backend: Backend, *, retries: int = 1, force: bool = False, poll: float = 5.0
+) -> Outcome:
+    """Run every cell of ``suite`` through ``backend`` in dependency order. A cell another process is
+    running (its lock is held: a second driver, a user's own command) is not started again: the
+    driver waits for it and then takes its result from the record and manifest."""
     cells = plan(suite)
     write_plan(run, suite, cells, missing_inputs(suite, cells, run))
     outcome = Outcome()
@@ -59,6 +65,17 @@ def run_grid(run: RunLayout, suite: Suite, backend: Backend, *, retries: int = 1
                 for c in cells
                 if c.id not in done and c.id not in running and c.id not in failed and all(d in done for d in c.deps)
             ]
+            ready, elsewhere = _not_running_elsewhere(run, suite, ready)
+            if elsewhere and not running and not ready:  # only cells running elsewhere are left: wait
+                time.sleep(poll)
+                finished_elsewhere = [c for c in elsewhere if holder(run.cell_lock(suite.name, c.file)) is None]
+                if finished_elsewhere:
+                    manifests = Manifests(run)
+                    for c in finished_elsewhere:
+                        if is_done(run, suite.name, c, manifests):
+                            done.add(c.id)
+                            outcome.skipped.append(c.id)
+                continue
             if ready:
                 for c in ready:
                     attempts[c.id] = attempts.get(c.id, 0) + 1
@@ -80,3 +97,11 @@ def run_grid(run: RunLayout, suite: Suite, backend: Backend, *, retries: int = 1
     outcome.failed = failed
     outcome.not_reached = [c.id for c in cells if c.id not in done and c.id not in failed]
     return outcome
+
+
+def _not_running_elsewhere(run: RunLayout, suite: Suite, ready: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """``ready`` split into cells free to start and cells whose lock another process holds."""
+    free, elsewhere = [], []
+    for cell in ready:
+        (elsewhere if holder(run.cell_lock(suite.name, cell.file)) is not None else free).append(cell)
+    return free, elsewhere

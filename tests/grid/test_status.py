@@ -128,3 +128,47 @@ def test_status_of_a_run_without_that_suite_is_a_one_line_error(tmp_path: Path, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("cxrbench: error: ") and "\n" not in err and "run" in err
+
+
+class _InProcess:
+    """A backend that runs each cell at once in this process (the scheduler's logic, nothing else)."""
+
+    name = "inline"
+
+    def __init__(self, run, suite):
+        self.run, self.suite, self.results = run, suite, []
+
+    def start(self, cells, attempts):
+        self.results += [(c.id, run_cell(self.run, self.suite, c, attempt=attempts[c.id])) for c in cells]
+
+    def finished(self):
+        results, self.results = self.results, []
+        return results
+
+    def close(self):
+        pass
+
+
+def test_the_driver_does_not_start_a_cell_another_process_is_running(tmp_path: Path, monkeypatch):
+    from cxrbench.grid.schedule import run_grid
+
+    monkeypatch.setenv("CXRBENCH_QUIET", "1")
+    started: dict[str, float] = {}
+
+    def recording(run, suite, cell, **options):
+        started.setdefault(cell.id, time.monotonic())
+        if cell.id.startswith("probe/synthetic/random"):
+            raise ValueError("stop here")  # the rest of the grid is not needed for this test
+        return _stand_in(run, suite, cell, **options)
+
+    monkeypatch.setattr(cells_module, "execute", recording)
+    suite = phantom(tmp_path)
+    run = RunLayout(tmp_path / "run")
+    prepare = plan(suite)[0]
+    other = _hold(run.cell_lock("phantom", prepare.file), 1.5)  # another driver is preparing it
+    began = time.monotonic()
+    outcome = run_grid(run, suite, _InProcess(run, suite), retries=0, poll=0.05)
+    other.wait()
+    assert started["prepare/synthetic"] - began >= 1.0  # started only once the other let go
+    assert outcome.failed == {"probe/synthetic/random/f=1/s=0": "ValueError: stop here"}
+    assert "prepare/synthetic" in outcome.ran
