@@ -116,3 +116,23 @@ def test_dry_run_lists_every_cell_and_each_missing_root_and_weight_and_writes_no
     assert not any("CXRBENCH_ROOT_NIH" in line for line in missing)  # its root is set and present
     assert sum("weights for" in line for line in missing) == 2  # both ViTs are absent offline
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--executor", "cloud"], "--executor 'cloud': use one of sequential, local, slurm"),
+        (["--executor", "local", "--jobs", "0"], "--jobs 0: must be at least 1"),
+        (["--executor", "local", "--force"], "--force redoes stages one after another"),
+        (["--executor", "slurm", "--slurm", "finetune.vram=80"], "--slurm finetune.vram=80: unknown resource 'vram'"),
+        (["--executor", "slurm", "--slurm-cluster", "aws"], "--slurm-cluster 'aws': use slurm, local or debug"),
+    ],
+)
+def test_bad_executor_options_are_one_line_errors_before_any_work(tmp_path: Path, capsys, extra, message):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--suite", "smoke", "--run", str(run), *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cxrbench: error: {message}") and "\n" not in err
+    assert not run.exists()
