@@ -1,7 +1,8 @@
 """``--executor local --jobs N``: cells in N worker processes on this machine.
 
-Workers are spawned (no forked torch state) and end with the process that started them, even when
-it is SIGKILLed; each cell's output goes to its log in ``logs/cells/SUITE/``.
+Workers are spawned (no forked torch state), share the CPUs (``cpu_count // jobs`` torch threads
+each) and end with the process that started them, even when it is SIGKILLed; each cell's output
+goes to its log in ``logs/cells/SUITE/``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from cxrbench.config import Suite
 from cxrbench.grid.cells import error_line, run_cell
 from cxrbench.grid.plan import Cell
 from cxrbench.processes import die_with_parent
+
+
+def _worker_setup(parent: int, threads: int) -> None:
+    """Pool initializer: end with the driver, and share the CPUs among the workers (torch reads
+    ``OMP_NUM_THREADS`` when it is first imported; a value the user set is kept)."""
+    die_with_parent(parent)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 class LocalBackend:
@@ -35,8 +43,8 @@ class LocalBackend:
         return cf.ProcessPoolExecutor(
             self.jobs,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=die_with_parent,
-            initargs=(os.getpid(),),
+            initializer=_worker_setup,
+            initargs=(os.getpid(), max(1, (os.cpu_count() or 1) // self.jobs)),
         )
 
     def start(self, cells: list[Cell], attempts: dict[str, int]) -> None:

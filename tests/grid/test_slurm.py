@@ -114,3 +114,21 @@ def test_without_submitit_the_slurm_executor_is_a_one_line_error(tmp_path: Path,
     assert info.value.message == (
         "--executor slurm needs submitit: pip install 'cxrbench[cluster]' (or pip install submitit)"
     )
+
+
+def test_a_cell_runs_as_a_separate_job_through_submitits_local_executor(tmp_path: Path, monkeypatch):
+    """The job is pickled, started in its own process by submitit and reports back (no SLURM)."""
+    monkeypatch.setenv("CXRBENCH_QUIET", "1")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    suite = phantom(tmp_path)
+    run = RunLayout(tmp_path / "run")
+    prepare = plan(suite)[0]
+    backend = SlurmBackend(run.root, suite, resources=parse_resources({}, None), cluster="local", poll=0.2)
+    backend.start([prepare], {prepare.id: 1})
+    ((cell_id, result),) = backend.finished()
+    assert cell_id == prepare.id and result["status"] == "done" and result["error"] is None
+    record = json.loads(run.cell_record("phantom", prepare.file).read_text())
+    assert record["executor"] == "slurm" and record["status"] == "done"
+    assert record["pid"] != __import__("os").getpid()  # it ran in submitit's job process
+    assert (run.root / "prepared" / "synthetic" / "manifest.json").is_file()
+    assert list((run.root / "logs" / "slurm" / "phantom").glob("*/*_submitted.pkl"))  # submitit's job files
