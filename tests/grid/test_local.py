@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cxrbench.cli import main
 from cxrbench.grid.plan import plan
 from cxrbench.grid.states import suite_states
@@ -20,6 +22,7 @@ from tests.grid.phantom import phantom, tables, write_suite
 from tests.stages import procs
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
 def _env() -> dict[str, str]:
