@@ -137,7 +137,12 @@ class SlurmBackend:
 
         self.run, self.suite, self.resources, self.poll = Path(run), suite, resources, poll
         self.device, self.precision = device, precision
-        self.executor = submitit.AutoExecutor(folder=layout_of(run).slurm_folder(suite.name) / "%j", cluster=cluster)
+        self.executor = submitit.AutoExecutor(folder=layout_of(run).slurm_folder(suite.name), cluster=cluster)
+        if cluster is None and self.executor.cluster != "slurm":  # submitit falls back to local jobs
+            raise CxrbenchError(
+                "--executor slurm: no SLURM on this machine (sbatch not found); run it on a cluster's login "
+                "node, or add --slurm-cluster local to run the same jobs here"
+            )
         self.jobs: dict[str, Any] = {}
         self.uncompleted = submitit.core.utils.UncompletedJobError
 

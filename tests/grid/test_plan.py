@@ -136,3 +136,16 @@ def test_bad_executor_options_are_one_line_errors_before_any_work(tmp_path: Path
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"cxrbench: error: {message}") and "\n" not in err
     assert not run.exists()
+
+
+def test_slurm_executor_without_slurm_says_so_instead_of_running_locally(tmp_path: Path, capsys, monkeypatch):
+    import shutil
+
+    if shutil.which("sbatch"):
+        pytest.skip("this machine has SLURM")
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main(["run", "--suite", "smoke", "--run", str(run), "--executor", "slurm"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cxrbench: error: --executor slurm: no SLURM on this machine (sbatch not found)")
+    assert "\n" not in err and not (run / "prepared").exists()
