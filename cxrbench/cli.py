@@ -492,7 +492,12 @@ def compare(
     _show_tables(run_dir, manifest)
 
 
-@app.command("run", epilog="Example: cxrbench run --suite smoke")
+@app.command(
+    "run",
+    epilog="Examples: cxrbench run --suite smoke; cxrbench run --suite ssl-cxr-13 --dry-run; "
+    "cxrbench run --suite smoke --executor local --jobs 4; "
+    "cxrbench run --suite ssl-cxr-13 --executor slurm --slurm partition=gpu --slurm finetune.timeout_min=720",
+)
 def run_command(
     suite: Annotated[
         str, typer.Option(help="Suite name: built in, or in ./benchmarks.toml or --config (see `cxrbench suites`).")
@@ -502,17 +507,107 @@ def run_command(
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     force: ForceOpt = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the grid, each cell's state and what is missing; run nothing.")
+    ] = False,
+    executor: Annotated[
+        str,
+        typer.Option(help="sequential (this process), local (--jobs processes here) or slurm (jobs through submitit)."),
+    ] = "sequential",
+    jobs: Annotated[int, typer.Option(help="local: cells run at once.")] = 2,
+    retries: Annotated[int, typer.Option(help="local, slurm: start a failed cell again this many times.")] = 1,
+    slurm: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="slurm: resources KEY=VALUE for every stage or KIND.KEY=VALUE for one (gpus, cpus, mem_gb, "
+            "timeout_min, partition, account, qos, constraint, array_parallelism), repeatable."
+        ),
+    ] = None,
+    slurm_cluster: Annotated[
+        str | None,
+        typer.Option(help="slurm: submitit cluster: slurm [default where sbatch exists], local or debug (tests)."),
+    ] = None,
 ) -> None:
-    """Run a suite's whole grid (prepare, pretrain, probe, finetune, evaluate, compare); resumable."""
+    """Run a suite's whole grid (prepare, pretrain, features, probe, finetune, evaluate, compare); resumable."""
     from cxrbench.config import get_suite
     from cxrbench.console import out
-    from cxrbench.stages.suite import run_suite
 
     chosen = get_suite(suite, config)
     run_dir = _run(run)
-    done = run_suite(run_dir, chosen, force=force, device=device, precision=precision)
-    out.print(f"suite [bold]{suite}[/]: {len(done)} stages up to date in {run_dir}")
-    _show_tables(run_dir, done["compare"])
+    if dry_run:
+        from cxrbench.grid.states import dry_run as plan_rows
+        from cxrbench.rundir import layout_of
+
+        rows = plan_rows(layout_of(run_dir), chosen)
+        _show_cells(rows, title=f"suite {suite} in {run_dir} (dry run)", columns=("cell", "state", "missing input"))
+        lacking = sorted({row.detail for row in rows if row.detail})
+        for line in lacking:  # each missing root or weight once, whole, so its command can be copied
+            out.print(f"missing: {line}", markup=False)
+        return
+    if executor == "sequential":
+        from cxrbench.stages.suite import run_suite
+
+        done = run_suite(run_dir, chosen, force=force, device=device, precision=precision)
+        out.print(f"suite [bold]{suite}[/]: {len(done)} stages up to date in {run_dir}")
+        _show_tables(run_dir, done["compare"])
+        return
+    from cxrbench.grid.scale import run_scaled
+
+    done = run_scaled(
+        run_dir,
+        chosen,
+        executor=executor,
+        jobs=jobs,
+        retries=retries,
+        slurm=slurm,
+        cluster=slurm_cluster,
+        device=device,
+        precision=precision,
+        force=force,
+    )
+    out.print(f"suite [bold]{suite}[/]: every cell done in {run_dir}")
+    _show_tables(run_dir, done)
+
+
+@app.command("status", epilog="Example: cxrbench status --suite smoke --run runs/default")
+def status_command(
+    suite: Annotated[str | None, typer.Option(help="One suite [default: every suite run in this directory].")] = None,
+    run: RunOpt = None,
+) -> None:
+    """Every cell of the suites run here: done, running where, failed (error, log), waiting, missing input."""
+    from cxrbench.grid.states import recorded_suites, suite_states
+    from cxrbench.rundir import layout_of
+
+    layout = layout_of(_run(run))
+    names = [suite] if suite else recorded_suites(layout)
+    if suite and not layout.suite_plan(suite).is_file():
+        raise CxrbenchError(f"suite {suite} has not been run in {layout.root} (cxrbench run --suite {suite})")
+    if not names:
+        raise CxrbenchError(f"no suite has been run in {layout.root}")
+    for name in names:
+        _show_cells(suite_states(layout, name), title=f"suite {name} in {layout.root}")
+
+
+def _show_cells(rows, *, title: str, columns: tuple[str, ...] = ("cell", "state", "where", "detail", "log")) -> None:
+    """A table of cells and their states (``columns``: the first ones of cell, state, where, detail,
+    log; a dry run shows cell, state and what is missing), with totals by state."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    from cxrbench.console import out
+
+    colours = {"done": "green", "failed": "red", "interrupted": "red", "stale": "yellow", "running": "cyan"}
+    table = Table(*columns, title=title)
+    for row in rows:
+        colour = colours.get(row.state)
+        state = f"[{colour}]{row.state}[/]" if colour else row.state
+        cells = (row.id, state, row.where, row.detail, row.log) if len(columns) == 5 else (row.id, state, row.detail)
+        table.add_row(*cells)
+    out.print(table)
+    totals = Counter(row.state for row in rows)
+    order = ("done", "running", "failed", "interrupted", "stale", "waiting", "missing input", "missing")
+    out.print(f"{len(rows)} cells: " + ", ".join(f"{totals[s]} {s}" for s in order if totals[s]))
 
 
 @app.command("export", epilog="Example: cxrbench export --suite smoke supplement/")

@@ -69,6 +69,8 @@ class Suite:
     compare: dict[str, Any] = field(default_factory=dict)
     #: training dataset -> datasets its models are also tested on (external validation)
     external: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: SLURM resources by stage kind (``default``, ``prepare``, ``finetune``, ...) for ``--executor slurm``
+    slurm: dict[str, Any] = field(default_factory=dict)
 
 
 class Found(NamedTuple):
@@ -221,6 +223,7 @@ def _suite(name: str, table: Any, path: str) -> Suite:
         evaluate=dict(_table(table.get("evaluate", {}), f"{where}.evaluate")),
         compare=dict(_table(table.get("compare", {}), f"{where}.compare")),
         external=external,
+        slurm=dict(_table(table.get("slurm", {}), f"{where}.slurm")),
     )
 
 

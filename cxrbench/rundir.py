@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import glob
 import hashlib
 import json
@@ -93,6 +92,7 @@ class RunLayout:
         checkpoints/STAGE/.../KEY/                    resumable training state, removed when done
         logs/STAGE/....parquet                        per-step training log
         evaluation/metrics.parquet, comparisons/DATASET.*, suites/NAME.json
+        suites/NAME/{plan.json,cells/CELL.json}, logs/cells/NAME/CELL.log, logs/slurm/NAME/
 
     Name arguments go through ``safe_name``; ``inside`` refuses any path that leaves the run.
     """
@@ -192,6 +192,24 @@ class RunLayout:
 
     def suite_record(self, suite: str) -> Path:
         return self._join("suites", f"{safe_name(suite)}.json")
+
+    # suites run cell by cell (cxrbench.grid): who ran each cell, how it ended, and its log
+    def suite_plan(self, suite: str) -> Path:
+        """``suites/SUITE/plan.json``: the suite's cells and dependencies, for ``cxrbench status``."""
+        return self._join("suites", suite, "plan.json")
+
+    def cell_record(self, suite: str, cell: str) -> Path:
+        return self._join("suites", suite, "cells", f"{cell}.json")
+
+    def cell_lock(self, suite: str, cell: str) -> Path:
+        return self._join("suites", suite, "cells", f"{cell}.lock")
+
+    def cell_log(self, suite: str, cell: str) -> Path:
+        return self._join("logs", "cells", suite, f"{cell}.log")
+
+    def slurm_folder(self, suite: str) -> Path:
+        """``logs/slurm/SUITE/``: submitit's job scripts, pickles and SLURM output."""
+        return self._join("logs", "slurm", suite)
 
 
 def clear_tree(run: RunLayout | Path, directory: Path) -> None:
@@ -460,26 +478,13 @@ def input_hashes(*manifests: Manifest) -> dict[str, str]:
 def stage_lock(lock_path: Path, *, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_path`` or fail at once naming the process that holds it.
 
-    ``flock`` locks die with their process, so a lock file left by a killed run is simply taken over.
+    ``flock`` on local disks (a lock left by a killed run is simply taken over), atomic lock files
+    with a heartbeat on NFS and Lustre: see ``cxrbench.locks``.
     """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "a+")
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise CxrbenchError(
-                f"{what} is being written by {holder} (lock {lock_path}); wait for it to finish"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {platform.node()}")
-        handle.flush()
+    from cxrbench.locks import exclusive
+
+    with exclusive(lock_path, what=what):
         yield
-    finally:
-        handle.close()
 
 
 # ---------------------------------------------------------------------------------------------

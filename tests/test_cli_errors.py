@@ -146,7 +146,7 @@ def test_run_malformed_toml(capsys, tmp_path):
 
 
 def test_run_unknown_suite_without_local_config_names_the_builtin_ones(capsys):
-    _fails(capsys, ["run", "--suite", "x"], "unknown suite 'x' in built-in suites", "nih-simclr, smoke")
+    _fails(capsys, ["run", "--suite", "x"], "unknown suite 'x' in built-in suites", "nih-simclr, smoke, ssl-cxr-13")
 
 
 def test_run_explicit_config_that_is_missing(capsys):

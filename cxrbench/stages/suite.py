@@ -50,29 +50,28 @@ def prepare_settings(
 def run_suite(
     run: RunLayout | Path, suite: Suite, *, force: bool = False, device: str | None = None, precision: str | None = None
 ) -> dict[str, Manifest]:
-    """Run every stage of ``suite``; returns the manifests by a readable stage name."""
-    from cxrbench.stages.prepare import prepare
-
+    """Run every cell of ``suite`` in this process, in dependency order; returns the manifests by cell id
+    (``prepare/nih``, ``probe/nih/imagenet/f=1/s=0``, ..., ``compare``)."""
     run = layout_of(run)
     # every dataset's settings are checked before the first is prepared: a bad split or option in
     # the last dataset fails the run before any work, not after hours of it
-    settings = [
-        (spec, *prepare_settings(spec.options, where=f"suites.{suite.name}.prepare.{spec.name}"))
-        for spec in suite.datasets
-    ]
+    for spec in suite.datasets:
+        prepare_settings(spec.options, where=f"suites.{suite.name}.prepare.{spec.name}")
+    from cxrbench.grid.cells import run_cell
+    from cxrbench.grid.plan import plan
+    from cxrbench.grid.states import write_plan
+
+    cells = plan(suite)
+    write_plan(run, suite, cells, {})
+
+    def step(cell) -> Manifest:
+        options = {"device": device, "precision": precision, "force": force}
+        return run_cell(run, suite, cell, **options, log=False, raise_errors=True)["manifest"]
+
     done: dict[str, Manifest] = {}
-    for spec, policy, image, options in settings:
-        adapter = str(options.pop("adapter", spec.name))  # a dataset named apart from its adapter
-        done[f"prepare {spec.name}"] = prepare(
-            run,
-            adapter,
-            root=spec.root and Path(spec.root),
-            options=options,
-            policy=policy,
-            image=image,
-            name=None if adapter == spec.name else spec.name,
-            force=force,
-        )
+    for cell in cells:
+        if cell.kind == "prepare":
+            done[cell.id] = step(cell)
     record_path = run.suite_record(suite.name)
     fingerprint = _fingerprint(suite)
     if not force:
@@ -80,65 +79,9 @@ def run_suite(
         if recorded is not None:
             info(f"suite {suite.name}: every stage is up to date, nothing to do (--force redoes it)")
             return recorded
-
-    from cxrbench.stages.compare import compare
-    from cxrbench.stages.evaluate import evaluate
-    from cxrbench.stages.finetune import finetune
-    from cxrbench.stages.pretrain import pretrain
-    from cxrbench.stages.probe import probe
-
-    for name, spec in suite.pretrain.items():
-        options = dict(spec.options)
-        known = {k: options.pop(k) for k in ("epochs", "batch_size", "lr", "seed", "arch", "init") if k in options}
-        known.setdefault("arch", suite.arch)
-        done[f"pretrain {name}"] = pretrain(
-            run,
-            spec.method,
-            dataset=spec.dataset,
-            name=name,
-            options=options,
-            device=device,
-            precision=precision,
-            force=force,
-            **known,
-        )
-    finetune_options = dict(suite.finetune)
-    recipe_name = finetune_options.pop("recipe", "ssl-cxr")
-    for spec in suite.datasets:
-        for encoder in suite.encoders:
-            for seed in suite.seeds:
-                for fraction in suite.fractions:
-                    where = f"{spec.name}/{encoder} f={fraction} s={seed}"
-                    if "probe" in suite.adaptations:
-                        done[f"probe {where}"] = probe(
-                            run,
-                            dataset=spec.name,
-                            encoder=encoder,
-                            arch=suite.arch,
-                            fraction=fraction,
-                            seed=seed,
-                            device=device,
-                            test_datasets=suite.external.get(spec.name, ()),
-                            force=force,
-                            **suite.probe,
-                        )
-                    if "finetune" in suite.adaptations:
-                        done[f"finetune {where}"] = finetune(
-                            run,
-                            dataset=spec.name,
-                            encoder=encoder,
-                            arch=suite.arch,
-                            recipe_name=recipe_name,
-                            overrides=finetune_options,
-                            fraction=fraction,
-                            seed=seed,
-                            device=device,
-                            precision=precision,
-                            test_datasets=suite.external.get(spec.name, ()),
-                            force=force,
-                        )
-    done["evaluate"] = evaluate(run, force=force, **suite.evaluate)
-    done["compare"] = compare(run, baseline=suite.baseline, force=force, **suite.compare)
+    for cell in cells:
+        if cell.kind != "prepare":
+            done[cell.id] = step(cell)
     write_json(record_path, {"fingerprint": fingerprint, "keys": {name: m.key for name, m in done.items()}})
     return done
 
@@ -150,7 +93,9 @@ def _fingerprint(suite: Suite) -> str:
         if encoder.startswith("file:") and os.path.exists(encoder[5:]):
             stat = os.stat(encoder[5:])
             files[encoder] = [stat.st_size, stat.st_mtime_ns]
-    return json_hash({"suite": dataclasses.asdict(suite), "version": __version__, "files": files})
+    settings = dataclasses.asdict(suite)
+    settings.pop("slurm")  # where cells run does not change what they compute
+    return json_hash({"suite": settings, "version": __version__, "files": files})
 
 
 def _recorded(

@@ -117,7 +117,7 @@ def test_second_run_of_finished_suite_recomputes_nothing(run_copy: Path, tmp_pat
     config.write_text(SUITE)
     suite = get_suite("mini", config)
     first = run_suite(run_copy, suite)
-    assert set(first) >= {"prepare synthetic", "pretrain simclr", "evaluate", "compare"}
+    assert set(first) >= {"prepare/synthetic", "pretrain/simclr", "evaluate", "compare"}
     manifests = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_copy.rglob("*manifest.json")}
     assert len(manifests) >= 9
     second = run_suite(run_copy, suite)
@@ -128,8 +128,8 @@ def test_second_run_of_finished_suite_recomputes_nothing(run_copy: Path, tmp_pat
     lost.unlink()  # a missing output defeats the fast path; only that stage (and its dependants) rerun
     third = run_suite(run_copy, suite)
     assert lost.exists()
-    assert third["prepare synthetic"].created == first["prepare synthetic"].created
-    assert third["pretrain simclr"].created == first["pretrain simclr"].created
+    assert third["prepare/synthetic"].created == first["prepare/synthetic"].created
+    assert third["pretrain/simclr"].created == first["pretrain/simclr"].created
 
 
 def test_changed_settings_redo_the_stage(run_copy: Path) -> None:

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 PREFIX = "chexzero:"
 USAGE = "chexzero:PATH"
+#: the authors' best checkpoint, looked for in $CXRBENCH_WEIGHTS_DIR when a suite says just ``chexzero``
+FILE = "best_64_5e-05_original_22000_0.864.pt"
 WHAT = "CheXzero"
 URL = "https://drive.google.com/drive/folders/1makFLiEMbSleYltaRxw81aBhEDMpVwno"
 ARCH = "vit_base_patch32_clip_quickgelu_224"
