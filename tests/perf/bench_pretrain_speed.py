@@ -7,7 +7,8 @@ batch 32, 6 steps; a few minutes on 2 cores). Goal: two-view methods >= 70 % of 
 
 Each method trains through the engine's real loop (``pretrain_loop``: views, heads, teachers,
 queues, the optimizer step and the per-step log) on random uint8 images; images/s is the median of
-the per-step log's ``images_per_s`` after ``--warmup`` steps. A two-view method does two forward
+the per-step log's ``images_per_s`` after ``--warmup`` steps; each method is measured ``--rounds``
+times, the rounds in alternating order, and the median is reported. A two-view method does two forward
 and backward passes (or one plus a teacher's forward) per image, so its compute per image is about
 twice supervised's: the ``per view`` column (img/s x views) shows the overhead apart from that.
 """
@@ -15,6 +16,7 @@ twice supervised's: the ``per view`` column (img/s x views) shows the overhead a
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per method (median reported)")
     parser.add_argument("--methods", help="comma-separated (default: every method)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -121,14 +124,19 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.steps} timed steps after {args.warmup}",
         flush=True,
     )
-    rates: dict[str, float] = {}
+    runs: dict[str, list[float]] = {name: [] for name in methods}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in methods:
-            rates[name] = measure(
-                name, arch=args.arch, size=args.size, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                device=args.device, precision=args.precision, workdir=Path(tmp),
-            )  # fmt: skip
-            print(f"  {name}: {rates[name]:.1f} img/s", flush=True)
+        for round_ in range(args.rounds):  # rounds in alternating order: a shared machine's drift hits all alike
+            for name in methods if round_ % 2 == 0 else methods[::-1]:
+                runs[name].append(
+                    measure(
+                        name, arch=args.arch, size=args.size, batch=args.batch, steps=args.steps,
+                        warmup=args.warmup, device=args.device, precision=args.precision,
+                        workdir=Path(tmp) / str(round_),
+                    )
+                )  # fmt: skip
+                print(f"  round {round_ + 1}: {name}: {runs[name][-1]:.1f} img/s", flush=True)
+    rates = {name: float(statistics.median(values)) for name, values in runs.items()}
     reference = rates["supervised"]
     print("| method | views | img/s | vs supervised | per view vs supervised | goal |")
     print("|---|---|---|---|---|---|")
