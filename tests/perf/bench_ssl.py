@@ -107,6 +107,7 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
 
     from cxrbench.data.samples import LabelPolicy
     from cxrbench.data.transforms import Preprocess
+    from cxrbench.errors import CxrbenchError
     from cxrbench.rundir import RunLayout, safe_name
     from cxrbench.stages.compare import compare
     from cxrbench.stages.evaluate import evaluate
@@ -124,21 +125,27 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
         policy=LabelPolicy(seed=0),
     )
     timings: dict[str, float] = {}
+    failed: dict[str, str] = {}  # a method that cannot run at this budget (e.g. one that needs a ViT)
     for method in methods:
         own = settings_for(method, budget)
         started = time.perf_counter()
-        manifest = pretrain(
-            layout,
-            method,
-            dataset=DATASET,
-            arch=own.arch,
-            epochs=own.epochs,
-            batch_size=own.batch_size,
-            lr=own.lr,
-            options=dict(own.options),
-            device=device,
-        )
+        try:
+            manifest = pretrain(
+                layout,
+                method,
+                dataset=DATASET,
+                arch=own.arch,
+                epochs=own.epochs,
+                batch_size=own.batch_size,
+                lr=own.lr,
+                options=dict(own.options),
+                device=device,
+            )
+        except CxrbenchError as exc:
+            failed[method] = exc.message
+            continue
         timings[method] = manifest.timings.get("seconds", time.perf_counter() - started)
+    methods = [m for m in methods if m not in failed]
     for encoder in [BASELINE, *methods]:
         for fraction in FRACTIONS:
             probe(layout, dataset=DATASET, encoder=encoder, arch=budget.arch, fraction=fraction, seed=0, device=device)
@@ -147,7 +154,7 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
     table = pd.read_parquet(layout.comparisons / f"{safe_name(DATASET)}.parquet")
     mean = table[table["label"] == "mean"]
     speeds = {m: images_per_second(layout.training_log("pretrain", m)) for m in methods}
-    return {"mean": mean, "speeds": speeds, "seconds": timings}
+    return {"mean": mean, "speeds": speeds, "seconds": timings, "failed": failed}
 
 
 def images_per_second(log: Path) -> float:
@@ -168,12 +175,12 @@ def format_table(mean, speeds: dict[str, float], methods: list[str]) -> str:
     for method in methods:
         for fraction in FRACTIONS:
             hit = mean[(mean["encoder"] == method) & (mean["fraction"].astype(float).fillna(1.0) == fraction)]
-            if hit.empty:
+            if hit.empty:  # failed to pretrain, or no baseline twin
                 rows.append(f"| {method} | {fraction:.0%} | – | – | – | – | – | – | – | – |")
                 continue
             r = hit.iloc[0]
-            speed = f"{speeds[method]:.0f}" if fraction == FRACTIONS[0] else ""
-            ratio = f"{speeds[method] / reference:.0%}" if reference and fraction == FRACTIONS[0] else ""
+            speed = f"{speeds[method]:.0f}" if fraction == FRACTIONS[0] and method in speeds else ""
+            ratio = f"{speeds[method] / reference:.0%}" if reference and speed else ""
             rows.append(
                 f"| {method} | {fraction:.0%} | {r['auc']:.3f} | {r['baseline_auc']:.3f} | "
                 f"{r['delta']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}] | "
@@ -249,16 +256,23 @@ def main(argv: list[str] | None = None) -> None:
         result = run_bench(run, methods, budget, device=args.device)
         print(format_table(result["mean"], result["speeds"], methods))
         print("pretrain seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in result["seconds"].items()))
+        for method, message in result["failed"].items():
+            print(f"{method}: not run at this budget: {message}")
         print(f"total {time.perf_counter() - started:.0f} s")
 
 
-def test_bench_quick(tmp_path, one_torch_thread) -> None:
-    """The quick budget on two methods: every stage runs and the table has their rows."""
-    result = run_bench(tmp_path / "run", ["rotation", "supervised"], QUICK)
+def test_bench_quick(tmp_path, one_torch_thread, monkeypatch) -> None:
+    """The quick budget on two methods: every stage runs and the table has their rows; a method that
+    cannot run at the budget (here: an unknown option) is reported and the others still compared."""
+    monkeypatch.setitem(SETTINGS, "flip", {"options": {"no_such_option": 1}})
+    result = run_bench(tmp_path / "run", ["rotation", "flip", "supervised"], QUICK)
     mean = result["mean"]
     assert set(mean["encoder"]) == {"rotation", "supervised"}
     assert len(mean) == 2 * len(FRACTIONS)
     assert all(v > 0 for v in result["speeds"].values())
+    assert "no_such_option" in result["failed"]["flip"]
+    table = format_table(mean, result["speeds"], ["rotation", "flip", "supervised"])
+    assert table.count("| flip |") == len(FRACTIONS) and "| rotation | 10% |" in table
 
 
 if __name__ == "__main__":
