@@ -167,6 +167,11 @@ class RunLayout:
         *head, last = parts
         return self._join("logs", stage, *head, f"{safe_name(last)}.parquet")
 
+    def training_plot(self, stage: str, *parts: str) -> Path:
+        """``logs/STAGE/PARTS...-loss``: the stem of the loss plot (``.png``, ``.pdf``) beside the log."""
+        *head, last = parts
+        return self._join("logs", stage, *head, f"{safe_name(last)}-loss")
+
     # results
     @property
     def evaluation(self) -> Path:

@@ -15,14 +15,19 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class ViewSettings:
-    """Strength of each random transform (defaults suit radiographs: no colour, mild geometry)."""
+    """Strength of each random transform (defaults suit radiographs: no colour, mild geometry).
 
-    min_scale: float = 0.35
-    max_rotation_deg: float = 10.0
+    The crop keeps at least 70 % of the image: with ImageNet's harsher crops two views of one chest
+    X-ray differ more than two different chests do, and contrastive methods learned nothing on the
+    phantoms (tests/perf/bench_ssl.py; figures in CHANGELOG.md).
+    """
+
+    min_scale: float = 0.7
+    max_rotation_deg: float = 5.0
     flip: bool = True
     brightness: float = 0.3
     contrast: float = 0.3
-    noise: float = 0.03
+    noise: float = 0.02
     max_scale: float = 1.0  # crop area fractions are drawn from [min_scale, max_scale]
 
 

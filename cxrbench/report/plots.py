@@ -718,3 +718,31 @@ def plot_label_efficiency(
         ax.grid(color="0.92")
         ax.legend(loc="lower right", fontsize=8, frameon=False)
         return _save(fig, out_stem)
+
+
+# --------------------------------------------------------------------------- training loss
+
+
+#: columns of a per-step training log that are not loss terms
+_LOG_COLUMNS = ("step", "epoch", "lr", "images_per_s")
+
+
+def plot_training_loss(log: pd.DataFrame, out_stem: Path, *, title: str = "") -> list[Path]:
+    """Return [png, pdf] of the loss at every optimizer step of a per-step training log (``StepLog``),
+    one point per row, with the method's other logged terms as thinner lines and epoch starts marked."""
+    require_columns(log, ("step", "epoch", "loss"), name="training log")
+    terms = [c for c in log.columns if c not in _LOG_COLUMNS and c != "loss"]
+    with _figure((6.4, 4.0)) as (fig, ax):
+        ax.plot(log["step"], log["loss"], color="C0", marker=".", ms=3, lw=1.4, label="loss")
+        for i, term in enumerate(terms, start=1):
+            ax.plot(log["step"], log[term], color=f"C{i % 10}", lw=0.9, alpha=0.8, label=term)
+        starts = log.loc[log["epoch"].diff().fillna(0) != 0, "step"]
+        for step in starts:
+            ax.axvline(step, color="0.85", lw=0.8, zorder=0)
+        ax.set_xlabel("Optimizer step (grey lines: epoch starts)")
+        ax.set_ylabel("Training loss")
+        ax.set_title(title or "Training loss per step")
+        ax.grid(color="0.92")
+        if terms:
+            ax.legend(loc="upper right", fontsize=8, frameon=False)
+        return _save(fig, out_stem)

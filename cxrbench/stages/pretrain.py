@@ -141,6 +141,11 @@ def pretrain(
         for path in save_encoder(method.encoder, home, extra={"method": method_name, "dataset": dataset}):
             stage.record(path)
         stage.record(log.write(layout.training_log("pretrain", name)))
+        from cxrbench.report.plots import plot_training_loss  # matplotlib only once there is a log
+
+        title = f"pretrain {name} ({method_name}, {init_spec.arch}) on {dataset}"
+        for path in plot_training_loss(log.table().to_pandas(), layout.training_plot("pretrain", name), title=title):
+            stage.record(path)
         stage.extra["loss_per_epoch"] = [round(v, 6) for v in history]
         stage.extra["world_size"] = dist.world_size
         stage.extra["precision"] = hw.precision

@@ -1,0 +1,279 @@
+"""Benchmark: every pretraining method against ``random`` init on synthetic phantoms (not a unit test).
+
+Run: ``python tests/perf/bench_ssl.py [--methods simclr,moco] [--quick] [--run DIR]``, or
+``pytest tests/perf/bench_ssl.py -m perf`` (the ``--quick`` budget on two methods).
+
+The real pipeline, stage by stage (as ``cxrbench run`` does): ``prepare synthetic`` (phantoms),
+``pretrain METHOD`` for each method with a fixed small CPU budget (``BUDGET`` below, per method from
+``SETTINGS``; a method missing from the table gets the default), ``probe`` of every encoder and of
+``random`` init of the same architecture at 100 % and 10 % of the train patients' labels,
+``evaluate`` and ``compare --baseline random`` (cxrbench's paired bootstrap of the test AUCs, BH over
+the macro-mean rows). Prints one row per method and label fraction: macro-mean test AUC, Δ vs random
+with its 95 % CI, the bootstrap p and the BH-adjusted p over all rows, and whether it is significant
+(adjusted p < 0.05); the goal is every method significant at 10 %.
+
+Also prints each method's pretraining speed (images/s, median over the steps of its training log,
+the first step left out) against ``supervised`` in the same run; ``bench_pretrain_speed.py`` is the
+dedicated, device-aware speed benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+pytestmark = pytest.mark.perf
+
+DATASET = "synthetic"
+BASELINE = "random"
+FRACTIONS = (1.0, 0.1)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every method gets unless ``SETTINGS`` says otherwise."""
+
+    n_patients: int = 300
+    size: int = 32
+    arch: str = "resnet10t"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None  # None: the method's own default
+    options: dict[str, Any] = field(default_factory=dict)
+    n_boot: int = 1000
+    quick: bool = False  # a smoke check of the script: per-method epochs/batch sizes are not applied
+
+
+BUDGET = Budget()
+QUICK = Budget(n_patients=120, size=32, arch="resnet10t", epochs=1, batch_size=32, n_boot=200, quick=True)
+
+#: Per-method departures from the budget (keys of ``Budget``: epochs, batch_size, lr, options).
+#: Methods not listed, such as ones added later, get the default budget.
+SETTINGS: dict[str, dict[str, Any]] = {
+    # MoCo v2's 65536-key queue and 0.999 momentum suit 200 ImageNet epochs; in a 60-step budget the
+    # queue would hold random vectors and the key encoder would hardly move from its random start
+    "moco": {"options": {"queue_size": 256, "momentum": 0.99}},
+    # supervised's 1e-4 suits its 30 epochs; in 70 steps it underfits (BCE 0.68 -> 0.53) and its
+    # features were worse than random init (-0.064 at 100 % labels); 1e-3 as the SSL methods get
+    "supervised": {"lr": 1e-3},
+}
+
+
+def settings_for(method: str, budget: Budget) -> Budget:
+    """The budget of one method: the default with its ``SETTINGS`` entry (epochs, batch_size, lr,
+    options) applied; quick runs take only its lr and options."""
+    own = dict(SETTINGS.get(method, {}))
+    if budget.quick:
+        own = {k: v for k, v in own.items() if k in ("lr", "options")}
+    return replace(budget, **own)
+
+
+def with_changes(budget: Budget, sets: list[str], options: list[str]) -> Budget:
+    """``budget`` with ``--set KEY=VALUE`` changes (typed like the field) and per-method ``--option``
+    entries put into ``SETTINGS`` (for this process)."""
+    changes: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or key not in {"n_patients", "size", "arch", "epochs", "batch_size", "lr", "n_boot"}:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a budget field")
+        changes[key] = value if key == "arch" else (float(value) if key == "lr" else int(value))
+    for item in options:
+        method, sep, pair = item.partition(":")
+        key, eq, value = pair.partition("=")
+        if not sep or not eq:
+            raise ValueError(f"--option {item!r}: expected METHOD:KEY=VALUE")
+        entry = SETTINGS.setdefault(method, {})
+        entry["options"] = {**entry.get("options", {}), key: value}
+    return replace(budget, **changes)
+
+
+def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | None = "cpu") -> dict[str, Any]:
+    """Every stage of the benchmark in ``run`` (reused where up to date); returns the macro-mean rows of
+    the comparison (``mean``), each method's images/s (``speeds``) and pretrain seconds (``seconds``)."""
+    import pandas as pd
+
+    from cxrbench.data.samples import LabelPolicy
+    from cxrbench.data.transforms import Preprocess
+    from cxrbench.errors import CxrbenchError
+    from cxrbench.rundir import RunLayout, safe_name
+    from cxrbench.stages.compare import compare
+    from cxrbench.stages.evaluate import evaluate
+    from cxrbench.stages.prepare import prepare
+    from cxrbench.stages.pretrain import pretrain
+    from cxrbench.stages.probe import probe
+
+    layout = RunLayout(run)
+    prepare(
+        layout,
+        DATASET,
+        root=None,
+        options={"n_patients": budget.n_patients},
+        image=Preprocess(size=budget.size),
+        policy=LabelPolicy(seed=0),
+    )
+    timings: dict[str, float] = {}
+    failed: dict[str, str] = {}  # a method that cannot run at this budget (e.g. one that needs a ViT)
+    for method in methods:
+        own = settings_for(method, budget)
+        started = time.perf_counter()
+        try:
+            manifest = pretrain(
+                layout,
+                method,
+                dataset=DATASET,
+                arch=own.arch,
+                epochs=own.epochs,
+                batch_size=own.batch_size,
+                lr=own.lr,
+                options=dict(own.options),
+                device=device,
+            )
+        except CxrbenchError as exc:
+            failed[method] = exc.message
+            continue
+        timings[method] = manifest.timings.get("seconds", time.perf_counter() - started)
+    methods = [m for m in methods if m not in failed]
+    for encoder in [BASELINE, *methods]:
+        for fraction in FRACTIONS:
+            probe(layout, dataset=DATASET, encoder=encoder, arch=budget.arch, fraction=fraction, seed=0, device=device)
+    evaluate(layout, n_boot=budget.n_boot)
+    compare(layout, baseline=BASELINE, n_boot=budget.n_boot, plots=False)
+    table = pd.read_parquet(layout.comparisons / f"{safe_name(DATASET)}.parquet")
+    mean = table[table["label"] == "mean"]
+    speeds = {m: images_per_second(layout.training_log("pretrain", m)) for m in methods}
+    return {"mean": mean, "speeds": speeds, "seconds": timings, "failed": failed}
+
+
+def images_per_second(log: Path) -> float:
+    """Median images/s over the steps of a per-step training log, the first (warm-up) step left out."""
+    import pyarrow.parquet as pq
+
+    rates = pq.read_table(log, columns=["images_per_s"]).column(0).to_numpy()
+    return float(statistics.median(rates[1:] if len(rates) > 1 else rates))
+
+
+def format_table(mean, speeds: dict[str, float], methods: list[str]) -> str:
+    """The benchmark's table (Markdown): one row per method and label fraction."""
+    rows = [
+        "| method | labels | AUC | random AUC | Δ vs random [95% CI] | p | p (BH) | significant | img/s | vs supervised |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    reference = speeds.get("supervised")
+    for method in methods:
+        for fraction in FRACTIONS:
+            hit = mean[(mean["encoder"] == method) & (mean["fraction"].astype(float).fillna(1.0) == fraction)]
+            if hit.empty:  # failed to pretrain, or no baseline twin
+                rows.append(f"| {method} | {fraction:.0%} | – | – | – | – | – | – | – | – |")
+                continue
+            r = hit.iloc[0]
+            speed = f"{speeds[method]:.0f}" if fraction == FRACTIONS[0] and method in speeds else ""
+            ratio = f"{speeds[method] / reference:.0%}" if reference and speed else ""
+            rows.append(
+                f"| {method} | {fraction:.0%} | {r['auc']:.3f} | {r['baseline_auc']:.3f} | "
+                f"{r['delta']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}] | "
+                f"{r['p_value']:.3g} | {r['p_adjusted']:.3g} | {'yes' if r['significant'] else 'no'} | {speed} | {ratio} |"
+            )
+    return "\n".join(rows)
+
+
+def describe(budget: Budget, methods: list[str]) -> str:
+    lines = [
+        f"budget: {budget.n_patients} phantom patients at {budget.size} px (frontal views, 60/20/20 split by patient), "
+        f"arch {budget.arch}, {budget.epochs} epochs, batch {budget.batch_size}, "
+        f"lr {budget.lr if budget.lr is not None else 'of the method'}; "
+        f"probe at {', '.join(f'{f:.0%}' for f in FRACTIONS)} of train patients; bootstrap n = {budget.n_boot}"
+    ]
+    for method in methods:
+        own = settings_for(method, budget)
+        if own != budget:
+            changed = {
+                k: getattr(own, k)
+                for k in ("epochs", "batch_size", "lr", "options")
+                if getattr(own, k) != getattr(budget, k)
+            }
+            lines.append(f"  {method}: {changed}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from cxrbench.pretrain import method_names
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", help=f"comma-separated (default: all: {','.join(method_names())})")
+    parser.add_argument("--quick", action="store_true", help="tiny budget (a smoke check of the script, minutes)")
+    parser.add_argument("--run", type=Path, help="run directory to keep (and reuse on a rerun); default: temporary")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-reference", action="store_true", help="do not add supervised (the speed reference)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the budget for this run (n_patients, size, arch, epochs, batch_size, lr, n_boot), repeatable",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="a method option for this run (as `cxrbench pretrain --option`), repeatable",
+    )
+    args = parser.parse_args(argv)
+    known = method_names()
+    methods = args.methods.split(",") if args.methods else known
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    if "supervised" not in methods and not args.no_reference:  # the speed reference, trained in the same run
+        methods.append("supervised")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("CXRBENCH_QUIET", "1")
+    budget = QUICK if args.quick else BUDGET
+    try:
+        budget = with_changes(budget, args.set, args.option)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(describe(budget, methods), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run or Path(tmp) / "run"
+        started = time.perf_counter()
+        result = run_bench(run, methods, budget, device=args.device)
+        print(format_table(result["mean"], result["speeds"], methods))
+        print("pretrain seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in result["seconds"].items()))
+        for method, message in result["failed"].items():
+            print(f"{method}: not run at this budget: {message}")
+        print(f"total {time.perf_counter() - started:.0f} s")
+
+
+def test_bench_quick(tmp_path, one_torch_thread, monkeypatch) -> None:
+    """The quick budget on two methods: every stage runs and the table has their rows; a method that
+    cannot run at the budget (here: an unknown option) is reported and the others still compared."""
+    monkeypatch.setitem(SETTINGS, "flip", {"options": {"no_such_option": 1}})
+    result = run_bench(tmp_path / "run", ["rotation", "flip", "supervised"], QUICK)
+    mean = result["mean"]
+    assert set(mean["encoder"]) == {"rotation", "supervised"}
+    assert len(mean) == 2 * len(FRACTIONS)
+    assert all(v > 0 for v in result["speeds"].values())
+    assert "no_such_option" in result["failed"]["flip"]
+    table = format_table(mean, result["speeds"], ["rotation", "flip", "supervised"])
+    assert table.count("| flip |") == len(FRACTIONS) and "| rotation | 10% |" in table
+
+
+if __name__ == "__main__":
+    main()
