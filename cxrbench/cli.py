@@ -305,9 +305,16 @@ def probe(
                 _written(
                     run_dir,
                     attribute_probe(
-                        run_dir, dataset=dataset, encoder=encoder, target=name, arch=arch, fraction=frac,
-                        seed=seed, device=device, force=force,
-                    ),  # fmt: skip
+                        run_dir,
+                        dataset=dataset,
+                        encoder=encoder,
+                        target=name,
+                        arch=arch,
+                        fraction=frac,
+                        seed=seed,
+                        device=device,
+                        force=force,
+                    ),
                 )
         return
     for frac in fractions:

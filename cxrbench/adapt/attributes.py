@@ -66,7 +66,9 @@ def attribute_targets(samples: pd.DataFrame, target: str, *, dataset: str) -> tu
         labels = sorted(set(names.values()))
         codes = text.map(names).map({name: i for i, name in enumerate(labels)})
     if len(labels) < 2:
-        raise CxrbenchError(f"dataset '{dataset}': every known {target} falls in one class ({labels[0]}); nothing to probe")
+        raise CxrbenchError(
+            f"dataset '{dataset}': every known {target} falls in one class ({labels[0]}); nothing to probe"
+        )
     y = np.full((len(samples), len(labels)), np.nan)
     known = codes.notna().to_numpy()
     y[known] = 0.0

@@ -38,7 +38,7 @@ def segmentation_table(comparison: pd.DataFrame, metrics: pd.DataFrame, *, datas
     keys += [k for k in ("fraction", "seed") if both[k].nunique() > 1]
     columns = [*keys, "n cases", "Dice [CI]", "Δ Dice [CI]", "IoU [CI]", "Δ IoU [CI]"]
     rows = []
-    for key, group in base.groupby(["encoder", "adaptation", "fraction", "seed"], sort=True, observed=True):
+    for _, group in base.groupby(["encoder", "adaptation", "fraction", "seed"], sort=True, observed=True):
         by = group.set_index("metric")
         row = dict(zip(keys, _ident(group.head(1), keys).iloc[0], strict=True))
         row["n cases"] = str(int(by.loc["dice", "n_pos"] + by.loc["dice", "n_neg"]))

@@ -38,9 +38,8 @@ def compare(
         raise CxrbenchError(f"--alpha {alpha}: must be between 0 and 1")
     from cxrbench.report import plots as plotting
     from cxrbench.report.tables import dataset_table, footnote, render, summary_table
-    from cxrbench.stats.engine import compare as compare_dataset
-
     from cxrbench.stages.segment_results import compare_segmentation_outputs, segmentation_files
+    from cxrbench.stats.engine import compare as compare_dataset
 
     layout = layout_of(run)
     metrics, metrics_manifest = load_metrics(layout)
@@ -72,7 +71,9 @@ def compare(
             note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha, cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
             plot_jobs: list = []
-            loaded = load_predictions(files, check=True, hashes=[hashes[layout.relative(p)] for p in files]) if files else {}
+            loaded = (
+                load_predictions(files, check=True, hashes=[hashes[layout.relative(p)] for p in files]) if files else {}
+            )
             for dataset, checked in loaded.items():
                 preds = checked.frame
                 if baseline not in set(preds["encoder"].unique()):
@@ -137,7 +138,7 @@ def compare(
                         home / f"summary.{fmt}",
                         render(summary, fmt=fmt, caption=f"Maximum improvement over {baseline}", footnote=note),
                     )
-            else:  # a "maximum improvement" table would be empty
+            elif comparisons:  # a "maximum improvement" table would be empty
                 info(
                     f"no encoder but the baseline '{baseline}' has predictions, so no summary of improvements "
                     "(add another encoder's predictions, then evaluate and compare again)"
@@ -169,7 +170,9 @@ def _bias(stage: Stage, loaded: dict, comparisons: dict, metrics: pd.DataFrame, 
     stage.write_parquet(stage.layout.comparisons / "bias.parquet", table)
     for fmt in FORMATS:
         caption = f"Attribute probes (bias table): AUC [95% CI] and difference vs {REFERENCE} (no pretraining)"
-        stage.write_text(stage.layout.comparisons / f"bias.{fmt}", render(table, fmt=fmt, caption=caption, footnote=note))
+        stage.write_text(
+            stage.layout.comparisons / f"bias.{fmt}", render(table, fmt=fmt, caption=caption, footnote=note)
+        )
 
 
 def _plot_jobs(

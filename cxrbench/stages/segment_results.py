@@ -47,7 +47,7 @@ def load_curves(files: list[Path]) -> pd.DataFrame:
     rows = []
     for path in files:
         manifest = Manifest.read(manifest_path_for(path))
-        for point in (manifest.extra.get("curve", []) if manifest is not None else []):
+        for point in manifest.extra.get("curve", []) if manifest is not None else []:
             rows.append({"dataset": path.parent.parent.name, **_model_of(path), **point})
     columns = ["dataset", "encoder", "adaptation", "fraction", "seed", "epoch", "val_dice", "test_dice"]
     frame = pd.DataFrame(rows)

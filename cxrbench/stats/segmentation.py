@@ -142,7 +142,9 @@ def compare_segmentation(
             continue
         twin = (baseline, *model[1:])
         if twin not in index:
-            warnings.append(f"{'/'.join(map(str, model[:2]))}: no baseline segmentation {twin[1]} of {baseline}; skipped")
+            warnings.append(
+                f"{'/'.join(map(str, model[:2]))}: no baseline segmentation {twin[1]} of {baseline}; skipped"
+            )
             continue
         pairs.append((model, twin))
     if not pairs:

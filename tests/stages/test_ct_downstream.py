@@ -76,7 +76,9 @@ def test_study_level_predictions_aggregate_the_slices_of_each_study(run: Path, a
     slices = pd.read_parquet(run / "predictions" / CT / "random" / "probe.parquet")
     studies = pd.read_parquet(run / "predictions" / f"{CT}+study" / "random" / "probe.parquet")
     slices["study"] = slices["sample_id"].map(_study_of(run))
-    want = slices.groupby("study").agg(y_true=("y_true", "max"), y_score=("y_score", aggregate), split=("split", "first"))
+    want = slices.groupby("study").agg(
+        y_true=("y_true", "max"), y_score=("y_score", aggregate), split=("split", "first")
+    )
     got = studies.set_index("sample_id").loc[want.index]
     assert got["y_true"].tolist() == want["y_true"].tolist()
     assert got["y_score"].to_numpy() == pytest.approx(want["y_score"].to_numpy())
@@ -156,3 +158,20 @@ def test_attribute_probes_work_on_a_cxr_dataset_with_age_and_sex(tmp_path: Path)
     scored = samples[samples["split"].isin(["val", "test"])]
     assert sorted(preds["sample_id"]) == sorted(scored["sample_id"])  # every image: no series to pick from
     assert np.isin(preds["y_true"], [0.0, 1.0]).all()
+
+
+def test_the_cli_probes_attributes_and_sets_the_study_aggregate(run: Path, capsys, monkeypatch) -> None:
+    from tests.stages.conftest import cli
+
+    monkeypatch.setenv("CXRBENCH_QUIET", "1")
+    cli("probe", "--dataset", CT, "--encoder", "random", "--arch", ARCH, "--target", "sex", "--run", str(run))
+    cli("evaluate", "--n-boot", "20", "--study-aggregate", "mean", "--run", str(run))
+    manifest = pd.read_json(run / "evaluation" / "manifest.json", typ="series")
+    assert manifest["settings"]["study_aggregate"] == "mean"
+    capsys.readouterr()
+    from cxrbench.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", "--dataset", CT, "--encoder", "random", "--arch", ARCH, "--target", "race", "--run", str(run)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "records no race" in err
