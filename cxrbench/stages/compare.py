@@ -37,6 +37,7 @@ def compare(
     if not 0 < alpha < 1:
         raise CxrbenchError(f"--alpha {alpha}: must be between 0 and 1")
     from cxrbench.report import plots as plotting
+    from cxrbench.report.bias import attribute_of
     from cxrbench.report.tables import dataset_table, footnote, render, summary_table
     from cxrbench.stages.segment_results import compare_segmentation_outputs, segmentation_files
     from cxrbench.stats.engine import compare as compare_dataset
@@ -130,15 +131,16 @@ def compare(
                 )
             for path in _plots(plotting, plot_jobs, cache=layout.plot_cache):
                 stage.record(path)
-            if any(len(table) for table in comparisons.values()):
-                summary = summary_table(comparisons, metrics, baseline=baseline)
+            improvements = {k: v for k, v in comparisons.items() if attribute_of(k) is None}  # not attributes
+            if any(len(table) for table in improvements.values()):
+                summary = summary_table(improvements, metrics, baseline=baseline)
                 stage.write_parquet(home / "summary.parquet", summary)
                 for fmt in FORMATS:
                     stage.write_text(
                         home / f"summary.{fmt}",
                         render(summary, fmt=fmt, caption=f"Maximum improvement over {baseline}", footnote=note),
                     )
-            elif comparisons:  # a "maximum improvement" table would be empty
+            elif improvements:  # a "maximum improvement" table would be empty
                 info(
                     f"no encoder but the baseline '{baseline}' has predictions, so no summary of improvements "
                     "(add another encoder's predictions, then evaluate and compare again)"

@@ -139,6 +139,12 @@ def test_compare_gives_study_level_deltas_ct_label_efficiency_and_the_bias_table
     assert other[other["attribute"] == "sex"]["AUC [CI]"].iloc[0].startswith(f"{mean['auc']:.3f}")
     for fmt in ("md", "csv", "tex", "html"):
         assert (run / "comparisons" / f"bias.{fmt}").is_file()
+    summary = pd.read_parquet(run / "comparisons" / "summary.parquet")
+    assert not summary.astype(str).apply(lambda c: c.str.contains(r"\+(age|sex)")).any().any()
+    # another baseline: the bias table is still against random, from the same shared replicates
+    (folder,) = set(bias["encoder"]) - {"random"}
+    compare(run, baseline=folder, n_boot=30, plots=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "comparisons" / "bias.parquet"), bias)
 
 
 def test_a_missing_attribute_is_a_one_line_error(run: Path) -> None:
