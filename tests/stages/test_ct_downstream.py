@@ -181,3 +181,34 @@ def test_the_cli_probes_attributes_and_sets_the_study_aggregate(run: Path, capsy
         main(["probe", "--dataset", CT, "--encoder", "random", "--arch", ARCH, "--target", "race", "--run", str(run)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "records no race" in err
+
+
+def test_race_is_probed_where_a_csv_dataset_records_it(tmp_path: Path) -> None:
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    races = ["White", "Black", "Asian"]
+    lines = ["path,patient,finding,race"]
+    for i in range(36):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        race = "" if i == 5 else races[i % 3]
+        lines.append(f"img/{i}.png,p{i},{i % 2},{race}")
+    (root / "meta.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    options = {"csv": "meta.csv", "path_column": "path", "patient_column": "patient"}
+    prepare(run, "csv", root=root, options=options, image=Preprocess(size=32), workers=0,
+            policy=LabelPolicy(views="all"))  # fmt: skip
+    attribute_probe(run, dataset="csv", encoder="random", target="race", arch=ARCH, device="cpu", max_iter=30)
+    preds = pd.read_parquet(run / "predictions" / "csv+race" / "random" / "attr.parquet")
+    assert sorted(preds["label"].unique()) == ["race_asian", "race_black", "race_white"]
+    samples = pd.read_parquet(run / "prepared" / "csv" / "samples.parquet").set_index("sample_id")
+    truth = preds.pivot(index="sample_id", columns="label", values="y_true")
+    recorded = samples.loc[truth.index, "race"]
+    for sample, race in recorded.items():
+        if race is None:
+            assert truth.loc[sample].isna().all()  # unknown race: left out of the probe's AUCs
+        else:
+            assert truth.loc[sample].idxmax() == f"race_{race.lower()}" and truth.loc[sample].sum() == 1
