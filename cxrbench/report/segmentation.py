@@ -76,10 +76,17 @@ def plot_epoch_curves(curves: pd.DataFrame, *, dataset: str, out_stem: Path, bas
     """[png, pdf] of Dice per training epoch per model (test Dice where recorded, else validation):
     which encoder reaches a given Dice in fewer epochs; [] when no model has two epochs."""
     data = curves[curves["dataset"].astype(str) == dataset]
-    if data.empty or data.groupby(["encoder", "adaptation"], observed=True)["epoch"].nunique().max() < 2:
+    if data.empty:
         return []
     column = "test_dice" if "test_dice" in data and data["test_dice"].notna().any() else "val_dice"
-    data = data.assign(_model=data["encoder"].astype(str) + " / " + data["adaptation"].astype(str))
+    name = data["encoder"].astype(str) + " / " + data["adaptation"].astype(str)
+    if data["fraction"].nunique() > 1:  # one line per training run: fractions and seeds apart
+        name = name + " f" + data["fraction"].map("{:g}".format)
+    if data["seed"].nunique() > 1:
+        name = name + " s" + data["seed"].astype(str)
+    data = data.assign(_model=name)
+    if data.groupby("_model")["epoch"].nunique().max() < 2:
+        return []
     models = _unique_in_order(data["_model"])
     colors = _palette(models, set(data.loc[data["encoder"].astype(str) == baseline, "_model"]))
     with _figure((6.4, 4.4)) as (fig, ax):
@@ -93,5 +100,5 @@ def plot_epoch_curves(curves: pd.DataFrame, *, dataset: str, out_stem: Path, bas
         ax.set_ylabel(f"Mean {'test' if column == 'test_dice' else 'validation'} Dice")
         ax.set_title(f"Dice vs epochs: {dataset}")
         ax.grid(color="0.92")
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
+        ax.legend(loc="best", fontsize=8, frameon=False)
         return _save(fig, out_stem)
