@@ -42,6 +42,7 @@ def _other_encoder(folder: Path) -> str:
 def ct_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """synthetic-ct (20 studies, 32 px) with slice probes of two encoders at fractions 0.5 and 1 and
     age/sex attribute probes of both."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("ct")
     run = base / "run"
@@ -55,7 +56,13 @@ def ct_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
             probe(run, dataset=CT, encoder=encoder, arch=ARCH, fraction=fraction, device="cpu", max_iter=50)
         for target in ("age", "sex"):
             attribute_probe(run, dataset=CT, encoder=encoder, target=target, arch=ARCH, device="cpu", max_iter=50)
+    torch.set_num_threads(threads)
     return run, other
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    yield
 
 
 @pytest.fixture
@@ -155,7 +162,6 @@ def test_a_missing_attribute_is_a_one_line_error(run: Path) -> None:
 
 
 def test_attribute_probes_work_on_a_cxr_dataset_with_age_and_sex(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     run = tmp_path / "run"
     prepare(run, "synthetic", root=None, options={"n_patients": 40}, image=Preprocess(size=32), workers=0)
     attribute_probe(run, dataset="synthetic", encoder="random", target="sex", arch=ARCH, device="cpu", max_iter=30)
@@ -186,7 +192,6 @@ def test_the_cli_probes_attributes_and_sets_the_study_aggregate(run: Path, capsy
 def test_race_is_probed_where_a_csv_dataset_records_it(tmp_path: Path) -> None:
     from PIL import Image
 
-    torch.set_num_threads(1)
     root = tmp_path / "data"
     (root / "img").mkdir(parents=True)
     rng = np.random.default_rng(0)
