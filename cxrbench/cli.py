@@ -312,6 +312,10 @@ def probe(
     ] = None,
     test_dataset: TestDatasetOpt = None,
     test_split: TestSplitOpt = "test",
+    target: Annotated[
+        list[str] | None,
+        typer.Option(help="Probe a patient attribute instead of the labels: age, sex or race (repeatable)."),
+    ] = None,
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
@@ -324,6 +328,26 @@ def probe(
     run_dir = _run(run)
     fractions = [check_fraction(f) for f in fraction or [1.0]]
     tests = tuple(test_dataset or ())
+    if target:
+        from cxrbench.stages.attributes import attribute_probe
+
+        for name in target:
+            for frac in fractions:
+                _written(
+                    run_dir,
+                    attribute_probe(
+                        run_dir,
+                        dataset=dataset,
+                        encoder=encoder,
+                        target=name,
+                        arch=arch,
+                        fraction=frac,
+                        seed=seed,
+                        device=device,
+                        force=force,
+                    ),
+                )
+        return
     for frac in fractions:
         manifest = probe_stage(
             run_dir,
@@ -449,15 +473,22 @@ def segment(
 def evaluate(
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
     cluster: Annotated[str, typer.Option(help="Resample images or patients.")] = "image",
+    study_aggregate: Annotated[
+        str, typer.Option(help="CT: study score from its slices' scores: max, mean, or none (no study level).")
+    ] = "max",
     run: RunOpt = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
 ) -> None:
-    """Metrics (AUC, AUPRC, Youden-threshold metrics) with bootstrap CIs for every predictions file."""
+    """Metrics (AUC, AUPRC, Youden-threshold metrics) with bootstrap CIs for every predictions file,
+    study-level ones for CT, and mean Dice/IoU for segmentation."""
     from cxrbench.stages.evaluate import evaluate as evaluate_stage
 
     run_dir = _run(run)
-    _written(run_dir, evaluate_stage(run_dir, n_boot=n_boot, seed=seed, cluster=cluster, force=force))
+    manifest = evaluate_stage(
+        run_dir, n_boot=n_boot, seed=seed, cluster=cluster, study_aggregate=study_aggregate, force=force
+    )
+    _written(run_dir, manifest)
 
 
 @app.command(epilog="Example: cxrbench compare --baseline imagenet --test delong --correction holm")

@@ -108,6 +108,8 @@ def build_samples(raw: RawDataset, policy: LabelPolicy, *, root: Path) -> tuple[
             "report": _optional(frame, "report", str),
         }
     )
+    if "race" in frame:  # recorded by few datasets; attribute probes use it
+        out["race"] = _optional(frame, "race", str)
     # volume slices keep their place in the series (next-slice pretraining, study-level scores)
     # and a segmentation dataset its mask (RLE, cached as masks.npy beside the images)
     for column, kind in (

@@ -38,13 +38,15 @@ def compare(
     if not 0 < alpha < 1:
         raise CxrbenchError(f"--alpha {alpha}: must be between 0 and 1")
     from cxrbench.report import plots as plotting
+    from cxrbench.report.bias import attribute_of
     from cxrbench.report.tables import dataset_table, footnote, render, summary_table
+    from cxrbench.stages.segment_results import compare_segmentation_outputs, segmentation_files
     from cxrbench.stats.engine import compare as compare_dataset
 
     layout = layout_of(run)
     metrics, metrics_manifest = load_metrics(layout)
-    files = prediction_files(layout)
-    hashes = {layout.relative(p): file_hash(p) for p in files}
+    files, seg_files = prediction_files(layout), segmentation_files(layout)
+    hashes = {layout.relative(p): file_hash(p) for p in [*files, *seg_files]}
     if hashes != metrics_manifest.inputs:
         raise CxrbenchError("the predictions changed since `cxrbench evaluate` ran; rerun `cxrbench evaluate` first")
     settings = {
@@ -71,7 +73,9 @@ def compare(
             note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha, cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
             plot_jobs: list = []
-            loaded = load_predictions(files, check=True, hashes=list(hashes.values()))
+            loaded = (
+                load_predictions(files, check=True, hashes=[hashes[layout.relative(p)] for p in files]) if files else {}
+            )
             for dataset, checked in loaded.items():
                 preds = checked.frame
                 if baseline not in set(preds["encoder"].unique()):
@@ -114,22 +118,30 @@ def compare(
                         baseline=baseline,
                         seed=seed,
                     )
-            if not comparisons:
+            seg_tables, seg_jobs = compare_segmentation_outputs(
+                stage, seg_files, metrics, baseline=baseline, n_boot=n_boot, seed=seed, cluster=cluster,
+                correction=correction, alpha=alpha, plots=plots, formats=FORMATS,
+            )  # fmt: skip
+            plot_jobs += seg_jobs
+            _bias(stage, loaded, comparisons, metrics, baseline=baseline, n_boot=n_boot, seed=seed, cluster=cluster,
+                  correction=correction, alpha=alpha)  # fmt: skip
+            if not comparisons and not seg_tables:
                 encoders = sorted(set(metrics["encoder"]))
                 raise CxrbenchError(
                     f"--baseline {baseline!r}: no dataset has predictions of it (encoders: {', '.join(encoders)})"
                 )
             for path in _plots(plotting, plot_jobs, cache=layout.plot_cache):
                 stage.record(path)
-            if any(len(table) for table in comparisons.values()):
-                summary = summary_table(comparisons, metrics, baseline=baseline)
+            improvements = {k: v for k, v in comparisons.items() if attribute_of(k) is None}  # not attributes
+            if any(len(table) for table in improvements.values()):
+                summary = summary_table(improvements, metrics, baseline=baseline)
                 stage.write_parquet(home / "summary.parquet", summary)
                 for fmt in FORMATS:
                     stage.write_text(
                         home / f"summary.{fmt}",
                         render(summary, fmt=fmt, caption=f"Maximum improvement over {baseline}", footnote=note),
                     )
-            else:  # a "maximum improvement" table would be empty
+            elif improvements:  # a "maximum improvement" table would be empty
                 info(
                     f"no encoder but the baseline '{baseline}' has predictions, so no summary of improvements "
                     "(add another encoder's predictions, then evaluate and compare again)"
@@ -157,6 +169,35 @@ def _write_external_view(stage: Stage, home: Path, files, loaded, *, n_boot: int
     )
     for fmt in FORMATS:
         stage.write_text(home / f"external.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
+
+
+def _bias(stage: Stage, loaded: dict, comparisons: dict, metrics: pd.DataFrame, *, baseline: str, **options) -> None:
+    """Write ``comparisons/bias.*``: the attribute probes' AUCs and Δ vs ``random`` (reusing the
+    comparison when ``random`` is the baseline), when the run has attribute probes of ``random``."""
+    from cxrbench.report.bias import REFERENCE, attribute_of, bias_footnote, bias_table
+    from cxrbench.report.tables import render
+    from cxrbench.stats.engine import compare as compare_dataset
+
+    tables = {}
+    for dataset, checked in loaded.items():
+        if attribute_of(dataset) is None or REFERENCE not in set(checked.frame["encoder"].unique()):
+            continue
+        if baseline == REFERENCE and dataset in comparisons:
+            tables[dataset] = comparisons[dataset]
+        else:
+            tables[dataset], _ = compare_dataset(
+                checked, baseline=REFERENCE, cache=stage.layout.replicates(dataset), **options
+            )
+    if not tables:
+        return
+    table = bias_table(tables, metrics)
+    note = bias_footnote(n_boot=options["n_boot"], seed=options["seed"], alpha=options["alpha"])
+    stage.write_parquet(stage.layout.comparisons / "bias.parquet", table)
+    for fmt in FORMATS:
+        caption = f"Attribute probes (bias table): AUC [95% CI] and difference vs {REFERENCE} (no pretraining)"
+        stage.write_text(
+            stage.layout.comparisons / f"bias.{fmt}", render(table, fmt=fmt, caption=caption, footnote=note)
+        )
 
 
 def _plot_jobs(

@@ -34,12 +34,13 @@ if TYPE_CHECKING:
     from cxrbench.stats.engine import CheckedPredictions
 
 
-def prediction_files(run: RunLayout | Path) -> list[Path]:
+def prediction_files(run: RunLayout | Path, *, root: Path | None = None) -> list[Path]:
     """Finished, intact and current predictions files ``RUN/predictions/DATASET/ENCODER/ADAPTATION.parquet``
-    (and ``ADAPTATION@TRAIN.parquet``: a model trained on TRAIN tested on DATASET)."""
+    (and ``ADAPTATION@TRAIN.parquet``: a model trained on TRAIN tested on DATASET), or the same
+    layout under ``root`` (the segmentation tables)."""
     layout = layout_of(run)
     found, current = [], None
-    for path in sorted(layout.predictions_root.glob("*/*/*.parquet")):
+    for path in sorted((root or layout.predictions_root).glob("*/*/*.parquet")):
         sidecar = manifest_path_for(path)
         if sidecar.exists():
             manifest = Manifest.read(sidecar)
@@ -166,26 +167,44 @@ def load_predictions(
 
 
 def evaluate(
-    run: RunLayout | Path, *, n_boot: int = 1000, seed: int = 0, cluster: str = "image", force: bool = False
+    run: RunLayout | Path,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    cluster: str = "image",
+    study_aggregate: str = "max",
+    force: bool = False,
 ) -> Manifest:
-    """Metrics with bootstrap CIs for every model of every dataset (test split; thresholds from val)."""
+    """Metrics with bootstrap CIs for every model of every dataset (test split; thresholds from val),
+    study-level ones for CT datasets (slice scores aggregated per study) and segmentation's mean Dice/IoU."""
+    from cxrbench.stages.segment_results import segmentation_files, segmentation_metrics
+    from cxrbench.stages.study import derive_study_predictions
     from cxrbench.stats.engine import evaluate as evaluate_dataset
 
     layout = layout_of(run)
-    files = prediction_files(layout)
-    settings = {"n_boot": n_boot, "cluster": cluster}
-    hashes = {layout.relative(p): file_hash(p) for p in files}
-    hash_list = list(hashes.values())
+    derive_study_predictions(layout, aggregate=study_aggregate)
+    files, seg_files = prediction_files(layout), segmentation_files(layout)
+    if not files and not seg_files:
+        load_predictions(files)  # the one-line error that says what to run
+    settings = {"n_boot": n_boot, "cluster": cluster, "study_aggregate": study_aggregate}
+    hashes = {layout.relative(p): file_hash(p) for p in [*files, *seg_files]}
+    hash_list = [hashes[layout.relative(p)] for p in files]
     home = layout.evaluation
     stage = Stage(
         layout, "evaluate", home / "manifest.json", settings=settings, extra_inputs=hashes, seed=seed, what="evaluation"
     )
     # read and check every file before the stage drops the previous metrics
-    loaded = load_predictions(files, check=True, hashes=hash_list) if force or stage.up_to_date() is None else None
+    stale = force or stage.up_to_date() is None
+    loaded = load_predictions(files, check=True, hashes=hash_list) if stale and files else None
+    seg = segmentation_metrics(seg_files, n_boot=n_boot, seed=seed, cluster=cluster) if stale and seg_files else None
     with stage.open(force=force) as todo:
         if todo:
-            tables, warnings = [], []
-            for dataset, preds in (loaded or load_predictions(files, check=True, hashes=hash_list)).items():
+            if loaded is None and files:
+                loaded = load_predictions(files, check=True, hashes=hash_list)
+            if seg is None and seg_files:
+                seg = segmentation_metrics(seg_files, n_boot=n_boot, seed=seed, cluster=cluster)
+            tables, warnings = [] if seg is None else [seg], []
+            for dataset, preds in (loaded or {}).items():
                 metrics, notes = evaluate_dataset(
                     preds, n_boot=n_boot, seed=seed, cluster=cluster, cache=layout.replicates(dataset)
                 )

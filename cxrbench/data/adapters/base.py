@@ -30,6 +30,7 @@ OPTIONAL_COLUMNS = (
     "study_id",
     "sex",
     "age",
+    "race",
     "split",
     "report",
     "series_id",
@@ -58,6 +59,7 @@ class RawDataset:
       Rows without one get the image path relative to the dataset root.
     - ``patient_id`` (str), ``view`` (str or None: ``PA``, ``AP``, ``LATERAL``, ``LL``, ... upper-case).
     - optional ``study_id`` (str), ``sex`` (``M``/``F``/None), ``age`` (float years, NaN unknown),
+      ``race`` (str as the dataset records it, None unknown; for attribute probes),
       ``split`` (``train``/``val``/``test``/None: the official split; None rows get a seeded
       patient-level split), ``report`` (free text); CT slices: ``series_id`` (SeriesInstanceUID),
       ``slice_index`` (0, 1, ... along the slice normal) and ``slice_position`` (mm along it);

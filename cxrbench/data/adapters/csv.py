@@ -24,7 +24,7 @@ from cxrbench.data.adapters.base import (
 from cxrbench.errors import CxrbenchError
 
 #: Columns with these exact names are passed through (normalised) rather than taken as labels.
-_PASSTHROUGH = ("study_id", "sex", "age", "report")
+_PASSTHROUGH = ("study_id", "sex", "age", "race", "report")
 
 
 def _as_label(series: pd.Series) -> pd.Series | None:
@@ -200,6 +200,8 @@ def load(
         out["age"] = [parse_age(v) if isinstance(v, str) else float("nan") for v in frame[passthrough["age"]]]
     if "report" in passthrough:
         out["report"] = frame[passthrough["report"]].to_numpy()
+    if "race" in passthrough:
+        out["race"] = [v.strip() if isinstance(v, str) and v.strip() else None for v in frame[passthrough["race"]]]
     for col, values in labels.items():
         out[col.strip()] = values.to_numpy()
     return RawDataset(frame=out, labels=[c.strip() for c in labels], notes={"source": str(source)})

@@ -1,0 +1,79 @@
+"""`cxrbench probe --target age|sex|race`: a linear probe of a patient attribute on frozen features,
+written as ordinary predictions of ``DATASET+TARGET`` with the adaptation ``attr`` (so evaluate
+gives its AUCs with bootstrap CIs and compare its Δ vs ``random`` in the bias table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from cxrbench.adapt.attributes import KIND, attribute_dataset, attribute_targets, middle_slices
+from cxrbench.adapt.features import read_features
+from cxrbench.adapt.predictions import adaptation_name, predictions_table
+from cxrbench.adapt.probe import fit_probe
+from cxrbench.data.prepared import load_prepared
+from cxrbench.data.splits import fraction_patients
+from cxrbench.models.sources import resolve_encoder
+from cxrbench.rundir import Manifest, RunLayout, Stage, layout_of, manifest_path_for
+from cxrbench.stages.finetune import check_fraction
+from cxrbench.stages.probe import DEFAULT_CS, features
+
+
+def attribute_probe(
+    run: RunLayout | Path,
+    *,
+    dataset: str,
+    encoder: str,
+    target: str,
+    arch: str | None = None,
+    fraction: float = 1.0,
+    seed: int = 0,
+    Cs: tuple[float, ...] = DEFAULT_CS,
+    max_iter: int = 200,
+    input_size: int | None = None,
+    device: str | None = None,
+    force: bool = False,
+) -> Manifest:
+    """Fit the attribute probe on train (middle slices for CT), choose C on val, predict val and test."""
+    layout = layout_of(run)
+    check_fraction(fraction)
+    prepared = load_prepared(layout, dataset)
+    rows = middle_slices(prepared.samples)
+    labels, targets, task = attribute_targets(rows, target, dataset=dataset)  # refuse before any work
+    spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()
+    input_size = input_size or int(prepared.manifest.settings["image"]["size"])
+    feat_manifest, feat_path = features(layout, prepared, spec, input_size=input_size, device=device, force=force)
+    adaptation = adaptation_name(KIND, fraction=fraction, seed=seed)
+    out = layout.predictions(attribute_dataset(dataset, target), spec.folder, adaptation)
+    settings: dict[str, Any] = {"target": target, "fraction": fraction, "Cs": list(Cs), "max_iter": max_iter}
+    stage = Stage(
+        layout,
+        "probe",
+        manifest_path_for(out),
+        settings=settings,
+        inputs=[prepared.manifest, feat_manifest],
+        seed=seed,
+        what=f"{target} probe predictions {spec.folder}/{adaptation} on {dataset}",
+    )
+    with stage.open(force=force) as todo:
+        if todo:
+            ids, feats = read_features(pq.read_table(feat_path))
+            by_id = {sample: i for i, sample in enumerate(ids)}
+            split = rows["split"].to_numpy()
+            train = split == "train"
+            if fraction < 1.0:
+                keep = fraction_patients(rows.loc[train, "patient_id"], fraction, seed=seed)
+                train &= rows["patient_id"].isin(keep).to_numpy()
+            val, scored = split == "val", np.isin(split, ["val", "test"])
+            x = feats[[by_id[s] for s in rows["sample_id"]]]
+            model = fit_probe(
+                x[train], targets[train], x[val], targets[val], task=task, Cs=Cs, max_iter=max_iter, device=device
+            )
+            table = predictions_table(rows[scored], labels, targets[scored], model.predict_proba(x[scored]))
+            stage.write_parquet(out, table)
+            stage.extra["chosen_C"] = dict(zip(labels, map(float, np.atleast_1d(model.C_)), strict=True))
+            stage.extra["n_train"] = int(train.sum())
+    return stage.manifest
