@@ -233,6 +233,14 @@ def pretrain(
     epochs: Annotated[int | None, typer.Option(help="Epochs [default: the method's].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    text_model: Annotated[
+        str | None,
+        typer.Option(help="Image-report methods: transformers text model, a folder or hub id found offline."),
+    ] = None,
+    sections: Annotated[
+        str | None,
+        typer.Option(help="Image-report methods: report sections to train on [default: findings,impression]."),
+    ] = None,
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
@@ -266,6 +274,8 @@ def pretrain(
             device=device,
             precision=precision,
             num_workers=num_workers,
+            text_model=text_model,
+            sections=sections,
             force=force,
         )
         if dist.is_main:
@@ -491,6 +501,9 @@ def _show_tables(run_dir: Path, manifest) -> None:
 def weights_check(
     suite: Annotated[str | None, typer.Option(help="Check every encoder of this suite.")] = None,
     encoder: Annotated[list[str] | None, typer.Option(help="Check these encoders (repeatable).")] = None,
+    text_model: Annotated[
+        list[str] | None, typer.Option(help="Check these text models for image-report pretraining (repeatable).")
+    ] = None,
     arch: ArchOpt = None,
     config: ConfigOpt = None,
     run: RunOpt = None,
@@ -508,9 +521,13 @@ def weights_check(
         chosen = get_suite(suite, config)
         pending = set(chosen.pretrain)
         pairs += [(e, chosen.arch) for e in chosen.encoders if e not in pending]
-    if not pairs and not pending:
-        raise CxrbenchError("weights check: name --suite or --encoder")
+    if not pairs and not pending and not text_model:
+        raise CxrbenchError("weights check: name --suite, --encoder or --text-model")
     specs = check_weights(pairs, run=_run(run))
+    if text_model:
+        from cxrbench.models.text import text_weights
+
+        specs += [text_weights(t) for t in dict.fromkeys(text_model)]
     table = Table("encoder", "arch", "source", "present", "location")
     for spec in specs:
         table.add_row(
