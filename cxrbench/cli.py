@@ -290,16 +290,40 @@ def probe(
     fraction: Annotated[
         list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")
     ] = None,
+    adaptation: Annotated[
+        str, typer.Option(help="probe (logistic regression) or zeroshot (prompts; encoders with a text tower).")
+    ] = "probe",
+    prompts: Annotated[
+        Path | None, typer.Option(help="Zero-shot prompts TOML ([label] positive=..., negative=...).")
+    ] = None,
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Linear probe: L2 logistic regression (L-BFGS) on frozen features; predicts val and test."""
+    """Linear probe: L2 logistic regression (L-BFGS) on frozen features; predicts val and test.
+
+    --adaptation zeroshot scores each label by image-prompt similarity (positive vs negative prompt)
+    instead, with no training; written as predictions like any other adaptation.
+    """
     from cxrbench.stages.finetune import check_fraction
     from cxrbench.stages.probe import probe as probe_stage
 
     run_dir = _run(run)
+    if adaptation not in ("probe", "zeroshot"):
+        raise CxrbenchError(f"--adaptation {adaptation!r}: choose probe or zeroshot")
+    if adaptation == "zeroshot":
+        if fraction:
+            raise CxrbenchError("--fraction does not apply to --adaptation zeroshot (it uses no labels)")
+        from cxrbench.stages.probe import zeroshot
+
+        _written(
+            run_dir,
+            zeroshot(run_dir, dataset=dataset, encoder=encoder, arch=arch, prompts=prompts, device=device, force=force),
+        )
+        return
+    if prompts is not None:
+        raise CxrbenchError("--prompts applies to --adaptation zeroshot")
     fractions = [check_fraction(f) for f in fraction or [1.0]]
     for frac in fractions:
         _written(
