@@ -48,7 +48,7 @@ def test_scores_are_the_sigmoid_of_the_cosine_difference_with_prompt_ensembling(
     b_pos = F.normalize(F.normalize(table["b+1"], dim=0) + F.normalize(table["b+2"], dim=0), dim=0)
     for i in range(5):
         x = torch.as_tensor(feats[i])
-        cos = lambda v: float(F.cosine_similarity(x, v, dim=0))  # noqa: E731
+        cos = lambda v, x=x: float(F.cosine_similarity(x, v, dim=0))  # noqa: E731
         want_a = 1 / (1 + np.exp(-SCALE * (cos(table["a+"]) - cos(table["a-"]))))
         want_b = 1 / (1 + np.exp(-SCALE * (cos(b_pos) - cos(table["b-"]))))
         assert got[i, 0] == pytest.approx(want_a, rel=1e-5) and got[i, 1] == pytest.approx(want_b, rel=1e-5)
