@@ -354,6 +354,9 @@ def finetune(
     lr: Annotated[float | None, typer.Option(help="Override the learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="Override the optimizer: sgd or adamw.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")] = None,
+    select: Annotated[
+        str | None, typer.Option(help="Validation metric choosing the epoch: auc (mean AUC) or f1 (mean F1 at 0.5).")
+    ] = None,
     fraction: Annotated[
         list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")
     ] = None,
@@ -365,7 +368,7 @@ def finetune(
     precision: PrecisionOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Finetune the whole encoder with a linear head; model selection on validation mean AUC.
+    """Finetune the whole encoder with a linear head; model selection on validation mean AUC (or F1).
 
     Multi-GPU: torchrun --nproc-per-node N -m cxrbench finetune --run-dir DIR ... (DDP; rank 0
     writes; under torchrun spell the option --run-dir, since torchrun reads --run as its --run-path).
@@ -376,6 +379,7 @@ def finetune(
 
     run_dir = _run(run)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience}
+    overrides["select"] = select
     fractions = [check_fraction(f) for f in fraction or [1.0]]
     with distributed.group(device) as (dist, _):
         for frac in fractions:
