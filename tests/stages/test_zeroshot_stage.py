@@ -1,6 +1,6 @@
 """`probe --adaptation zeroshot` on the phantom run with a tiny open_clip checkpoint (its scores equal
 open_clip's own text embeddings against the cached image features) and with an encoder pretrained
-here by convirt; evaluate reads both like any predictions."""
+here by convirt; evaluate reads both like any predictions and adds image→report retrieval."""
 
 from __future__ import annotations
 
@@ -68,6 +68,10 @@ def test_convirt_pretrained_here_scores_zero_shot_and_evaluates(run_copy, tmp_pa
     cli("evaluate", "--n-boot", "20", *r)
     metrics = pd.read_parquet(run_copy / "evaluation" / "metrics.parquet")
     assert "zeroshot" in set(metrics["adaptation"].astype(str))
+    retrieval = pd.read_parquet(run_copy / "evaluation" / "retrieval.parquet")
+    assert retrieval["metric"].tolist() == ["recall@1", "recall@5", "recall@10"]
+    assert (retrieval["encoder"] == "convirt-synthetic").all() and (retrieval["split"] == "test").all()
+    assert retrieval["value"].is_monotonic_increasing and retrieval["n_reports"].iloc[0] > 10
 
 
 def test_encoders_without_a_text_tower_are_refused(run_copy, capsys) -> None:
