@@ -81,7 +81,11 @@ def run_suite(
 
     for name, spec in suite.pretrain.items():
         options = dict(spec.options)
-        known = {k: options.pop(k) for k in ("epochs", "batch_size", "lr", "seed", "arch", "init") if k in options}
+        known = {
+            k: options.pop(k)
+            for k in ("epochs", "batch_size", "lr", "seed", "arch", "init", "text_model", "sections")
+            if k in options
+        }
         known.setdefault("arch", suite.arch)
         done[f"pretrain {name}"] = pretrain(
             run,
