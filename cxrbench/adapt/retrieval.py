@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
 
 from cxrbench.data.prepared import SAMPLES, load_prepared
 from cxrbench.data.reports import STORED, join_sections
+from cxrbench.models.tower_files import HEADS, has_text_tower
 from cxrbench.rundir import RunLayout, file_hash
 from cxrbench.stats.retrieval import KS, recall_table
 
@@ -22,16 +20,13 @@ COLUMNS = ("dataset", "encoder", "split", "metric", "value", "ci_low", "ci_high"
 
 def retrieval_pairs(layout: RunLayout, files: list[Path]) -> list[tuple[str, str]]:
     """(dataset, encoder) of the predictions whose encoder is a pretrain output with a text tower."""
-    from cxrbench.pretrain._image_text import has_text_tower
-
     pairs = sorted({(p.parent.parent.name, p.parent.name) for p in files})
     return [(d, e) for d, e in pairs if has_text_tower(layout.encoder(e)) and (layout.prepared(d) / SAMPLES).is_file()]
 
 
 def retrieval_inputs(layout: RunLayout, pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """Hashes of what the retrieval table depends on: each encoder's weights and heads, each dataset's samples."""
-    from cxrbench.pretrain._image_text import HEADS
-
+    """Hashes of what the retrieval table depends on: each encoder's projection heads (new with every
+    pretraining) and each dataset's samples."""
     out = {}
     for dataset, encoder in pairs:
         for path in (layout.prepared(dataset) / SAMPLES, layout.encoder(encoder) / HEADS):
@@ -39,12 +34,15 @@ def retrieval_inputs(layout: RunLayout, pairs: list[tuple[str, str]]) -> dict[st
     return out
 
 
-@torch.no_grad()
 def retrieval_metrics(
     layout: RunLayout, pairs: list[tuple[str, str]], *, n_boot: int, seed: int, split: str = "test"
 ) -> pd.DataFrame:
     """recall@1/5/10 with bootstrap intervals per (dataset, encoder); pairs whose split has fewer than two
     distinct reports are left out."""
+    import pyarrow.parquet as pq
+    import torch
+    import torch.nn.functional as F
+
     from cxrbench.adapt.features import read_features
     from cxrbench.adapt.zeroshot import text_tower
     from cxrbench.models.sources import resolve_encoder
@@ -68,11 +66,12 @@ def retrieval_metrics(
         ids, feats = read_features(pq.read_table(path))
         by_id = {s: i for i, s in enumerate(ids)}
         tower = text_tower(spec)
-        images = F.normalize(
-            tower.image(torch.as_tensor(feats[[by_id[s] for s in frame["sample_id"]]])).float(), dim=-1
-        )
-        reports = torch.cat([tower.text(list(distinct[i : i + 64])).float() for i in range(0, len(distinct), 64)])
-        similarity = (images @ F.normalize(reports, dim=-1).T).numpy()
+        with torch.no_grad():
+            images = F.normalize(
+                tower.image(torch.as_tensor(feats[[by_id[s] for s in frame["sample_id"]]])).float(), dim=-1
+            )
+            reports = torch.cat([tower.text(list(distinct[i : i + 64])).float() for i in range(0, len(distinct), 64)])
+            similarity = (images @ F.normalize(reports, dim=-1).T).numpy()
         for row in recall_table(similarity, target, ks=KS, n_boot=n_boot, seed=seed):
             rows.append({"dataset": dataset, "encoder": encoder, "split": split, **row})
     return pd.DataFrame(rows, columns=list(COLUMNS))

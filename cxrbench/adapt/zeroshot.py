@@ -97,7 +97,10 @@ def load_prompts(labels: Sequence[str], path: Path | None = None) -> Prompts:
         if entry is not None:
             if not isinstance(entry, dict) or set(entry) - {"positive", "negative"}:
                 raise CxrbenchError(f"prompts file {path}: [{label}] takes only 'positive' and 'negative'")
-            pos, neg = _strings(entry.get("positive", pos), path, label), _strings(entry.get("negative", neg), path, label)
+            pos, neg = (
+                _strings(entry.get("positive", pos), path, label),
+                _strings(entry.get("negative", neg), path, label),
+            )
         positive[label], negative[label] = pos, neg
     return Prompts(positive, negative)
 
@@ -121,7 +124,8 @@ class TextTower:
 def text_tower(spec: Any) -> TextTower:
     """The text tower of an encoder spec; a one-line error for encoders without one."""
     from cxrbench.models.sources._saved import SavedSpec
-    from cxrbench.pretrain._image_text import SavedTextTower, has_text_tower
+    from cxrbench.models.tower_files import has_text_tower
+    from cxrbench.pretrain._image_text import SavedTextTower
 
     if hasattr(spec, "text_tower"):  # open_clip: its image features are already projected
         tower, tokenizer = spec.text_tower()

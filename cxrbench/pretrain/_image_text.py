@@ -17,13 +17,9 @@ from cxrbench.engine.data import Batch
 from cxrbench.engine.loop import Step
 from cxrbench.models.encoders import Encoder
 from cxrbench.models.text import load_text_encoder
+from cxrbench.models.tower_files import HEADS, HEADS_META, TEXT_DIR
 from cxrbench.pretrain.base import Method as MethodBase
 from cxrbench.rundir import atomic_path
-
-#: the file of the projection heads beside ``encoder.safetensors`` (with the text tower in ``text/``)
-HEADS = "projection.safetensors"
-HEADS_META = "projection.json"
-TEXT_DIR = "text"
 
 
 def head(width: int, hidden: int, out: int) -> nn.Module:
@@ -153,7 +149,3 @@ class SavedTextTower(nn.Module):
 
     def text(self, texts: list[str]) -> torch.Tensor:
         return self.heads["text"](self.text_encoder(texts).pooled)
-
-
-def has_text_tower(home: Path) -> bool:
-    return (Path(home) / HEADS).is_file() and (Path(home) / TEXT_DIR / "config.json").is_file()

@@ -15,14 +15,28 @@ WORDS = (
 ).split()
 
 
-def tiny_bert(folder: Path, *, layers: int = 2, width: int = 16, seed: int = 0) -> Path:
-    """Write a randomly initialised tiny BERT and its tokenizer into ``folder``; returns it."""
+def tiny_bert(folder: Path, *, layers: int = 2, width: int = 16, seed: int = 0, extra_words: tuple = ()) -> Path:
+    """Write a randomly initialised tiny BERT and its tokenizer into ``folder`` (vocabulary: ``WORDS``
+    and ``extra_words``); returns it."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", ";", "-", *map(str, range(10)), *WORDS]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        ".",
+        ",",
+        ";",
+        "-",
+        *map(str, range(10)),
+        *WORDS,
+        *extra_words,
+    ]
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
     config = BertConfig(
