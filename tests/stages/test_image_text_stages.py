@@ -1,5 +1,6 @@
 """Image–report pretraining through the CLI on the phantom run (whose reports prepare parsed into
-sections): the encoder probes like any other, the text tower is written, and bad input is one line."""
+sections): the encoder probes like any other, its text tower scores zero-shot, evaluate adds
+image→report retrieval, and bad input is one line."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def bert(tmp_path_factory) -> str:
     return str(tiny_bert(tmp_path_factory.mktemp("bert"), width=32))
 
 
-def test_convirt_on_impressions_pretrains_an_encoder_that_probes(run_copy: Path, bert, one_torch_thread) -> None:
+def test_convirt_on_impressions_pretrains_an_encoder_that_probes_scores_zero_shot_and_retrieves(
+    run_copy: Path, bert, one_torch_thread
+) -> None:
     r = ("--run", str(run_copy))
     samples = load_prepared(run_copy, "synthetic").samples
     assert samples["findings"].notna().all() and samples["impression"].notna().all()
@@ -40,6 +43,15 @@ def test_convirt_on_impressions_pretrains_an_encoder_that_probes(run_copy: Path,
     assert all(v == v for v in manifest["extra"]["loss_per_epoch"])
     cli("probe", "--dataset", "synthetic", "--encoder", "convirt-synthetic", *r)
     assert (run_copy / "predictions" / "synthetic" / "convirt-synthetic" / "probe.parquet").is_file()
+    cli("probe", "--dataset", "synthetic", "--encoder", "convirt-synthetic", "--adaptation", "zeroshot", *r)
+    cli("evaluate", "--n-boot", "20", *r)
+    metrics = pd.read_parquet(run_copy / "evaluation" / "metrics.parquet")
+    assert {"probe", "zeroshot"} <= set(metrics["adaptation"].astype(str))
+    retrieval = pd.read_parquet(run_copy / "evaluation" / "retrieval.parquet")
+    assert retrieval["metric"].tolist() == ["recall@1", "recall@5", "recall@10"]
+    assert (retrieval["encoder"] == "convirt-synthetic").all() and (retrieval["split"] == "test").all()
+    assert retrieval["value"].is_monotonic_increasing and retrieval["n_reports"].iloc[0] > 10
+    cli("compare", "--baseline", "convirt-synthetic", *r)  # evaluate's retrieval inputs do not stop compare
 
 
 def _fails(*args: str) -> str:
@@ -79,4 +91,3 @@ def test_weights_check_lists_text_models_with_the_download_command(tmp_path, ber
     assert info.value.code == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "hf download emilyalsentzer/Bio_ClinicalBERT" in out
-    assert pd.Series([bert]).str.len()[0] > 0

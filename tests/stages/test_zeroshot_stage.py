@@ -1,6 +1,6 @@
-"""`probe --adaptation zeroshot` on the phantom run with a tiny open_clip checkpoint (its scores equal
-open_clip's own text embeddings against the cached image features) and with an encoder pretrained
-here by convirt; evaluate reads both like any predictions and adds image→report retrieval."""
+"""`probe --adaptation zeroshot` on the phantom run with a tiny open_clip checkpoint: its scores equal
+open_clip's own text embeddings against the cached image features (an encoder pretrained here is
+scored in tests/stages/test_image_text_stages.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from cxrbench.adapt.zeroshot import SCALE
 from cxrbench.models.sources import resolve_encoder
 from cxrbench.rundir import layout_of
 from tests.models.conftest import hub_cache, hub_repo  # noqa: F401 - fixtures
-from tests.models.tiny_text import tiny_bert
 from tests.stages.conftest import ARCH, cli
 
 open_clip = pytest.importorskip("open_clip")
@@ -56,22 +55,6 @@ def test_open_clip_zeroshot_scores_equal_open_clips_text_embeddings(run_copy, hu
         delta = float(image @ text[0] - image @ text[1])
         assert score == pytest.approx(1 / (1 + np.exp(-SCALE * delta)), rel=1e-4)
     assert set(preds["split"]) == {"val", "test"} and preds["label"].nunique() == 5
-
-
-def test_convirt_pretrained_here_scores_zero_shot_and_evaluates(run_copy, tmp_path, one_torch_thread) -> None:
-    bert = str(tiny_bert(tmp_path / "bert", width=32))
-    r = ("--run", str(run_copy))
-    options = ("--option", "projection_dim=16", "--option", "hidden_dim=32", "--option", "max_length=48")
-    cli("pretrain", "convirt", "--dataset", "synthetic", "--epochs", "1", "--arch", ARCH, "--batch-size", "16",
-        "--text-model", bert, *options, *r)  # fmt: skip
-    cli("probe", "--dataset", "synthetic", "--encoder", "convirt-synthetic", "--adaptation", "zeroshot", *r)
-    cli("evaluate", "--n-boot", "20", *r)
-    metrics = pd.read_parquet(run_copy / "evaluation" / "metrics.parquet")
-    assert "zeroshot" in set(metrics["adaptation"].astype(str))
-    retrieval = pd.read_parquet(run_copy / "evaluation" / "retrieval.parquet")
-    assert retrieval["metric"].tolist() == ["recall@1", "recall@5", "recall@10"]
-    assert (retrieval["encoder"] == "convirt-synthetic").all() and (retrieval["split"] == "test").all()
-    assert retrieval["value"].is_monotonic_increasing and retrieval["n_reports"].iloc[0] > 10
 
 
 def test_encoders_without_a_text_tower_are_refused(run_copy, capsys) -> None:
