@@ -1,6 +1,6 @@
 """Image→report retrieval for encoders pretrained here with a text tower, on datasets whose samples carry
-report sections: each test image's own report (FINDINGS and IMPRESSION) ranked among the distinct
-reports of the test split. ``evaluate`` writes the recall@1/5/10 table beside the metrics."""
+report sections: each test image's own report (the sections the encoder was pretrained on) ranked
+among the distinct reports of the test split. ``evaluate`` writes the recall@1/5/10 table beside the metrics."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ def retrieval_inputs(layout: RunLayout, pairs: list[tuple[str, str]]) -> dict[st
     return out
 
 
+def trained_sections(layout: RunLayout, encoder: str) -> tuple[str, ...]:
+    """The report sections the encoder was pretrained on (its pretrain settings), else FINDINGS and IMPRESSION."""
+    import json
+
+    try:
+        settings = json.loads((layout.encoder(encoder) / "manifest.json").read_text())["settings"]
+        return tuple(s for s in settings.get("sections", STORED) if s in STORED) or STORED
+    except (OSError, ValueError, KeyError, TypeError):
+        return STORED
+
+
 def retrieval_metrics(
     layout: RunLayout, pairs: list[tuple[str, str]], *, n_boot: int, seed: int, split: str = "test"
 ) -> pd.DataFrame:
@@ -52,8 +63,9 @@ def retrieval_metrics(
     for dataset, encoder in pairs:
         prepared = load_prepared(layout, dataset)
         frame = prepared.split(split)
+        sections = trained_sections(layout, encoder)
         texts = np.array(
-            join_sections({s: frame[s].tolist() if s in frame else [None] * len(frame) for s in STORED}, STORED),
+            join_sections({s: frame[s].tolist() if s in frame else [None] * len(frame) for s in STORED}, sections),
             dtype=object,
         )
         frame, texts = frame[texts != ""], texts[texts != ""]
