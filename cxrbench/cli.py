@@ -263,6 +263,14 @@ def pretrain(
     epochs: Annotated[int | None, typer.Option(help="Epochs [default: the method's].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    text_model: Annotated[
+        str | None,
+        typer.Option(help="Image-report methods: transformers text model, a folder or hub id found offline."),
+    ] = None,
+    sections: Annotated[
+        str | None,
+        typer.Option(help="Image-report methods: report sections to train on [default: findings,impression]."),
+    ] = None,
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
@@ -296,6 +304,8 @@ def pretrain(
             device=device,
             precision=precision,
             num_workers=num_workers,
+            text_model=text_model,
+            sections=sections,
             force=force,
         )
         if dist.is_main:
@@ -316,16 +326,40 @@ def probe(
         list[str] | None,
         typer.Option(help="Probe a patient attribute instead of the labels: age, sex or race (repeatable)."),
     ] = None,
+    adaptation: Annotated[
+        str, typer.Option(help="probe (logistic regression) or zeroshot (prompts; encoders with a text tower).")
+    ] = "probe",
+    prompts: Annotated[
+        Path | None, typer.Option(help="Zero-shot prompts TOML ([label] positive=..., negative=...).")
+    ] = None,
     run: RunOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Linear probe: L2 logistic regression (L-BFGS) on frozen features; predicts val and test."""
+    """Linear probe: L2 logistic regression (L-BFGS) on frozen features; predicts val and test.
+
+    --adaptation zeroshot scores each label by image-prompt similarity (positive vs negative prompt)
+    instead, with no training; written as predictions like any other adaptation.
+    """
     from cxrbench.stages.finetune import check_fraction
     from cxrbench.stages.probe import probe as probe_stage
 
     run_dir = _run(run)
+    if adaptation not in ("probe", "zeroshot"):
+        raise CxrbenchError(f"--adaptation {adaptation!r}: choose probe or zeroshot")
+    if adaptation == "zeroshot":
+        if fraction:
+            raise CxrbenchError("--fraction does not apply to --adaptation zeroshot (it uses no labels)")
+        from cxrbench.stages.probe import zeroshot
+
+        _written(
+            run_dir,
+            zeroshot(run_dir, dataset=dataset, encoder=encoder, arch=arch, prompts=prompts, device=device, force=force),
+        )
+        return
+    if prompts is not None:
+        raise CxrbenchError("--prompts applies to --adaptation zeroshot")
     fractions = [check_fraction(f) for f in fraction or [1.0]]
     tests = tuple(test_dataset or ())
     if target:
@@ -377,6 +411,9 @@ def finetune(
     lr: Annotated[float | None, typer.Option(help="Override the learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="Override the optimizer: sgd or adamw.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")] = None,
+    select: Annotated[
+        str | None, typer.Option(help="Validation metric choosing the epoch: auc (mean AUC) or f1 (mean F1 at 0.5).")
+    ] = None,
     fraction: Annotated[
         list[float] | None, typer.Option(help="Label fraction(s) of train patients (repeatable).")
     ] = None,
@@ -390,7 +427,7 @@ def finetune(
     precision: PrecisionOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Finetune the whole encoder with a linear head; model selection on validation mean AUC.
+    """Finetune the whole encoder with a linear head; model selection on validation mean AUC (or F1).
 
     Multi-GPU: torchrun --nproc-per-node N -m cxrbench finetune --run-dir DIR ... (DDP; rank 0
     writes; under torchrun spell the option --run-dir, since torchrun reads --run as its --run-path).
@@ -401,6 +438,7 @@ def finetune(
 
     run_dir = _run(run)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "patience": patience}
+    overrides["select"] = select
     fractions = [check_fraction(f) for f in fraction or [1.0]]
     with distributed.group(device) as (dist, _):
         for frac in fractions:
@@ -757,6 +795,9 @@ def _show_tables(run_dir: Path, manifest) -> None:
 def weights_check(
     suite: Annotated[str | None, typer.Option(help="Check every encoder of this suite.")] = None,
     encoder: Annotated[list[str] | None, typer.Option(help="Check these encoders (repeatable).")] = None,
+    text_model: Annotated[
+        list[str] | None, typer.Option(help="Check these text models for image-report pretraining (repeatable).")
+    ] = None,
     arch: ArchOpt = None,
     config: ConfigOpt = None,
     run: RunOpt = None,
@@ -774,9 +815,13 @@ def weights_check(
         chosen = get_suite(suite, config)
         pending = set(chosen.pretrain)
         pairs += [(e, chosen.arch) for e in chosen.encoders if e not in pending]
-    if not pairs and not pending:
-        raise CxrbenchError("weights check: name --suite or --encoder")
+    if not pairs and not pending and not text_model:
+        raise CxrbenchError("weights check: name --suite, --encoder or --text-model")
     specs = check_weights(pairs, run=_run(run))
+    if text_model:
+        from cxrbench.models.text import text_weights
+
+        specs += [text_weights(t) for t in dict.fromkeys(text_model)]
     table = Table("encoder", "arch", "source", "present", "location")
     for spec in specs:
         table.add_row(

@@ -23,6 +23,7 @@ from cxrbench.engine.loop import Loss, Step, Task, TrainConfig, fit
 from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import Encoder
 from cxrbench.stats.auc import mean_auc
+from cxrbench.stats.thresholds import mean_f1
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Recipe:
     weighted_loss: bool = False
     rotation_deg: float = 0.0
     hflip: bool = False
+    #: the validation metric that picks the epoch: mean ``auc``, or mean ``f1`` at 0.5 (report-sections paper)
+    select: str = "auc"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +75,9 @@ RECIPES = {
 }
 
 
+SELECT = ("auc", "f1")
+
+
 def recipe(name: str, **overrides: Any) -> Recipe:
     """The named recipe with ``overrides`` (None values ignored); one-line errors for bad names."""
     if name not in RECIPES:
@@ -81,6 +87,8 @@ def recipe(name: str, **overrides: Any) -> Recipe:
     if unknown:
         raise CxrbenchError(f"unknown finetune settings {unknown} (known: {', '.join(fields)})")
     chosen = replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
+    if chosen.select not in SELECT:
+        raise CxrbenchError(f"--select {chosen.select!r}: choose {' or '.join(SELECT)}")
     if chosen.optimizer not in ("sgd", "adamw"):
         raise CxrbenchError(f"finetune optimizer {chosen.optimizer!r}: choose sgd or adamw")
     if chosen.epochs < 1 or chosen.batch_size < 1 or chosen.lr <= 0:
@@ -206,13 +214,17 @@ class FinetuneTask(Task):
         if not self.dist.is_main:  # only rank 0 validates and selects
             return
         rows, targets = self.val
-        auc = mean_auc(
-            targets,
-            predict(self.model, self.images, rows, task=self.task, device=self.device, num_workers=self.num_workers),
+        scores = predict(
+            self.model, self.images, rows, task=self.task, device=self.device, num_workers=self.num_workers
         )
-        self.history = [*self.history, {"epoch": epoch, "val_auc": auc, "loss": last_loss}]
-        if auc > self.best_auc or self.best is None:
-            self.best_auc, self.best_epoch = auc, epoch
+        auc = mean_auc(targets, scores)
+        entry = {"epoch": epoch, "val_auc": auc, "loss": last_loss}
+        if self.recipe.select == "f1":
+            entry["val_f1"] = mean_f1(targets, scores, task=self.task)
+        self.history = [*self.history, entry]
+        chosen = entry[f"val_{self.recipe.select}"]  # best_auc holds the selection metric's best
+        if chosen > self.best_auc or self.best is None:
+            self.best_auc, self.best_epoch = chosen, epoch
             self.best = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
     def state_dict(self) -> dict[str, Any]:

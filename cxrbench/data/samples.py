@@ -15,6 +15,7 @@ import pandas as pd
 
 from cxrbench.data.adapters.base import FRONTAL_VIEWS, UNCERTAIN, RawDataset, label_key, preview
 from cxrbench.data.images import CT_PREFIX
+from cxrbench.data.reports import STORED, section_columns
 from cxrbench.data.splits import SPLITS, assign_splits
 from cxrbench.errors import CxrbenchError
 
@@ -24,7 +25,7 @@ UNCERTAIN_POLICIES = ("negative", "positive", "ignore")
 #: ``frontal+unknown``: PA/AP and images whose dataset records no view; ``all``: every image.
 VIEW_FILTERS = ("frontal", "frontal+unknown", "all")
 #: columns of samples.parquet besides the label columns, in order
-BASE_COLUMNS = ("sample_id", "patient_id", "study_id", "split", "view", "sex", "age", "path", "report")
+BASE_COLUMNS = ("sample_id", "patient_id", "study_id", "split", "view", "sex", "age", "path", "report", *STORED)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ def build_samples(raw: RawDataset, policy: LabelPolicy, *, root: Path) -> tuple[
     ):
         if column in frame:
             out[column] = frame[column].astype(kind).to_numpy()
+    # report sections parsed once, here, and stored as text columns (never re-parsed per epoch)
+    for section, values in section_columns(out["report"]).items():
+        out[section] = np.array(values, dtype=object)
     # one concat, not one insert per label: hundreds of labels (Indiana's MeSH headings) would
     # fragment the frame and make pandas warn once per insert
     out = pd.concat([out, pd.DataFrame(labels, index=out.index)], axis=1)

@@ -16,7 +16,7 @@ from cxrbench.rundir import Manifest, RunLayout, json_hash, safe_name
 
 KINDS = ("prepare", "pretrain", "features", "probe", "finetune", "evaluate", "compare")
 #: pretrain options that are arguments of the stage function, not method options
-_PRETRAIN_ARGS = ("epochs", "batch_size", "lr", "seed", "arch", "init")
+_PRETRAIN_ARGS = ("epochs", "batch_size", "lr", "seed", "arch", "init", "text_model", "sections")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""`cxrbench evaluate`: every predictions Parquet in the run -> ``RUN/evaluation/metrics.parquet``.
+"""`cxrbench evaluate`: every predictions Parquet in the run -> ``RUN/evaluation/metrics.parquet`` (and
+``retrieval.parquet``: image→report recall@1/5/10 for encoders pretrained here with a text tower).
 
 Predictions written by other tools in the same format (no manifest beside them) are accepted too;
 files whose cxrbench manifest is incomplete are skipped, since they may be half-written. Files made
@@ -61,6 +62,8 @@ def prediction_files(run: RunLayout | Path, *, root: Path | None = None) -> list
     return found
 
 
+#: image→report recall@1/5/10 (``cxrbench.adapt.retrieval``), where the run has encoders with a text tower
+RETRIEVAL = "retrieval.parquet"
 TEXT_COLUMNS = ("sample_id", "patient_id", "split", "label")
 
 
@@ -176,7 +179,9 @@ def evaluate(
     force: bool = False,
 ) -> Manifest:
     """Metrics with bootstrap CIs for every model of every dataset (test split; thresholds from val),
-    study-level ones for CT datasets (slice scores aggregated per study) and segmentation's mean Dice/IoU."""
+    study-level ones for CT datasets (slice scores aggregated per study), segmentation's mean
+    Dice/IoU, and image→report retrieval where encoders with a text tower meet reports."""
+    from cxrbench.adapt.retrieval import retrieval_inputs, retrieval_metrics, retrieval_pairs
     from cxrbench.stages.segment_results import segmentation_files, segmentation_metrics
     from cxrbench.stages.study import derive_study_predictions
     from cxrbench.stats.engine import evaluate as evaluate_dataset
@@ -189,9 +194,17 @@ def evaluate(
     settings = {"n_boot": n_boot, "cluster": cluster, "study_aggregate": study_aggregate}
     hashes = {layout.relative(p): file_hash(p) for p in [*files, *seg_files]}
     hash_list = [hashes[layout.relative(p)] for p in files]
+    # image→report retrieval for encoders with a text tower on datasets with reports (none: key unchanged)
+    pairs = retrieval_pairs(layout, files)
     home = layout.evaluation
     stage = Stage(
-        layout, "evaluate", home / "manifest.json", settings=settings, extra_inputs=hashes, seed=seed, what="evaluation"
+        layout,
+        "evaluate",
+        home / "manifest.json",
+        settings=settings,
+        extra_inputs={**hashes, **retrieval_inputs(layout, pairs)},
+        seed=seed,
+        what="evaluation",
     )
     # read and check every file before the stage drops the previous metrics
     stale = force or stage.up_to_date() is None
@@ -213,6 +226,10 @@ def evaluate(
             metrics = pd.concat(tables, ignore_index=True)
             metrics = metrics[["dataset", *[c for c in metrics.columns if c != "dataset"]]]
             stage.write_parquet(layout.metrics, metrics)
+            if pairs:
+                retrieval = retrieval_metrics(layout, pairs, n_boot=n_boot, seed=seed)
+                if not retrieval.empty:
+                    stage.write_parquet(home / RETRIEVAL, retrieval)
             stage.extra["warnings"] = warnings
             for note in warnings:
                 info(f"[yellow]warning:[/] {note}")

@@ -68,7 +68,8 @@ def finetune(
     settings = {
         **spec.settings,
         "recipe": recipe_name,
-        **chosen.to_dict(),
+        # selection on AUC (the default) leaves the key of runs made before --select unchanged
+        **{k: v for k, v in chosen.to_dict().items() if (k, v) != ("select", "auc")},
         "fraction": fraction,
         "input_size": input_size,
     }

@@ -1,4 +1,5 @@
-"""`cxrbench probe`: logistic regression on frozen features (cached per encoder and dataset)."""
+"""`cxrbench probe`: logistic regression on frozen features (cached per encoder and dataset), or zero-shot
+scoring by prompts for encoders with a text tower (``--adaptation zeroshot``)."""
 
 from __future__ import annotations
 
@@ -176,3 +177,43 @@ def fit_on_train(
         device=device,
     )
     return model, train
+
+
+def zeroshot(
+    run: RunLayout | Path,
+    *,
+    dataset: str,
+    encoder: str,
+    arch: str | None = None,
+    prompts: Path | None = None,
+    input_size: int | None = None,
+    device: str | None = None,
+    force: bool = False,
+) -> Manifest:
+    """Score val and test by image–prompt similarity (no labels used); written as the ``zeroshot`` adaptation."""
+    from cxrbench.adapt.zeroshot import load_prompts, text_tower, zeroshot_scores
+
+    layout = layout_of(run)
+    prepared = load_prepared(layout, dataset)
+    spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()
+    chosen = load_prompts(prepared.labels, prompts)
+    tower = text_tower(spec)
+    input_size = input_size or int(prepared.manifest.settings["image"]["size"])
+    feat_manifest, feat_path = features(layout, prepared, spec, input_size=input_size, device=device, force=force)
+    out = layout.predictions(dataset, spec.folder, "zeroshot")
+    settings: dict[str, Any] = {"adaptation": "zeroshot", "positive": chosen.positive, "negative": chosen.negative}
+    stage = Stage(
+        layout,
+        "probe",
+        manifest_path_for(out),
+        settings=settings,
+        inputs=[prepared.manifest, feat_manifest],
+        extra_inputs=spec.extra_inputs,
+        what=f"zero-shot predictions {spec.folder} on {dataset}",
+    )
+    with stage.open(force=force) as todo:
+        if todo:
+            scored = prepared.samples[prepared.samples["split"].isin(["val", "test"])]
+            scores = zeroshot_scores(tower, feature_lookup(feat_path)(scored), prepared.labels, chosen)
+            stage.write_parquet(out, predictions_table(scored, prepared.labels, prepared.targets(scored), scores))
+    return stage.manifest

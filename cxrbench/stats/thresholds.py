@@ -56,3 +56,29 @@ def threshold_metrics(y_true: Any, y_score: Any, threshold: float) -> dict[str, 
     pos = y == 1
     out = metrics_from_counts((pred & pos).sum(), (pred & ~pos).sum(), pos.sum(), (~pos).sum())
     return {k: float(v) for k, v in out.items()}
+
+
+def mean_f1(y_true: Any, y_score: Any, *, task: str = "multilabel", threshold: float = 0.5) -> float:
+    """Mean F1 over labels (columns of ``[N, L]``): ``score >= threshold`` called positive over the known
+    (non-NaN) targets, labels without positives left out; for ``multiclass`` the macro F1 of the
+    arg-max class (targets one-hot). NaN when no label has a positive. Model selection on validation F1
+    (the report-sections paper)."""
+    y = np.asarray(y_true, dtype=float)
+    s = np.asarray(y_score, dtype=float)
+    if y.shape != s.shape or y.ndim != 2:
+        raise CxrbenchError(f"targets {y.shape} and scores {s.shape} must be equal [N, L] matrices")
+    if task == "multiclass":
+        truth, pred = np.nan_to_num(y).argmax(1), s.argmax(1)
+        known = ~np.isnan(y).any(1)
+        y = np.eye(y.shape[1])[truth]
+        y[~known] = np.nan
+        s = np.eye(s.shape[1])[pred]
+        threshold = 0.5
+    scores = []
+    for j in range(y.shape[1]):
+        known = ~np.isnan(y[:, j])
+        pos = y[known, j] == 1
+        if pos.any():
+            called = s[known, j] >= threshold
+            scores.append(float(metrics_from_counts((called & pos).sum(), (called & ~pos).sum(), pos.sum(), 0)["f1"]))
+    return float(np.mean(scores)) if scores else float("nan")

@@ -16,6 +16,11 @@ Files read from ``root`` (``.csv.gz`` as distributed, or unpacked ``.csv``):
 ``ViewPosition`` (``AP AXIAL``, ``AP LLD``… → ``AP``; ``PA LLD`` → ``PA``; blank → None). No age or
 sex (those live in MIMIC-IV). Layout source: the PhysioNet MIMIC-CXR-JPG page and
 ``shared/realdata/LAYOUTS.md`` (the header TorchXRayVision's test generator uses).
+
+Reports (optional): the free-text ``files/p{subject_id[:2]}/p{subject_id}/s{study_id}.txt`` of
+``mimic-cxr-reports.zip`` unpacked into ``root`` (beside the JPG folders) or into
+``root/mimic-cxr-reports/``; when present each image gets its study's report (``report``), whose
+sections prepare parses once. ``reports=False`` leaves them out.
 """
 
 from __future__ import annotations
@@ -105,7 +110,33 @@ def label_matrix(df: pd.DataFrame, labels: list[str], *, source: Path) -> pd.Dat
     return out
 
 
-def load(root: Path, *, labeler: str = "chexpert") -> RawDataset:
+REPORT_FOLDERS = ("files", "mimic-cxr-reports/files")
+
+
+def report_paths(root: Path, subject_id: pd.Series, study_id: pd.Series) -> pd.Series | None:
+    """``pXX/pSUBJECT/sSTUDY.txt`` under the first report folder that holds a few of the studies'
+    reports, or None when there is none."""
+    sid = subject_id.astype(str)
+    rel = "p" + sid.str[:2] + os.sep + "p" + sid + os.sep + "s" + study_id.astype(str) + ".txt"
+    for folder in REPORT_FOLDERS:
+        base = Path(root) / folder
+        if base.is_dir() and any((base / r).is_file() for r in rel.drop_duplicates().head(20)):
+            return str(base) + os.sep + rel
+    return None
+
+
+def read_reports(paths: pd.Series) -> pd.Series:
+    """Each path's text (None where the file is missing), each study's file read once."""
+    texts = {}
+    for path in paths.drop_duplicates():
+        try:
+            texts[path] = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            texts[path] = None
+    return paths.map(texts)
+
+
+def load(root: Path, *, labeler: str = "chexpert", reports: bool = True) -> RawDataset:
     """Return MIMIC-CXR-JPG as one row per image with study labels from ``labeler`` and the official split."""
     if labeler not in LABELERS:
         raise CxrbenchError(f"labeler must be one of {', '.join(LABELERS)}, got '{labeler}'")
@@ -152,6 +183,11 @@ def load(root: Path, *, labeler: str = "chexpert") -> RawDataset:
             "split": frame["split"],
         }
     )
+    texts = report_paths(root, frame["subject_id"], frame["study_id"]) if reports else None
+    if texts is not None:
+        out["report"] = read_reports(texts).to_numpy()
+    elif reports:
+        notes["reports"] = "no mimic-cxr-reports folder found: no reports"
     for label in LABELS:
         out[label] = frame[label].to_numpy(dtype=float)
     fill_no_finding(out, LABELS)
