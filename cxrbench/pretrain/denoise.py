@@ -12,7 +12,8 @@ class Method(PretextMethod):
     """The shared encoder-decoder (no skip connections) from the encoder's tokens (CNN feature map or
     ViT patches) to the clean image. ``amount``: the fraction of pixels turned white or black. Loss:
     the study's composite ``mse_weight`` MSE + ``ssim_weight`` (1 - SSIM) (+ ``quantization_weight``
-    times the codebook/commitment loss with ``quantize=true``, the study's vector-quantised code);
+    times the codebook/commitment loss of the study's vector-quantised code; ``quantize=false``: a
+    continuous code, no such term);
     ``ssim_weight=0`` gives plain MSE."""
 
     def __init__(
@@ -21,7 +22,7 @@ class Method(PretextMethod):
         *,
         amount: float = 0.5,
         decoder_width: int = 64,
-        quantize: bool = False,
+        quantize: bool = True,
         mse_weight: float = 0.2,
         ssim_weight: float = 0.1,
         quantization_weight: float = 0.8,

@@ -43,8 +43,8 @@ def region_masks(uniform: torch.Tensor, size: tuple[int, int], ratio: float) -> 
 
 class Method(MethodBase):
     """Random rectangular regions covering ``ratio`` of each image are blanked (``fill``); the encoder
-    and a decoder with no skip connections (``cxrbench.models.decoder``; a vector-quantised code with
-    ``quantize=true``) reconstruct the whole image. Loss: the study's composite ``mse_weight`` MSE +
+    and a decoder with no skip connections (``cxrbench.models.decoder``; the study's vector-quantised
+    code, ``quantize=false`` for a continuous one) reconstruct the whole image. Loss: the study's composite ``mse_weight`` MSE +
     ``ssim_weight`` (1 - SSIM) + ``quantization_weight`` codebook/commitment + ``masked_weight`` MSE
     inside the region. ``ratios``: the progressive chain; each ratio trains ``--epochs`` epochs
     starting from the previous one's weights (one ratio: a single stage)."""
@@ -58,7 +58,7 @@ class Method(MethodBase):
         *,
         ratios: list[float] = [0.05, 0.1, 0.2, 0.33],  # noqa: B006 - read only
         fill: float = 0.0,
-        quantize: bool = False,
+        quantize: bool = True,
         codes: int = 512,
         code_dim: int = 64,
         decoder_width: int = 64,
