@@ -27,7 +27,9 @@ LOCAL_CONFIG = Path("benchmarks.toml")
 #: where the built-in suites are said to come from
 BUILTIN = "built in"
 _PACKAGED = "suites.toml"
-ADAPTATIONS = ("probe", "finetune")
+ADAPTATIONS = ("probe", "finetune", "segment")
+#: the adaptations of a suite that names none
+DEFAULT_ADAPTATIONS = ("probe", "finetune")
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,14 @@ class Suite:
     datasets: tuple[DatasetSpec, ...]
     encoders: tuple[str, ...]
     baseline: str
-    adaptations: tuple[str, ...] = ADAPTATIONS
+    adaptations: tuple[str, ...] = DEFAULT_ADAPTATIONS
     fractions: tuple[float, ...] = (1.0,)
     seeds: tuple[int, ...] = (0,)
     arch: str | None = None
     pretrain: dict[str, PretrainSpec] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
+    segment: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     compare: dict[str, Any] = field(default_factory=dict)
     #: training dataset -> datasets its models are also tested on (external validation)
@@ -186,7 +189,7 @@ def _suite(name: str, table: Any, path: str) -> Suite:
     baseline = table.get("baseline", "imagenet")
     if baseline not in encoders:
         raise CxrbenchError(f"{where}.baseline '{baseline}' is not one of its encoders {encoders}")
-    adaptations = _strings(table.get("adaptations", list(ADAPTATIONS)), f"{where}.adaptations")
+    adaptations = _strings(table.get("adaptations", list(DEFAULT_ADAPTATIONS)), f"{where}.adaptations")
     bad = [a for a in adaptations if a not in ADAPTATIONS]
     if bad:
         raise CxrbenchError(f"{where}.adaptations: unknown {bad} (allowed: {', '.join(ADAPTATIONS)})")
@@ -218,13 +221,26 @@ def _suite(name: str, table: Any, path: str) -> Suite:
         seeds=seeds,
         arch=table.get("arch"),
         pretrain=pretrain,
-        probe=dict(_table(table.get("probe", {}), f"{where}.probe")),
-        finetune=dict(_table(table.get("finetune", {}), f"{where}.finetune")),
+        probe=_adaptation(table, "probe", names, where),
+        finetune=_adaptation(table, "finetune", names, where),
+        segment=_adaptation(table, "segment", names, where),
         evaluate=dict(_table(table.get("evaluate", {}), f"{where}.evaluate")),
         compare=dict(_table(table.get("compare", {}), f"{where}.compare")),
         external=external,
         slurm=dict(_table(table.get("slurm", {}), f"{where}.slurm")),
     )
+
+
+def _adaptation(table: dict, key: str, names: list[str], where: str) -> dict[str, Any]:
+    """An adaptation's options; its optional ``datasets`` (default: all of the suite's) must be
+    among the suite's datasets (e.g. ``segment`` only where there are masks)."""
+    options = dict(_table(table.get(key, {}), f"{where}.{key}"))
+    if "datasets" in options:
+        chosen = _strings(options["datasets"], f"{where}.{key}.datasets")
+        stray = [d for d in chosen if d not in names]
+        if stray:
+            raise CxrbenchError(f"{where}.{key}.datasets: '{stray[0]}' is not in datasets {names}")
+    return options
 
 
 def _table(value: Any, where: str) -> dict:

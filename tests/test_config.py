@@ -77,7 +77,7 @@ def test_unknown_suite_lists_the_known(tmp_path):
     with pytest.raises(
         CxrbenchError,
         match=r"unknown suite 'nope' in built-in suites or .*bench.toml "
-        r"\(known: label-efficiency, nih-simclr, s, smoke, ssl-cxr-13, vit-dinov2\)",
+        r"\(known: ct-smoke, label-efficiency, nih-simclr, s, smoke, ssl-cxr-13, vit-dinov2\)",
     ):
         get_suite("nope", _write(tmp_path, MINIMAL))
 
@@ -180,7 +180,7 @@ def test_builtin_suite_found_from_a_folder_without_benchmarks_toml(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert get_suite("smoke") == builtin_suites()["smoke"]
     found = available_suites()
-    assert list(found) == ["label-efficiency", "nih-simclr", "smoke", "ssl-cxr-13", "vit-dinov2"]
+    assert list(found) == ["ct-smoke", "label-efficiency", "nih-simclr", "smoke", "ssl-cxr-13", "vit-dinov2"]
     assert {f.origin for f in found.values()} == {BUILTIN} and not any(f.replaces_builtin for f in found.values())
 
 
@@ -191,7 +191,7 @@ def test_local_benchmarks_toml_adds_suites_and_replaces_builtin_ones_whole(tmp_p
     assert smoke.description == "my smoke" and smoke.encoders == ("random",)
     assert smoke.pretrain == {} and smoke.evaluate == {}  # replaced whole, not merged key by key
     found = available_suites()
-    assert list(found) == ["label-efficiency", "nih-simclr", "s", "smoke", "ssl-cxr-13", "vit-dinov2"]
+    assert list(found) == ["ct-smoke", "label-efficiency", "nih-simclr", "s", "smoke", "ssl-cxr-13", "vit-dinov2"]
     assert (found["smoke"].origin, found["smoke"].replaces_builtin) == ("benchmarks.toml", True)
     assert (found["s"].origin, found["s"].replaces_builtin) == ("benchmarks.toml", False)
     assert found["nih-simclr"] == (builtin_suites()["nih-simclr"], BUILTIN, False)

@@ -84,6 +84,11 @@ def read_image(path: str | Path, *, image_format: str | None = None, max_pixels:
     """
     limit = pixel_limit(max_pixels)
     check_image_format(image_format)
+    from cxrbench.data.nifti import split_slice
+
+    volume, index = split_slice(path)
+    if index is not None:  # VOLUME.nii[.gz]#K: one slice of a NIfTI CT volume
+        return _read_nifti_ct(Path(volume), index, image_format, limit)
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -432,6 +437,28 @@ def _read_ct(path: Path, limit: int, level: float, width: float) -> np.ndarray:
     if pixels.ndim != 2:
         raise ImageError(f"wrong shape {pixels.shape}, expected a 2-D image")
     return window_hu(to_hu(pixels, ds), level, width)
+
+
+def _read_nifti_ct(path: Path, index: int, image_format: str | None, limit: int) -> np.ndarray:
+    """Slice ``index`` of a NIfTI volume in HU, windowed as a ``ct:LEVEL:WIDTH`` format says."""
+    from cxrbench.data.nifti import read_slice_hu
+    from cxrbench.data.volumes import window_hu
+
+    if image_format is None or not image_format.startswith(CT_PREFIX):
+        raise ImageError("a NIfTI slice (VOLUME#K) needs a ct:LEVEL:WIDTH image format", path)
+    if not path.is_file():
+        raise ImageError("file not found", path)
+    try:
+        hu = read_slice_hu(path, index)
+    except MemoryError:
+        raise
+    except Exception as exc:  # nibabel raises many types for a bad file
+        raise ImageError(f"unreadable NIfTI volume ({type(exc).__name__}: {exc})", path) from None
+    if hu.size > limit:
+        raise ImageError(f"slice of {hu.size} pixels exceeds the limit of {limit}", path)
+    image = window_hu(hu, *ct_window(image_format))
+    _check_shape(image, path)
+    return image
 
 
 # ---------------------------------------------------------------- JSRT raw

@@ -1,7 +1,7 @@
 """A suite's grid as cells: one stage output each, with the cells whose outputs it reads.
 
-Cells are listed in dependency order: prepare -> pretrain -> features -> probe / finetune ->
-evaluate -> compare. ``execute`` runs one cell through the same stage function as the single
+Cells are listed in dependency order: prepare -> pretrain -> features -> probe / finetune / segment
+-> evaluate -> compare (the last two only where there are probe or finetune predictions). ``execute`` runs one cell through the same stage function as the single
 commands, so a cell is skipped by its manifest whoever ran it.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from cxrbench.config import DatasetSpec, Suite
 from cxrbench.rundir import Manifest, RunLayout, json_hash, safe_name
 
-KINDS = ("prepare", "pretrain", "features", "probe", "finetune", "evaluate", "compare")
+KINDS = ("prepare", "pretrain", "features", "probe", "finetune", "segment", "evaluate", "compare")
 #: pretrain options that are arguments of the stage function, not method options
 _PRETRAIN_ARGS = ("epochs", "batch_size", "lr", "seed", "arch", "init", "text_model", "sections")
 
@@ -52,6 +52,12 @@ def plan(suite: Suite) -> list[Cell]:
         params = {"name": name, "method": spec.method, "dataset": spec.dataset, "options": spec.options}
         cells.append(Cell(f"pretrain/{name}", "pretrain", tuple(deps), params))
     adapted: list[str] = []
+    # each adaptation runs on the datasets its table names (``datasets``; default all of them)
+    options = {"probe": dict(suite.probe), "finetune": dict(suite.finetune), "segment": dict(suite.segment)}
+    runs_on = {
+        kind: set(table.pop("datasets", [s.name for s in suite.datasets])) if kind in suite.adaptations else set()
+        for kind, table in options.items()
+    }
     for spec in suite.datasets:
         for encoder in suite.encoders:
             base = [f"prepare/{spec.name}"] + ([f"pretrain/{encoder}"] if encoder in suite.pretrain else [])
@@ -59,25 +65,30 @@ def plan(suite: Suite) -> list[Cell]:
             external = tuple(suite.external.get(spec.name, ()))
             tested = [*base, *(f"prepare/{x}" for x in external)]
             also = {"test_datasets": list(external)} if external else {}
-            if "probe" in suite.adaptations:
+            if spec.name in runs_on["probe"]:
                 params = {"dataset": spec.name, "encoder": encoder, "arch": suite.arch}
-                params["input_size"] = suite.probe.get("input_size")
+                params["input_size"] = options["probe"].get("input_size")
                 cells.append(Cell(f"features/{spec.name}/{encoder}", "features", tuple(base), params))
             for seed in suite.seeds:
                 for fraction in suite.fractions:
                     grid = {"dataset": spec.name, "encoder": encoder, "arch": suite.arch}
                     grid.update(fraction=fraction, seed=seed)
                     tail = f"{spec.name}/{encoder}/f={fraction:g}/s={seed}"
-                    if "probe" in suite.adaptations:
+                    if spec.name in runs_on["probe"]:
                         deps = (*tested, f"features/{spec.name}/{encoder}")
-                        cells.append(Cell(f"probe/{tail}", "probe", deps, {**grid, **also, "options": suite.probe}))
+                        probe = {**grid, **also, "options": options["probe"]}
+                        cells.append(Cell(f"probe/{tail}", "probe", deps, probe))
                         adapted.append(f"probe/{tail}")
-                    if "finetune" in suite.adaptations:
-                        params = {**grid, **also, **suite.finetune}
+                    if spec.name in runs_on["finetune"]:
+                        params = {**grid, **also, **options["finetune"]}
                         cells.append(Cell(f"finetune/{tail}", "finetune", tuple(tested), params))
                         adapted.append(f"finetune/{tail}")
-    cells.append(Cell("evaluate", "evaluate", tuple(adapted), dict(suite.evaluate)))
-    cells.append(Cell("compare", "compare", ("evaluate",), {"baseline": suite.baseline, **suite.compare}))
+                    if spec.name in runs_on["segment"]:
+                        params = {**grid, **options["segment"]}
+                        cells.append(Cell(f"segment/{tail}", "segment", tuple(base), params))
+    if adapted:  # segmentation alone leaves no predictions for evaluate/compare
+        cells.append(Cell("evaluate", "evaluate", tuple(adapted), dict(suite.evaluate)))
+        cells.append(Cell("compare", "compare", ("evaluate",), {"baseline": suite.baseline, **suite.compare}))
     return cells
 
 
@@ -170,6 +181,10 @@ def execute(
             force=force,
         )
         return manifest
+    if cell.kind == "segment":
+        from cxrbench.stages.segment import segment
+
+        return segment(run, device=device, precision=precision, force=force, **p)
     if cell.kind == "evaluate":
         from cxrbench.stages.evaluate import evaluate
 

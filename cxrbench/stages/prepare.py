@@ -106,10 +106,12 @@ def _inside(layout: RunLayout, path: Path) -> bool:
 
 def files_fingerprint(paths: list[str], names: list[str]) -> str:
     """Hash of each image file's name, size and modification time (a changed image is decoded again)."""
+    from cxrbench.data.nifti import split_slice
+
     digest = hashlib.sha256()
     for path, name in zip(paths, names, strict=True):
         try:
-            stat = os.stat(path)
+            stat = os.stat(split_slice(path)[0])  # a NIfTI slice (VOLUME#K): its volume file
             digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:
             digest.update(f"{name}\0missing\n".encode())
