@@ -1,0 +1,178 @@
+"""Benchmark: chest CT on phantoms, two parts.
+
+``seg``: a ``masked`` encoder (the progressive chain, pretrained on the unlabelled train slices of
+``synthetic-lidc``) vs random init as the down branch of the nodule U-Net trained on a small fraction
+of the labelled patients; paired bootstrap of the mean per-case (per-series) test Dice over cases,
+from the two ``segmentation/*.parquet`` tables. Goal: a significant positive Δ Dice.
+
+``prepare``: slices/s of ``prepare synthetic-ct``'s decode (HU, window, resize into the cache) with
+2 worker processes against pydicom reading the same files in a plain loop (pixels to HU), in the
+same run. Goal: >= 1.7x.
+
+Run as a script: ``python tests/perf/bench_ct.py [--part seg|prepare|all]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int = 0) -> dict[str, float]:
+    """Δ = mean(a) - mean(b) over paired cases, its 95% percentile CI over ``n_boot`` case resamples
+    and the two-sided bootstrap p-value (twice the smaller tail share of Δ* on either side of 0)."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(diff), (n_boot, len(diff)))
+    boot = diff[picks].mean(axis=1)
+    p = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"delta": float(diff.mean()), "lo": float(lo), "hi": float(hi), "p": p, "n": len(diff)}
+
+
+def bench_segmentation(args: argparse.Namespace, tmp: Path) -> None:
+    from cxrbench.data.samples import LabelPolicy
+    from cxrbench.data.splits import parse_ratios
+    from cxrbench.data.transforms import Preprocess
+    from cxrbench.stages.prepare import prepare
+    from cxrbench.stages.pretrain import pretrain
+    from cxrbench.stages.segment import segment
+
+    run = tmp / "run"
+    t0 = time.perf_counter()
+    prepare(
+        run,
+        "synthetic-lidc",
+        root=None,
+        options={"n_patients": args.patients, "phantom_size": args.size},
+        image=Preprocess(size=args.size),
+        policy=LabelPolicy(split=parse_ratios(args.split)),
+        workers=2,
+    )
+    samples = pd.read_parquet(run / "prepared/synthetic-lidc/samples.parquet")
+    counts = samples.groupby("split")["series_id"].nunique().to_dict()
+    print(f"prepared {len(samples)} slices, series per split {counts} ({time.perf_counter() - t0:.0f}s)")
+    t0 = time.perf_counter()
+    pretrain(
+        run,
+        "masked",
+        dataset="synthetic-lidc",
+        arch=args.arch,
+        epochs=args.pretrain_epochs,
+        batch_size=32,
+        options={"ratios": [0.05, 0.1, 0.2, 0.33]},
+        device=args.device,
+    )
+    print(f"pretrained masked: {args.pretrain_epochs} epochs x 4 ratios ({time.perf_counter() - t0:.0f}s)")
+    tables = {}
+    for encoder in ("random", "masked"):
+        t0 = time.perf_counter()
+        manifest = segment(
+            run,
+            dataset="synthetic-lidc",
+            encoder=encoder,
+            arch=args.arch,
+            fraction=args.fraction,
+            epochs=args.epochs,
+            batch_size=16,
+            device=args.device,
+        )
+        (path,) = [k for k in manifest.outputs if k.endswith(".parquet")]
+        tables[encoder] = pd.read_parquet(run / path)
+        test = tables[encoder][tables[encoder]["split"] == "test"]
+        print(
+            f"segment {encoder:7s} f={args.fraction}: mean test Dice {test['dice'].mean():.3f} "
+            f"({time.perf_counter() - t0:.0f}s)"
+        )
+    pair = (
+        tables["masked"][tables["masked"]["split"] == "test"]
+        .merge(tables["random"][tables["random"]["split"] == "test"], on="case_id", suffixes=("_m", "_r"))
+        .sort_values("case_id")
+    )
+    result = paired_bootstrap(pair["dice_m"].to_numpy(), pair["dice_r"].to_numpy(), n_boot=args.n_boot)
+    print(
+        f"Δ Dice (masked - random) over {result['n']} test series: {result['delta']:+.3f} "
+        f"[{result['lo']:+.3f}, {result['hi']:+.3f}] 95% CI, bootstrap p = {result['p']:.4f} "
+        f"({args.n_boot} paired resamples); goal: CI above 0"
+    )
+
+
+def bench_prepare(args: argparse.Namespace, tmp: Path) -> None:
+    import pydicom
+
+    from cxrbench.data.adapters import load_dataset
+    from cxrbench.data.cache import build_cache
+    from cxrbench.data.ct_phantoms import write_ct_phantoms
+    from cxrbench.data.transforms import Preprocess
+    from cxrbench.data.volumes import to_hu
+
+    root = tmp / "ct"
+    write_ct_phantoms(root, n_patients=args.ct_patients, size=args.ct_side, seed=0)
+    raw = load_dataset("synthetic-ct", root, {"workers": 1})
+    paths = raw.frame["path"].tolist()
+    print(f"{len(paths)} slices of {args.ct_side}^2 px in {args.ct_patients} series -> {args.ct_size}^2 cache")
+
+    def plain() -> float:
+        start = time.perf_counter()
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            to_hu(ds.pixel_array, ds)
+        return time.perf_counter() - start
+
+    def cache(workers: int) -> float:
+        out = tmp / f"cache-{workers}"
+        start = time.perf_counter()
+        reasons = build_cache(
+            paths, out, settings=Preprocess(size=args.ct_size), workers=workers, image_format=raw.image_format
+        )
+        elapsed = time.perf_counter() - start
+        assert all(r is None for r in reasons), [r for r in reasons if r][:3]
+        import shutil
+
+        shutil.rmtree(out)
+        return elapsed
+
+    plain_s = min(plain() for _ in range(args.repeats))
+    one_s = min(cache(0) for _ in range(args.repeats))
+    two_s = min(cache(2) for _ in range(args.repeats))
+    n = len(paths)
+    print(f"  pydicom plain loop    : {n / plain_s:7.1f} slices/s ({plain_s:.2f}s)")
+    print(f"  prepare decode, 1 proc: {n / one_s:7.1f} slices/s ({one_s:.2f}s)")
+    print(f"  prepare decode, 2 work: {n / two_s:7.1f} slices/s ({two_s:.2f}s wall incl. spawn start-up)")
+    print(f"  speed-up vs pydicom   : {plain_s / two_s:.2f}x (goal >= 1.7x on 2 free cores)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--part", choices=["seg", "prepare", "all"], default="all")
+    parser.add_argument("--patients", type=int, default=60, help="synthetic-lidc phantoms")
+    parser.add_argument("--split", default="40/10/50")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--fraction", type=float, default=0.25, help="labelled share of the train patients")
+    parser.add_argument("--arch", default="resnet10t")
+    parser.add_argument("--pretrain-epochs", type=int, default=3, help="per masking ratio")
+    parser.add_argument("--epochs", type=int, default=8, help="segmentation epochs")
+    parser.add_argument("--n-boot", type=int, default=10000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ct-patients", type=int, default=8)
+    parser.add_argument("--ct-side", type=int, default=512, help="phantom slice side (real CT: 512)")
+    parser.add_argument("--ct-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many timings")
+    args = parser.parse_args()
+    os.environ.setdefault("CXRBENCH_QUIET", "1")
+    print(f"load average {os.getloadavg()[0]:.1f}, cores {os.cpu_count()}")
+    with tempfile.TemporaryDirectory(prefix="cxrbench-bench-ct-") as tmp:
+        if args.part in ("prepare", "all"):
+            bench_prepare(args, Path(tmp))
+        if args.part in ("seg", "all"):
+            bench_segmentation(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
