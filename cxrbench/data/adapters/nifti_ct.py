@@ -58,7 +58,9 @@ def load(
     if bad:
         raise CxrbenchError(f"{source}: volumes must be .nii or .nii.gz files, got {preview(bad)}")
     if table["volume"].duplicated().any():
-        raise CxrbenchError(f"{source}: volume listed more than once: {preview(table['volume'][table['volume'].duplicated()])}")
+        raise CxrbenchError(
+            f"{source}: volume listed more than once: {preview(table['volume'][table['volume'].duplicated()])}"
+        )
 
     rows, rejected = [], []
     for record in table.to_dict("records"):
@@ -70,7 +72,14 @@ def load(
             positions = slice_positions(affine, shape[2])
         except Exception as exc:  # a bad volume is quarantined, not a crash
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            rejected.append({"path": str(path), "sample_id": name, "patient_id": patient, "reason": f"unreadable NIfTI volume ({reason})"})
+            rejected.append(
+                {
+                    "path": str(path),
+                    "sample_id": name,
+                    "patient_id": patient,
+                    "reason": f"unreadable NIfTI volume ({reason})",
+                }
+            )
             continue
         for index, k in enumerate(np.argsort(positions, kind="stable")):
             rows.append(
@@ -89,7 +98,9 @@ def load(
                 }
             )
     if not rows:
-        raise CxrbenchError(f"nifti-ct: no readable volume under {root} ({preview([r['reason'] for r in rejected], 2)})")
+        raise CxrbenchError(
+            f"nifti-ct: no readable volume under {root} ({preview([r['reason'] for r in rejected], 2)})"
+        )
     frame = pd.DataFrame(rows)
     for n in names:
         frame[n] = frame[n].astype(float)
