@@ -418,7 +418,7 @@ def _read_ct(path: Path, limit: int, level: float, width: float) -> np.ndarray:
     (the fixed scaling of CT: the same HU give the same grey in every slice and scan)."""
     from pydicom.errors import InvalidDicomError
 
-    from cxrbench.data.volumes import to_hu, window_hu
+    from cxrbench.data.volumes import window_stored
 
     try:
         ds = _dcmread(path, force=True, limit=limit)
@@ -436,7 +436,7 @@ def _read_ct(path: Path, limit: int, level: float, width: float) -> np.ndarray:
         raise ImageError(f"undecodable DICOM pixel data ({type(exc).__name__}: {exc})") from None
     if pixels.ndim != 2:
         raise ImageError(f"wrong shape {pixels.shape}, expected a 2-D image")
-    return window_hu(to_hu(pixels, ds), level, width)
+    return window_stored(pixels, ds, level, width)
 
 
 def _read_nifti_ct(path: Path, index: int, image_format: str | None, limit: int) -> np.ndarray:

@@ -114,6 +114,19 @@ def to_hu(pixels: np.ndarray, ds) -> np.ndarray:
     return np.asarray(pixels, dtype=np.float64) * slope + intercept
 
 
+def window_stored(pixels: np.ndarray, ds, level: float, width: float) -> np.ndarray:
+    """``window_hu(to_hu(pixels, ds), level, width)`` as one float32 linear map and clip (stored
+    value x slope/width + (intercept - low)/width): the prepare decode's hot path, within 1e-6 of
+    the float64 two-step result."""
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    lo = level - width / 2.0
+    out = np.asarray(pixels).astype(np.float32)
+    out *= np.float32(slope / width)
+    out += np.float32((intercept - lo) / width)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def read_header(path: str | Path) -> SliceHeader | str:
     """The slice's header, or the reason it cannot be read (a string) -- never an exception."""
     import pydicom

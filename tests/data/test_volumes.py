@@ -123,3 +123,15 @@ def test_window_values_and_errors() -> None:
             parse_window(bad)
     with pytest.raises(CxrbenchError, match="window '50'"):
         read_image("/nonexistent.dcm", image_format="ct:50")
+
+
+def test_the_one_pass_window_of_stored_values_matches_hu_then_window() -> None:
+    from cxrbench.data.volumes import to_hu, window_stored
+
+    pixels = np.random.default_rng(0).integers(-2000, 4000, (64, 64)).astype(np.int16)
+    for slope, intercept in ((1.0, -1024.0), (2.5, 100.0), (0.5, 0.0)):
+        ds = {"RescaleSlope": slope, "RescaleIntercept": intercept}
+        for level, width in ((50.0, 350.0), (-600.0, 1500.0)):
+            got = window_stored(pixels, ds, level, width)
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, window_hu(to_hu(pixels, ds), level, width), rtol=0, atol=2e-6)
