@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,7 @@ def test_cells_count_and_order_follow_the_grid():
         "features": n_data * n_enc,
         "probe": n_data * n_enc,
         "finetune": n_data * n_enc,
+        "segment": 0,
         "evaluate": 1,
         "compare": 1,
     }
@@ -149,3 +151,19 @@ def test_slurm_executor_without_slurm_says_so_instead_of_running_locally(tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("cxrbench: error: --executor slurm: no SLURM on this machine (sbatch not found)")
     assert "\n" not in err and not (run / "prepared").exists()
+
+
+def test_ct_smoke_segments_lidc_and_finetunes_pe_only_and_segments_alone_skip_evaluate():
+    suite = builtin_suites()["ct-smoke"]
+    cells = {c.id: c for c in plan(suite)}
+    segments = sorted(i for i, c in cells.items() if c.kind == "segment")
+    finetunes = sorted(i for i, c in cells.items() if c.kind == "finetune")
+    encoders, fractions = ("masked", "next-slice", "random"), ("0.5", "1")
+    assert segments == [f"segment/synthetic-lidc/{e}/f={f}/s=0" for e in encoders for f in fractions]
+    assert finetunes == [f"finetune/synthetic-ct/{e}/f={f}/s=0" for e in encoders for f in fractions]
+    masked = cells["segment/synthetic-lidc/masked/f=0.5/s=0"]
+    assert set(masked.deps) == {"prepare/synthetic-lidc", "pretrain/masked"}
+    assert masked.params["epochs"] == 1 and "datasets" not in masked.params
+    assert set(cells["evaluate"].deps) == set(finetunes)  # segmentation is no prediction to evaluate
+    alone = dataclasses.replace(suite, adaptations=("segment",))
+    assert {c.kind for c in plan(alone)} == {"prepare", "pretrain", "segment"}
