@@ -618,8 +618,7 @@ def run_command(
 
         done = run_suite(run_dir, chosen, force=force, device=device, precision=precision)
         out.print(f"suite [bold]{suite}[/]: {len(done)} stages up to date in {run_dir}")
-        if "compare" in done:  # a segmentation-only suite has no comparison tables
-            _show_tables(run_dir, done["compare"])
+        _show_tables(run_dir, done["compare"])
         return
     from cxrbench.grid.scale import run_scaled
 
@@ -636,8 +635,7 @@ def run_command(
         force=force,
     )
     out.print(f"suite [bold]{suite}[/]: every cell done in {run_dir}")
-    if done is not None:  # a segmentation-only suite has no comparison tables
-        _show_tables(run_dir, done)
+    _show_tables(run_dir, done)
 
 
 @app.command("status", epilog="Example: cxrbench status --suite smoke --run runs/default")

@@ -1,7 +1,7 @@
 """A suite's grid as cells: one stage output each, with the cells whose outputs it reads.
 
 Cells are listed in dependency order: prepare -> pretrain -> features -> probe / finetune / segment
--> evaluate -> compare (the last two only where there are probe or finetune predictions). ``execute`` runs one cell through the same stage function as the single
+-> evaluate -> compare. ``execute`` runs one cell through the same stage function as the single
 commands, so a cell is skipped by its manifest whoever ran it.
 """
 
@@ -86,9 +86,9 @@ def plan(suite: Suite) -> list[Cell]:
                     if spec.name in runs_on["segment"]:
                         params = {**grid, **options["segment"]}
                         cells.append(Cell(f"segment/{tail}", "segment", tuple(base), params))
-    if adapted:  # segmentation alone leaves no predictions for evaluate/compare
-        cells.append(Cell("evaluate", "evaluate", tuple(adapted), dict(suite.evaluate)))
-        cells.append(Cell("compare", "compare", ("evaluate",), {"baseline": suite.baseline, **suite.compare}))
+                        adapted.append(f"segment/{tail}")
+    cells.append(Cell("evaluate", "evaluate", tuple(adapted), dict(suite.evaluate)))
+    cells.append(Cell("compare", "compare", ("evaluate",), {"baseline": suite.baseline, **suite.compare}))
     return cells
 
 

@@ -23,9 +23,9 @@ def run_scaled(
     device: str | None = None,
     precision: str | None = None,
     force: bool = False,
-) -> Manifest | None:
-    """Run every cell of ``suite`` with ``executor``; the compare manifest (None for a suite that only
-    segments), or a one-line error naming the failed cells (``cxrbench status`` shows each error and log)."""
+) -> Manifest:
+    """Run every cell of ``suite`` with ``executor``; the compare manifest, or a one-line error naming
+    the failed cells (``cxrbench status`` shows each error and log)."""
     from cxrbench.grid.schedule import run_grid
     from cxrbench.stages.suite import prepare_settings
 
@@ -61,8 +61,4 @@ def run_scaled(
             f"suite {suite.name}: cell {first} failed ({error}){more}; {len(outcome.not_reached)} cells not "
             f"reached; see `cxrbench status --suite {suite.name} --run {layout.root}`"
         )
-    from cxrbench.grid.plan import plan
-
-    if not any(cell.kind == "compare" for cell in plan(suite)):
-        return None
     return read_complete(layout, layout.comparisons / "manifest.json", what="comparisons", hint="cxrbench compare")

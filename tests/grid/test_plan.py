@@ -153,7 +153,7 @@ def test_slurm_executor_without_slurm_says_so_instead_of_running_locally(tmp_pat
     assert "\n" not in err and not (run / "prepared").exists()
 
 
-def test_ct_smoke_segments_lidc_and_finetunes_pe_only_and_segments_alone_skip_evaluate():
+def test_ct_smoke_segments_lidc_and_finetunes_pe_only_and_evaluate_reads_both():
     suite = builtin_suites()["ct-smoke"]
     cells = {c.id: c for c in plan(suite)}
     segments = sorted(i for i, c in cells.items() if c.kind == "segment")
@@ -164,6 +164,6 @@ def test_ct_smoke_segments_lidc_and_finetunes_pe_only_and_segments_alone_skip_ev
     masked = cells["segment/synthetic-lidc/masked/f=0.5/s=0"]
     assert set(masked.deps) == {"prepare/synthetic-lidc", "pretrain/masked"}
     assert masked.params["epochs"] == 1 and "datasets" not in masked.params
-    assert set(cells["evaluate"].deps) == set(finetunes)  # segmentation is no prediction to evaluate
+    assert set(cells["evaluate"].deps) == set(finetunes) | set(segments)  # Dice is evaluated too
     alone = dataclasses.replace(suite, adaptations=("segment",))
-    assert {c.kind for c in plan(alone)} == {"prepare", "pretrain", "segment"}
+    assert {c.kind for c in plan(alone)} == {"prepare", "pretrain", "segment", "evaluate", "compare"}

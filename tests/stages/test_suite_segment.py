@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from cxrbench.config import builtin_suites, load_config
@@ -50,7 +51,9 @@ def test_a_suite_pretrains_on_ct_and_segments_only_the_datasets_it_names(
     done = run_suite(tmp_path / "run", suite)
     segmented = sorted(name for name in done if name.startswith("segment"))
     assert segmented == ["segment/synthetic-lidc/rot/f=1/s=0"] and "pretrain/rot" in done
-    assert not any(name.startswith(("probe", "finetune", "evaluate", "compare")) for name in done)
+    assert not any(name.startswith(("probe", "finetune")) for name in done)
+    metrics = pd.read_parquet(tmp_path / "run/evaluation/metrics.parquet")  # evaluate reads the Dice table
+    assert set(metrics["dataset"]) == {"synthetic-lidc"} and "compare" in done
     assert (tmp_path / "run/segmentation/synthetic-lidc/rot/segment.parquet").is_file()
     assert not (tmp_path / "run/segmentation/synthetic-ct").exists()
     again = run_suite(tmp_path / "run", suite)  # finished: nothing redone
