@@ -44,7 +44,7 @@ def bench_segmentation(args: argparse.Namespace, tmp: Path) -> None:
     from cxrbench.stages.pretrain import pretrain
     from cxrbench.stages.segment import segment
 
-    run = tmp / "run"
+    run = Path(args.run) if args.run else tmp / "run"  # --run keeps it: a rerun skips finished stages
     t0 = time.perf_counter()
     prepare(
         run,
@@ -83,7 +83,7 @@ def bench_segmentation(args: argparse.Namespace, tmp: Path) -> None:
             batch_size=16,
             device=args.device,
         )
-        (path,) = [k for k in manifest.outputs if k.endswith(".parquet")]
+        (path,) = [k for k in manifest.outputs if k.startswith("segmentation/") and k.endswith(".parquet")]
         tables[encoder] = pd.read_parquet(run / path)
         test = tables[encoder][tables[encoder]["split"] == "test"]
         print(
@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="segmentation epochs")
     parser.add_argument("--n-boot", type=int, default=10000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--run", help="keep the segmentation part's run here (default: a temporary folder)")
     parser.add_argument("--ct-patients", type=int, default=8)
     parser.add_argument("--ct-side", type=int, default=512, help="phantom slice side (real CT: 512)")
     parser.add_argument("--ct-size", type=int, default=224)
