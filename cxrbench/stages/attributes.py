@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from cxrbench.adapt.attributes import KIND, attribute_dataset, attribute_targets, middle_slices
-from cxrbench.adapt.features import read_features
 from cxrbench.adapt.predictions import adaptation_name, predictions_table
 from cxrbench.adapt.probe import fit_probe
 from cxrbench.data.prepared import load_prepared
@@ -19,7 +17,7 @@ from cxrbench.data.splits import fraction_patients
 from cxrbench.models.sources import resolve_encoder
 from cxrbench.rundir import Manifest, RunLayout, Stage, layout_of, manifest_path_for
 from cxrbench.stages.finetune import check_fraction
-from cxrbench.stages.probe import DEFAULT_CS, features
+from cxrbench.stages.probe import DEFAULT_CS, feature_lookup, features
 
 
 def attribute_probe(
@@ -60,15 +58,13 @@ def attribute_probe(
     )
     with stage.open(force=force) as todo:
         if todo:
-            ids, feats = read_features(pq.read_table(feat_path))
-            by_id = {sample: i for i, sample in enumerate(ids)}
             split = rows["split"].to_numpy()
             train = split == "train"
             if fraction < 1.0:
                 keep = fraction_patients(rows.loc[train, "patient_id"], fraction, seed=seed)
                 train &= rows["patient_id"].isin(keep).to_numpy()
             val, scored = split == "val", np.isin(split, ["val", "test"])
-            x = feats[[by_id[s] for s in rows["sample_id"]]]
+            x = feature_lookup(feat_path)(rows)
             model = fit_probe(
                 x[train], targets[train], x[val], targets[val], task=task, Cs=Cs, max_iter=max_iter, device=device
             )
