@@ -127,6 +127,11 @@ def text_tower(spec: Any) -> TextTower:
     from cxrbench.models.tower_files import has_text_tower
     from cxrbench.pretrain._image_text import SavedTextTower
 
+    from cxrbench.models.sources.hf import HfSpec
+
+    if isinstance(spec, HfSpec):  # CLIP / SigLIP checkpoints: the image features may need projecting
+        image, text = spec.text_tower()
+        return TextTower(image=image, text=text)
     if hasattr(spec, "text_tower"):  # open_clip: its image features are already projected
         tower, tokenizer = spec.text_tower()
         return TextTower(image=lambda f: f, text=lambda texts: tower(tokenizer(texts)))
@@ -134,8 +139,8 @@ def text_tower(spec: Any) -> TextTower:
         saved = SavedTextTower(spec.directory)
         return TextTower(image=saved.image, text=saved.text)
     raise CxrbenchError(
-        f"encoder {spec.name} has no text tower; zero-shot needs an open_clip: encoder or one pretrained "
-        "in the run by convirt, clip, gloria, refers or convirt-sections"
+        f"encoder {spec.name} has no text tower; zero-shot needs an open_clip: encoder, an hf: CLIP or SigLIP "
+        "checkpoint, or one pretrained in the run by convirt, clip, gloria, refers or convirt-sections"
     )
 
 

@@ -279,3 +279,47 @@ def test_siglip_checkpoint_gives_its_image_tower_pooled_by_default(tmp_path, hub
     expected = _by_hand(snapshot, grey, tower=True)
     with torch.no_grad():
         torch.testing.assert_close(enc(_as_input(grey)), expected.pooler_output, rtol=1e-4, atol=1e-5)
+
+
+def test_clip_checkpoint_zero_shot_uses_transformers_own_projections(tmp_path, hub_repo, tiny_dino):
+    # the image features the encoder gives (vision pooler output) projected, and the prompts'
+    # text features, equal CLIPModel's get_image_features / get_text_features with its tokenizer
+    from transformers import AutoTokenizer, BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from cxrbench.adapt.zeroshot import Prompts, text_tower, zeroshot_scores
+
+    torch.manual_seed(3)
+    folder = tmp_path / "clip-with-tokenizer"
+    folder.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "pleural", "effusion", "a", "chest", "x-ray"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    text = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    text.update(vocab_size=len(vocab), bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    vision = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    vision.update(image_size=32, patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    snapshot = hub_repo("org/clip-zs", folder)
+
+    grey = _grey(4, 32)
+    with torch.no_grad():
+        features = create_encoder("hf:org/clip-zs")(_as_input(grey))
+    tower = text_tower(resolve_encoder("hf:org/clip-zs"))
+    model = CLIPModel.from_pretrained(str(snapshot), local_files_only=True).eval()
+    vision_out = _by_hand(snapshot, grey, tower=True)
+    with torch.no_grad():
+        want_image = model.visual_projection(vision_out.pooler_output)
+        prompts = ["pleural effusion", "no pleural effusion"]
+        tokens = AutoTokenizer.from_pretrained(str(snapshot))(prompts, padding=True, return_tensors="pt")
+        out = model.get_text_features(**tokens)
+        want_text = out if isinstance(out, torch.Tensor) else out.pooler_output
+    torch.testing.assert_close(tower.image(features), want_image, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(tower.text(prompts), want_text, rtol=1e-5, atol=1e-6)
+    chosen = Prompts(positive={"Effusion": ["pleural effusion"]}, negative={"Effusion": ["no pleural effusion"]})
+    scores = zeroshot_scores(tower, features.numpy(), ["Effusion"], chosen)
+    assert scores.shape == (1, 1) and 0 < scores[0, 0] < 1
+    with pytest.raises(CxrbenchError, match="#pooler"):
+        text_tower(resolve_encoder("hf:org/clip-zs#cls"))
+    with pytest.raises(CxrbenchError, match="has no text tower"):
+        text_tower(resolve_encoder("hf:org/tiny-dino"))

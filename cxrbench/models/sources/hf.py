@@ -190,6 +190,47 @@ class HfSpec(EncoderSpec):
             )
         return _backbone_module_class()(model, feature=self.feature)
 
+    def text_tower(self):
+        """For zero-shot scoring of a CLIP or SigLIP checkpoint: ``(image, text)`` where ``image`` maps
+        this encoder's pooled features into the joint space (CLIP's visual projection; SigLIP's pooled
+        output is already there) and ``text(prompts)`` gives ``get_text_features`` of the tokenised
+        prompts, with the tokenizer saved beside the weights, read offline."""
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.require()
+        folder = Path(self.weights.location)
+        try:
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).eval()
+        except Exception as exc:  # noqa: BLE001 - a foreign or corrupt folder is one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CxrbenchError(f"cannot load {self.source} from {folder}: {first}") from None
+        if not hasattr(model, "get_text_features") or not hasattr(model, "text_model"):
+            raise CxrbenchError(f"encoder {self.name} has no text tower (zero-shot needs a CLIP or SigLIP checkpoint)")
+        if self.feature != "pooler":
+            raise CxrbenchError(f"zero-shot with {self.name}: use its #pooler feature (the image embedding)")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - no tokenizer files in the snapshot
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CxrbenchError(f"the tokenizer of {self.name} is not in {folder}: {first}") from None
+        padding = "max_length" if self.arch == "siglip" else True  # SigLIP was trained on padded prompts
+        projection = getattr(model, "visual_projection", None)
+
+        def pooled(out):
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+        def text(prompts: list[str]) -> torch.Tensor:
+            tokens = tokenizer(list(prompts), padding=padding, truncation=True, return_tensors="pt")
+            with torch.no_grad():
+                return pooled(model.get_text_features(**tokens))
+
+        def image(features: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return projection(features) if projection is not None else features
+
+        return image, text
+
 
 def parse(name: str, *, arch: str | None, run: Path | None) -> HfSpec:
     match = _NAME.fullmatch(name[len(PREFIX) :])
