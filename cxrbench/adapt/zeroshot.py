@@ -124,10 +124,9 @@ class TextTower:
 def text_tower(spec: Any) -> TextTower:
     """The text tower of an encoder spec; a one-line error for encoders without one."""
     from cxrbench.models.sources._saved import SavedSpec
+    from cxrbench.models.sources.hf import HfSpec
     from cxrbench.models.tower_files import has_text_tower
     from cxrbench.pretrain._image_text import SavedTextTower
-
-    from cxrbench.models.sources.hf import HfSpec
 
     if isinstance(spec, HfSpec):  # CLIP / SigLIP checkpoints: the image features may need projecting
         image, text = spec.text_tower()
