@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import save_file
 
 from cxrbench.adapt.predictions import adaptation_name
-from cxrbench.adapt.segment import UNet, case_scores, segment_loop
+from cxrbench.adapt.segment import UNet, case_ids, case_scores, segment_loop
 from cxrbench.console import progress
 from cxrbench.data.prepared import load_prepared
 from cxrbench.data.splits import fraction_patients
@@ -115,7 +114,7 @@ def segment(
         for name, frame in (("val", val), ("test", test)):
             if len(frame):
                 scores = case_scores(model, images, masks, frame, device=hw, num_workers=workers)
-                patients = frame.groupby(_case_of(frame), sort=False)["patient_id"].first()
+                patients = frame.groupby(case_ids(frame), sort=False)["patient_id"].first()
                 tables.append(
                     scores.rename(columns={"case": "case_id"}).assign(
                         patient_id=patients.loc[scores["case"]].to_numpy(), split=name
@@ -133,8 +132,3 @@ def segment(
         clear_tree(layout, checkpoints)
     return stage.manifest
 
-
-def _case_of(frame: pd.DataFrame) -> np.ndarray:
-    from cxrbench.adapt.segment import case_ids
-
-    return case_ids(frame)
