@@ -131,4 +131,3 @@ def segment(
         stage.extra["precision"] = hw.precision
         clear_tree(layout, checkpoints)
     return stage.manifest
-
