@@ -166,8 +166,7 @@ def _flock(lock_path: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            who = handle.read().strip() or "another process"
+            who = _flock_holder(handle)
             raise LockBusy(f"{what} is being written by {who} (lock {lock_path}); wait for it to finish", who) from None
         handle.seek(0)
         handle.truncate()
@@ -176,6 +175,18 @@ def _flock(lock_path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _flock_holder(handle) -> str:
+    """Who holds a flock: the holder writes ``pid N on HOST`` just after locking, so an empty file
+    means it is about to; read again for up to 0.2 s before settling for "another process"."""
+    for _ in range(20):
+        handle.seek(0)
+        who = handle.read().strip()
+        if who:
+            return who
+        time.sleep(0.01)
+    return "another process"
 
 
 # ---------------------------------------------------------------------------------------------
