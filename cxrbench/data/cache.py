@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -18,17 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrbench.data.images import ImageError, check_image_format, pixel_limit, read_image
+from cxrbench.data.images import CT_PREFIX, ImageError, check_image_format, pixel_limit, read_image
 from cxrbench.data.transforms import Preprocess, preprocess
 from cxrbench.errors import CxrbenchError
 from cxrbench.processes import die_with_parent
-from cxrbench.rundir import write_text
 
 IMAGES_FILE = "images.npy"
 DONE_FILE = "done.npy"  # uint8 per row: 0 to do, 1 ok, 2 quarantined
 REASONS_FILE = "reasons.jsonl"  # one {"row": i, "reason": str} per quarantined row
 STATE_FILE = "cache.json"  # fingerprint of paths + settings; written once the files exist
 CACHE_VERSION = 1
+#: Decoded rows are synced to disk (and only then marked done) at most this often.
+SYNC_SECONDS = 2.0
 _TODO, _OK, _BAD = 0, 1, 2
 
 
@@ -86,14 +88,26 @@ def build_cache(
                 if log.read(1) != "\n":
                     log.write("\n")
 
-            def record(rows: np.ndarray, pixels: np.ndarray, bad: list[str | None]) -> None:
-                # Plain writes, not a memmap: written pages stay out of this process's RSS,
-                # so memory stays flat however many images the cache holds.
-                for r, image in zip(rows, pixels, strict=True):
-                    images.seek(offset + int(r) * row_bytes)
-                    images.write(image.tobytes())
-                images.flush()
-                os.fsync(images.fileno())
+            # Rows on disk but not yet synced; they are marked done only after the next fsync
+            # (at most every SYNC_SECONDS and at the end), so a kill or a power cut can lose
+            # decoded rows, never mark a row done whose pixels are not durable.
+            pending: list[tuple[np.ndarray, list[str | None]]] = []
+            synced = [time.monotonic()]
+
+            def commit(*, force: bool = False) -> None:
+                if not pending or (not force and time.monotonic() - synced[0] < SYNC_SECONDS):
+                    return
+                os.fsync(images.fileno())  # every writer's pages of the file, workers' included
+                for rows, bad in pending:
+                    done[rows] = [_OK if why is None else _BAD for why in bad]
+                done.flush()
+                pending.clear()
+                synced[0] = time.monotonic()
+
+            def record(rows: np.ndarray, pixels: np.ndarray | None, bad: list[str | None]) -> None:
+                # pixels None: the worker has written the rows itself
+                if pixels is not None:
+                    _write_rows(images, offset, row_bytes, rows, pixels)
                 lines = [
                     json.dumps({"row": int(r), "reason": why}) + "\n"
                     for r, why in zip(rows, bad, strict=True)
@@ -105,16 +119,18 @@ def build_cache(
                     os.fsync(log.fileno())
                 for r, why in zip(rows, bad, strict=True):
                     reasons[int(r)] = why
-                done[rows] = [_OK if why is None else _BAD for why in bad]
-                done.flush()
+                pending.append((rows, bad))
+                commit()
                 if progress is not None:
                     progress(len(rows))
 
+            target = (str(out_dir / IMAGES_FILE), offset)
             if workers <= 1:
                 for rows in tasks:
-                    record(rows, *_process_chunk([paths[r] for r in rows], settings, image_format))
+                    record(rows, *_process_chunk([paths[r] for r in rows], settings, image_format, (*target, rows)))
             else:
-                _run_parallel(tasks, paths, settings, image_format, workers, record)
+                _run_parallel(tasks, paths, settings, image_format, workers, record, target)
+            commit(force=True)
     return [reasons.get(i) for i in range(len(paths))]
 
 
@@ -140,6 +156,8 @@ def open_cache(out_dir: Path) -> np.ndarray:
 def _fingerprint(paths: list[str], settings: Preprocess, image_format: str | None) -> str:
     h = hashlib.sha256()
     head = {"version": CACHE_VERSION, "settings": settings.to_dict(), "format": image_format}
+    if (image_format or "").startswith(CT_PREFIX) and settings.scaling == "fixed":
+        head["ct_decode"] = 2  # 2: windowed to uint8, then resampled in 8 bits (1: float resampling)
     h.update(json.dumps(head, sort_keys=True).encode())
     for p in paths:
         h.update(b"\0" + p.encode("utf-8", "surrogateescape"))
@@ -175,6 +193,8 @@ def _open_or_create(
         "image_format": image_format,
         "n": len(paths),
     }
+    from cxrbench.rundir import write_text  # here, not at the top: decode workers need not import it
+
     write_text(state_file, json.dumps(state, indent=1))
     return offset, done, {}
 
@@ -227,15 +247,34 @@ def _read_reasons(file: Path, done: np.ndarray) -> dict[int, str]:
 
 
 # ---------------------------------------------------------------- the work
+def _write_rows(images, offset: int, row_bytes: int, rows: np.ndarray, pixels: np.ndarray) -> None:
+    """Write ``pixels[i]`` at row ``rows[i]`` of the open images file (synced later, by the
+    parent). Plain writes, not a memmap: written pages stay out of the writer's RSS, so memory
+    stays flat however many images the cache holds."""
+    for r, image in zip(rows, pixels, strict=True):
+        images.seek(offset + int(r) * row_bytes)
+        images.write(image.tobytes())
+    images.flush()
+
+
 def _process_chunk(
-    paths: list[str], settings: Preprocess, image_format: str | None
-) -> tuple[np.ndarray, list[str | None]]:
-    """Return (uint8 [k, size, size], per-image reason or None); top-level so spawn can pickle it."""
+    paths: list[str],
+    settings: Preprocess,
+    image_format: str | None,
+    target: tuple[str, int, np.ndarray] | None = None,
+) -> tuple[np.ndarray | None, list[str | None]]:
+    """Return (uint8 [k, size, size], per-image reason or None); top-level so spawn can pickle it.
+
+    With ``target`` (images file, data offset, rows) the pixels are written there, and
+    None comes back in their place: workers do not ship every decoded image through a pipe to the
+    parent (for 512-px CT slices that copying cost as much as a tenth of the decode)."""
     out = np.zeros((len(paths), settings.size, settings.size), dtype=np.uint8)
     reasons: list[str | None] = []
+    # windowed CT under fixed scaling: decoded straight to 0..255 and resampled in 8 bits
+    ct_uint8 = settings.scaling == "fixed" and (image_format or "").startswith(CT_PREFIX)
     for i, path in enumerate(paths):
         try:
-            image = read_image(path, image_format=image_format)
+            image = read_image(path, image_format=image_format, ct_uint8=ct_uint8)
             if float(image.max()) <= float(image.min()):
                 raise ImageError("constant image (all pixels equal)")
             out[i] = preprocess(image, settings)
@@ -246,13 +285,18 @@ def _process_chunk(
             reasons.append("out of memory while decoding")
         except Exception as exc:  # one odd file must never stop the stage
             reasons.append(f"unexpected error ({type(exc).__name__}: {exc})")
-    return out, reasons
+    if target is None:
+        return out, reasons
+    file, offset, rows = target
+    with open(file, "r+b") as images:
+        _write_rows(images, offset, settings.size * settings.size, rows, out)
+    return None, reasons
 
 
 CRASH_REASON = "decoder crashed (worker process died)"
 
 
-def _run_parallel(tasks, paths, settings, image_format, workers, record) -> None:
+def _run_parallel(tasks, paths, settings, image_format, workers, record, target) -> None:
     """Run ``tasks`` (arrays of rows) on spawn workers, ``record``-ing each result as it comes.
 
     When a worker dies (a decoder segfault, the OOM killer), the chunks it took down are retried
@@ -263,18 +307,18 @@ def _run_parallel(tasks, paths, settings, image_format, workers, record) -> None
     suspects: deque[np.ndarray] = deque()
     while queue or suspects:
         if suspects:
-            for rows in _pool_pass(suspects, paths, settings, image_format, 1, 1, record):
+            for rows in _pool_pass(suspects, paths, settings, image_format, 1, 1, record, target):
                 record(
                     rows,
                     np.zeros((len(rows), settings.size, settings.size), np.uint8),
                     [CRASH_REASON] * len(rows),
                 )
         else:
-            lost = _pool_pass(queue, paths, settings, image_format, workers, 2 * workers, record)
+            lost = _pool_pass(queue, paths, settings, image_format, workers, 2 * workers, record, target)
             suspects.extend(np.array([r]) for rows in lost for r in rows)
 
 
-def _pool_pass(queue, paths, settings, image_format, workers, window, record) -> list[np.ndarray]:
+def _pool_pass(queue, paths, settings, image_format, workers, window, record, target) -> list[np.ndarray]:
     """Take tasks from ``queue`` with at most ``window`` in flight; return the tasks lost when the
     pool broke (empty when all were done)."""
     import multiprocessing
@@ -292,7 +336,7 @@ def _pool_pass(queue, paths, settings, image_format, workers, window, record) ->
                 rows = queue.popleft()
                 chunk = [paths[r] for r in rows]
                 try:
-                    pending[pool.submit(_process_chunk, chunk, settings, image_format)] = rows
+                    pending[pool.submit(_process_chunk, chunk, settings, image_format, (*target, rows))] = rows
                 except BrokenProcessPool:
                     queue.appendleft(rows)
                     return _lost(pending, record)

@@ -58,8 +58,12 @@ class Preprocess:
 def preprocess(image: np.ndarray, settings: Preprocess) -> np.ndarray:
     """Return ``uint8 [size, size]``: resized per ``settings.aspect``, scaled to 0..255 (min-max, or
     fixed from [0, 1]), then histogram-equalised if asked. Padding is 0 and takes no part in scaling or equalisation;
-    a constant image becomes all zeros."""
+    a constant image becomes all zeros. Under fixed scaling a uint8 image is taken as already on
+    0..255 (a CT slice windowed by the decoder) and resampled in 8 bits, within one grey level of
+    resampling its [0, 1] floats."""
     image = np.asarray(image)
+    if image.dtype == np.uint8 and settings.scaling != "fixed":
+        image = image.astype(np.float32)  # 8-bit resampling only where 0..255 is the final scale
     if image.ndim != 2 or min(image.shape) < 1:
         raise CxrbenchError(f"preprocess needs a non-empty 2-D image, got shape {image.shape}")
     size = settings.size
@@ -76,7 +80,9 @@ def preprocess(image: np.ndarray, settings: Preprocess) -> np.ndarray:
         scale = size / max(h, w)
         nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
         content = resize(image, (nh, nw))
-    if settings.scaling == "fixed":
+    if settings.scaling == "fixed" and content.dtype == np.uint8:
+        scaled = content
+    elif settings.scaling == "fixed":
         scaled = np.rint(np.clip(content, 0.0, 1.0) * 255.0).astype(np.uint8)
     else:
         scaled = minmax_uint8(content)
@@ -91,9 +97,15 @@ def preprocess(image: np.ndarray, settings: Preprocess) -> np.ndarray:
 
 
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Return ``image`` resized to ``shape`` (rows, cols) as float32, bilinear with antialiasing."""
+    """Return ``image`` resized to ``shape`` (rows, cols), bilinear with antialiasing: float32, or
+    uint8 for a uint8 image (Pillow's 8-bit resampling, ~1.5x faster)."""
     from PIL import Image
 
+    if image.dtype == np.uint8:
+        if image.shape == shape:
+            return image
+        pil = Image.fromarray(np.ascontiguousarray(image), mode="L")
+        return np.asarray(pil.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
     if image.shape == shape:
         return image.astype(np.float32, copy=False)
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")

@@ -114,17 +114,21 @@ def to_hu(pixels: np.ndarray, ds) -> np.ndarray:
     return np.asarray(pixels, dtype=np.float64) * slope + intercept
 
 
-def window_stored(pixels: np.ndarray, ds, level: float, width: float) -> np.ndarray:
+def window_stored(pixels: np.ndarray, ds, level: float, width: float, *, uint8: bool = False) -> np.ndarray:
     """``window_hu(to_hu(pixels, ds), level, width)`` as one float32 linear map and clip (stored
     value x slope/width + (intercept - low)/width): the prepare decode's hot path, within 1e-6 of
-    the float64 two-step result."""
+    the float64 two-step result. ``uint8``: the same on 0..255, rounded (``round(255 x window)``)."""
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     lo = level - width / 2.0
+    top = 255.0 if uint8 else 1.0
     out = np.asarray(pixels).astype(np.float32)
-    out *= np.float32(slope / width)
-    out += np.float32((intercept - lo) / width)
-    return np.clip(out, 0.0, 1.0, out=out)
+    out *= np.float32(top * slope / width)
+    out += np.float32(top * (intercept - lo) / width)
+    np.clip(out, 0.0, top, out=out)
+    if uint8:
+        return np.rint(out, out=out).astype(np.uint8)
+    return out
 
 
 def read_header(path: str | Path) -> SliceHeader | str:

@@ -81,6 +81,7 @@ class _Killed(Exception):
 
 
 def test_resume_after_interruption_decodes_only_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "SYNC_SECONDS", 0.0)  # sync (and mark done) after every chunk
     paths = make_pngs(tmp_path, 10)
     paths[2] = str(tmp_path / "gone.png")  # a quarantined row in the first chunk
     finished = []
@@ -143,8 +144,10 @@ def test_resume_after_a_real_kill(tmp_path):
     script = textwrap.dedent(
         f"""
         import os
+        import cxrbench.data.cache
         from cxrbench.data.cache import build_cache
         from cxrbench.data.transforms import Preprocess
+        cxrbench.data.cache.SYNC_SECONDS = 0.0  # every chunk synced and marked done
         seen = []
         def progress(n):
             seen.append(n)
@@ -201,11 +204,34 @@ def test_bounded_chunks_in_flight(tmp_path, monkeypatch):
     np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths, SETTINGS))
 
 
-def _crash_on_marker(paths, settings, image_format):
+def test_rows_are_marked_done_only_once_synced(tmp_path, monkeypatch):
+    """Between syncs decoded rows are pending: a kill before the next sync loses them (they are
+    decoded again); none of them is marked done."""
+    monkeypatch.setattr(cache_mod, "SYNC_SECONDS", 3600.0)
+    paths = make_pngs(tmp_path, 9)
+    events = []
+
+    def kill_after_two_chunks(n):
+        events.append(n)
+        if len(events) == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0, chunk_size=3, progress=kill_after_two_chunks)
+    assert not np.load(tmp_path / "c" / cache_mod.DONE_FILE).any()  # decoded, written, not synced: not done
+    decoded = []
+    real_read = cache_mod.read_image
+    monkeypatch.setattr(cache_mod, "read_image", lambda p, **kw: decoded.append(p) or real_read(p, **kw))
+    assert build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0, chunk_size=3) == [None] * 9
+    assert decoded == paths  # nothing had been marked done: all decoded again, once
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths, SETTINGS))
+
+
+def _crash_on_marker(paths, settings, image_format, *target):
     """Worker body that dies like a segfaulting decoder on any path containing CRASH."""
     if any("CRASH" in p for p in paths):
         os._exit(3)
-    return cache_mod._process_chunk(paths, settings, image_format)
+    return cache_mod._process_chunk(paths, settings, image_format, *target)
 
 
 class _CrashingPool(ProcessPoolExecutor):

@@ -386,10 +386,16 @@ def _deflate_zeros(out, n: int, head: bytes = b"", *, wbits: int = -zlib.MAX_WBI
     out.write(z.flush())
 
 
-def deflated_dicom(path: Path, rows: int, cols: int, *, frames: int = 1, pixel_bytes: int | None = None) -> Path:
+def deflated_dicom(
+    path: Path, rows: int, cols: int, *, frames: int = 1, pixel_bytes: int | None = None, meta_padding: int = 0
+) -> Path:
     """A Deflated Explicit VR Little Endian DICOM declaring rows x cols x frames 8-bit pixels, all
-    zero, so that it deflates ~1000:1; ``pixel_bytes`` overrides the pixel data's length."""
+    zero, so that it deflates ~1000:1; ``pixel_bytes`` overrides the pixel data's length;
+    ``meta_padding`` bytes of PrivateInformation lengthen the file meta."""
     meta = FileMetaDataset()
+    if meta_padding:
+        meta.PrivateInformationCreatorUID = "1.2.3.4"
+        meta.PrivateInformation = b"\0" * meta_padding
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
@@ -445,6 +451,11 @@ def test_deflated_dicom_bomb_is_refused_from_its_header_without_inflating(tmp_pa
     path = deflated_dicom(tmp_path / "bomb.dcm", 15000, 15000)
     assert path.stat().st_size < 400_000  # 225 MB of pixels in a few hundred KB
     reason, mib = _decode_in_fresh_process(path)
+    assert reason == "DICOM declares 15000x15000 pixels (225 Mpx) > limit 100 Mpx"
+    assert mib < 200, f"peak memory rose by {mib:.0f} MiB"
+    # a file meta longer than the first bytes the reader peeks at takes the careful path too
+    long_meta = deflated_dicom(tmp_path / "long-meta.dcm", 15000, 15000, meta_padding=10_000)
+    reason, mib = _decode_in_fresh_process(long_meta)
     assert reason == "DICOM declares 15000x15000 pixels (225 Mpx) > limit 100 Mpx"
     assert mib < 200, f"peak memory rose by {mib:.0f} MiB"
 

@@ -135,3 +135,108 @@ def test_the_one_pass_window_of_stored_values_matches_hu_then_window() -> None:
             got = window_stored(pixels, ds, level, width)
             assert got.dtype == np.float32
             np.testing.assert_allclose(got, window_hu(to_hu(pixels, ds), level, width), rtol=0, atol=2e-6)
+
+
+def test_the_uint8_window_is_round_255_times_the_float64_window() -> None:
+    from cxrbench.data.volumes import to_hu, window_stored
+
+    pixels = np.random.default_rng(1).integers(-2000, 4000, (128, 128)).astype(np.int16)
+    for slope, intercept in ((1.0, -1024.0), (2.5, 100.0)):
+        ds = {"RescaleSlope": slope, "RescaleIntercept": intercept}
+        got = window_stored(pixels, ds, 50.0, 350.0, uint8=True)
+        want = np.rint(window_hu(to_hu(pixels, ds), 50.0, 350.0).astype(np.float64) * 255)
+        assert got.dtype == np.uint8
+        # float32 vs float64 may only flip a value lying on a rounding tie
+        assert np.abs(got.astype(int) - want).max() <= 1 and (got == want).mean() > 0.999
+
+
+def _native_slice(tmp_path: Path, stored: np.ndarray, *, allocated: int, bits: int, signed: bool, syntax) -> Path:
+    """A one-frame MONOCHROME2 slice whose PixelData is ``stored`` as raw little-endian words; the
+    bits above BitsStored are left as the caller filled them (pydicom must clear or extend them)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, bits, bits - 1
+    ds.PixelRepresentation = int(signed)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    raw = stored.astype(f"<{'i' if signed else 'u'}{allocated // 8}").tobytes()
+    ds.PixelData = raw + b"\0" * (len(raw) % 2)
+    path = tmp_path / f"{allocated}-{bits}-{int(signed)}-{syntax}.dcm"
+    ds.save_as(path, implicit_vr=syntax == "1.2.840.10008.1.2", little_endian=True, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("allocated", "bits", "signed"),
+    [(16, 16, True), (16, 12, True), (16, 12, False), (16, 16, False), (8, 8, False), (32, 24, True), (32, 32, False)],
+)
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_native_pixels_equal_pydicoms_pixel_array(tmp_path: Path, allocated, bits, signed, syntax) -> None:
+    """The fast read of uncompressed slices against pydicom's decoder, with garbage in the unused
+    high bits (cleared for unsigned, sign-extended for signed) and an odd pixel count."""
+    import pydicom
+
+    from cxrbench.data.images import native_pixels
+
+    rng = np.random.default_rng(allocated + bits)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2**bits)
+    stored = rng.integers(lo, hi, (7, 9), dtype=np.int64)
+    words = stored & ((1 << bits) - 1)  # two's complement in the stored bits ...
+    if bits < allocated:  # ... and random garbage above them
+        words |= rng.integers(0, 2 ** (allocated - bits), stored.shape) << bits
+    words = words.astype(f"<u{allocated // 8}").view(f"<{'i' if signed else 'u'}{allocated // 8}")
+    ds = pydicom.dcmread(_native_slice(tmp_path, words, allocated=allocated, bits=bits, signed=signed, syntax=syntax))
+    got = native_pixels(ds)
+    assert got is not None
+    np.testing.assert_array_equal(got, ds.pixel_array)
+    np.testing.assert_array_equal(got, stored)  # the values written, whatever the high bits held
+
+
+def test_native_pixels_leave_other_syntaxes_to_pydicom(tmp_path: Path) -> None:
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    from cxrbench.data.images import native_pixels
+
+    ds = pydicom.dcmread(
+        _native_slice(
+            tmp_path, np.zeros((4, 4), np.int16), allocated=16, bits=16, signed=True, syntax="1.2.840.10008.1.2.1"
+        )
+    )
+    ds.compress(RLELossless)
+    assert native_pixels(ds) is None  # encapsulated: pydicom's decoder does it
+    del ds.PixelData
+    assert native_pixels(ds) is None
+
+
+@pytest.mark.parametrize("aspect", ["pad", "crop", "stretch"])
+def test_the_ct_cache_is_within_one_grey_level_of_float_resampling(tmp_path: Path, aspect: str) -> None:
+    """The cache decodes CT to uint8 and resamples in 8 bits; the reference resamples the float
+    window (read_image) and rounds afterwards. Same size: identical; resized: within one level."""
+    from cxrbench.data.cache import build_cache, open_cache
+    from cxrbench.data.transforms import Preprocess, preprocess
+
+    write_ct_phantoms(tmp_path / "ct", n_patients=2, size=48, seed=3)
+    paths = sorted(str(p) for p in (tmp_path / "ct").rglob("*.dcm"))[:6]
+    fmt = ct_format(50, 350)
+    for size in (48, 20):
+        settings = Preprocess(size=size, aspect=aspect, scaling="fixed")
+        assert (
+            build_cache(paths, tmp_path / f"c{size}{aspect}", settings=settings, image_format=fmt, workers=0)
+            == [None] * 6
+        )
+        got = open_cache(tmp_path / f"c{size}{aspect}").astype(int)
+        want = np.stack([preprocess(read_image(p, image_format=fmt), settings) for p in paths]).astype(int)
+        if size == 48:
+            assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.999
+        else:
+            assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.9
