@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrbench.data.images import CT_PREFIX, ImageError, check_image_format, pixel_limit, read_image
+from cxrbench.data.images import CT_PREFIX, ImageError, PixelLayout, check_image_format, pixel_limit, read_image
 from cxrbench.data.transforms import Preprocess, preprocess
 from cxrbench.errors import CxrbenchError
 from cxrbench.processes import die_with_parent
@@ -43,6 +43,7 @@ def build_cache(
     workers: int | None = None,
     chunk_size: int = 64,
     progress: Callable[[int], None] | None = None,
+    layouts: Sequence[PixelLayout | None] | None = None,
 ) -> list[str | None]:
     """Return per path None (cached) or the quarantine reason; writes ``out_dir/images.npy``.
 
@@ -54,6 +55,8 @@ def build_cache(
     rows finished since the last call (rows already done by an earlier run come first).
     An image declaring more pixels than ``pixel_limit()`` ($CXRBENCH_MAX_PIXELS, which the workers
     inherit) is quarantined with that reason before it is decoded.
+    ``layouts``: per path, where a CT slice's pixel bytes lie (from its header read), or None; the
+    pixels are the same either way, only faster to read.
     """
     if not isinstance(settings, Preprocess):
         raise CxrbenchError(f"settings must be a Preprocess, got {type(settings).__name__}")
@@ -66,6 +69,8 @@ def build_cache(
         raise CxrbenchError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     pixel_limit()  # a bad $CXRBENCH_MAX_PIXELS stops here, not as a reason on every image
     paths = [os.fspath(p) for p in paths]
+    if layouts is not None and len(layouts) != len(paths):
+        raise CxrbenchError(f"layouts must have one entry per path ({len(layouts)} for {len(paths)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -127,9 +132,14 @@ def build_cache(
             target = (str(out_dir / IMAGES_FILE), offset)
             if workers <= 1:
                 for rows in tasks:
-                    record(rows, *_process_chunk([paths[r] for r in rows], settings, image_format, (*target, rows)))
+                    record(
+                        rows,
+                        *_process_chunk(
+                            [paths[r] for r in rows], settings, image_format, (*target, rows), _take(layouts, rows)
+                        ),
+                    )
             else:
-                _run_parallel(tasks, paths, settings, image_format, workers, record, target)
+                _run_parallel(tasks, paths, settings, image_format, workers, record, target, layouts)
             commit(force=True)
     return [reasons.get(i) for i in range(len(paths))]
 
@@ -257,11 +267,16 @@ def _write_rows(images, offset: int, row_bytes: int, rows: np.ndarray, pixels: n
     images.flush()
 
 
+def _take(layouts: Sequence[PixelLayout | None] | None, rows: np.ndarray) -> list[PixelLayout | None] | None:
+    return None if layouts is None else [layouts[int(r)] for r in rows]
+
+
 def _process_chunk(
     paths: list[str],
     settings: Preprocess,
     image_format: str | None,
     target: tuple[str, int, np.ndarray] | None = None,
+    layouts: list[PixelLayout | None] | None = None,
 ) -> tuple[np.ndarray | None, list[str | None]]:
     """Return (uint8 [k, size, size], per-image reason or None); top-level so spawn can pickle it.
 
@@ -274,7 +289,8 @@ def _process_chunk(
     ct_uint8 = settings.scaling == "fixed" and (image_format or "").startswith(CT_PREFIX)
     for i, path in enumerate(paths):
         try:
-            image = read_image(path, image_format=image_format, ct_uint8=ct_uint8)
+            layout = layouts[i] if layouts is not None else None
+            image = read_image(path, image_format=image_format, ct_uint8=ct_uint8, layout=layout)
             if float(image.max()) <= float(image.min()):
                 raise ImageError("constant image (all pixels equal)")
             out[i] = preprocess(image, settings)
@@ -296,7 +312,7 @@ def _process_chunk(
 CRASH_REASON = "decoder crashed (worker process died)"
 
 
-def _run_parallel(tasks, paths, settings, image_format, workers, record, target) -> None:
+def _run_parallel(tasks, paths, settings, image_format, workers, record, target, layouts) -> None:
     """Run ``tasks`` (arrays of rows) on spawn workers, ``record``-ing each result as it comes.
 
     When a worker dies (a decoder segfault, the OOM killer), the chunks it took down are retried
@@ -307,18 +323,18 @@ def _run_parallel(tasks, paths, settings, image_format, workers, record, target)
     suspects: deque[np.ndarray] = deque()
     while queue or suspects:
         if suspects:
-            for rows in _pool_pass(suspects, paths, settings, image_format, 1, 1, record, target):
+            for rows in _pool_pass(suspects, paths, settings, image_format, 1, 1, record, target, layouts):
                 record(
                     rows,
                     np.zeros((len(rows), settings.size, settings.size), np.uint8),
                     [CRASH_REASON] * len(rows),
                 )
         else:
-            lost = _pool_pass(queue, paths, settings, image_format, workers, 2 * workers, record, target)
+            lost = _pool_pass(queue, paths, settings, image_format, workers, 2 * workers, record, target, layouts)
             suspects.extend(np.array([r]) for rows in lost for r in rows)
 
 
-def _pool_pass(queue, paths, settings, image_format, workers, window, record, target) -> list[np.ndarray]:
+def _pool_pass(queue, paths, settings, image_format, workers, window, record, target, layouts) -> list[np.ndarray]:
     """Take tasks from ``queue`` with at most ``window`` in flight; return the tasks lost when the
     pool broke (empty when all were done)."""
     import multiprocessing
@@ -336,7 +352,8 @@ def _pool_pass(queue, paths, settings, image_format, workers, window, record, ta
                 rows = queue.popleft()
                 chunk = [paths[r] for r in rows]
                 try:
-                    pending[pool.submit(_process_chunk, chunk, settings, image_format, (*target, rows))] = rows
+                    job = (chunk, settings, image_format, (*target, rows), _take(layouts, rows))
+                    pending[pool.submit(_process_chunk, *job)] = rows
                 except BrokenProcessPool:
                     queue.appendleft(rows)
                     return _lost(pending, record)

@@ -13,6 +13,7 @@ import math
 import os
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,12 @@ def pixel_limit(max_pixels: int | None = None) -> int:
 
 
 def read_image(
-    path: str | Path, *, image_format: str | None = None, max_pixels: int | None = None, ct_uint8: bool = False
+    path: str | Path,
+    *,
+    image_format: str | None = None,
+    max_pixels: int | None = None,
+    ct_uint8: bool = False,
+    layout: PixelLayout | None = None,
 ) -> np.ndarray:
     """Return the image at ``path`` as 2-D float32 grey levels as displayed (higher = brighter).
 
@@ -88,7 +94,8 @@ def read_image(
     Pillow's own decompression-bomb error (2 x ``PIL.Image.MAX_IMAGE_PIXELS``) also applies.
 
     A ``ct:LEVEL:WIDTH`` format gives the window mapped onto [0, 1]; with ``ct_uint8`` it gives
-    ``round(255 x that)`` as uint8 instead (what fixed scaling stores), DICOM slices in one pass.
+    ``round(255 x that)`` as uint8 instead (what fixed scaling stores), DICOM slices in one pass;
+    a ``layout`` found by ``volumes.read_header`` reads a CT slice's pixel bytes without parsing it.
     """
     limit = pixel_limit(max_pixels)
     check_image_format(image_format)
@@ -112,7 +119,7 @@ def read_image(
     fmt = image_format or _detect_format(path, size)
     try:
         if fmt.startswith(CT_PREFIX):
-            image = _read_ct(path, limit, *ct_window(fmt), uint8=ct_uint8)
+            image = _read_ct(path, limit, *ct_window(fmt), uint8=ct_uint8, layout=layout)
         elif fmt == "dicom":
             image = _read_dicom(path, limit)
         elif fmt == "jsrt-raw":
@@ -438,13 +445,20 @@ def _stored_range(ds) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- CT slices
-def _read_ct(path: Path, limit: int, level: float, width: float, *, uint8: bool = False) -> np.ndarray:
+def _read_ct(
+    path: Path, limit: int, level: float, width: float, *, uint8: bool = False, layout: PixelLayout | None = None
+) -> np.ndarray:
     """One CT slice: stored values to HU by its rescale slope/intercept, then the window onto [0, 1]
     (the fixed scaling of CT: the same HU give the same grey in every slice and scan), or onto
-    0..255 as uint8 with ``uint8``."""
+    0..255 as uint8 with ``uint8``. ``layout`` (from the header pass) reads the pixels directly."""
     from pydicom.errors import InvalidDicomError
 
     from cxrbench.data.volumes import window_stored
+
+    if layout is not None and layout.offset >= 0:
+        image = _read_ct_at(path, layout, limit, level, width, uint8=uint8)
+        if image is not None:
+            return image
 
     try:
         ds = _dcmread(path, force=True, limit=limit)
@@ -468,17 +482,36 @@ def _read_ct(path: Path, limit: int, level: float, width: float, *, uint8: bool 
 
 
 _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
+PIXEL_DATA = 0x7FE00010
 
 
-def native_pixels(ds) -> np.ndarray | None:
-    """The stored values of a single-frame grey slice in a native little-endian transfer syntax,
-    read straight from PixelData (what ``ds.pixel_array`` returns for it, without the decoder
-    machinery: a third of a plain read's time); None when the slice needs pydicom's decoders.
+@dataclass(frozen=True)
+class PixelLayout:
+    """How a native (uncompressed little-endian) one-frame grey slice stores its values and where
+    in its file they start: what a second read needs to take them without parsing the file again.
 
-    Bits above BitsStored are cleared (unsigned) or sign-extended (signed), as pydicom does."""
+    CT prepare reads every slice's header first (to order the series); the layout found then lets
+    the decode read just the pixel bytes, a tenth of a pydicom parse."""
+
+    offset: int  # byte offset of the PixelData value in the file; -1: not known
+    rows: int
+    cols: int
+    dtype: str  # numpy dtype of the stored words, e.g. '<i2'
+    bits_stored: int
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.cols * np.dtype(self.dtype).itemsize
+
+
+def pixel_layout(ds, *, offset: int = -1) -> PixelLayout | None:
+    """The layout of ``ds``'s pixels when it is a single-frame grey slice in a native little-endian
+    transfer syntax with 8-, 16- or 32-bit words; None when pydicom's decoders are needed."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    if syntax not in _NATIVE_SYNTAXES or "PixelData" not in ds:
+    if syntax not in _NATIVE_SYNTAXES or PIXEL_DATA not in ds:
         return None
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -487,20 +520,56 @@ def native_pixels(ds) -> np.ndarray | None:
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     except (AttributeError, TypeError, ValueError):
         return None
     if samples != 1 or frames != 1 or allocated not in (8, 16, 32) or not 0 < stored <= allocated:
         return None
-    data = ds.PixelData
-    count = rows * cols
-    if not isinstance(data, bytes | bytearray) or len(data) < count * allocated // 8:
-        return None  # pydicom's decoder gives the reason
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
-    pixels = np.frombuffer(data, dtype=dtype, count=count).reshape(rows, cols)
-    if stored < allocated:
-        shift = allocated - stored
+    if not photometric.startswith("MONOCHROME") or rows < 1 or cols < 1:
+        return None
+    dtype = f"<{'i' if signed else 'u'}{allocated // 8}"
+    return PixelLayout(offset, rows, cols, dtype, stored, slope, intercept)
+
+
+def unpack_pixels(data: bytes, layout: PixelLayout) -> np.ndarray:
+    """The stored values in ``data`` (at least ``layout.nbytes``), bits above BitsStored cleared
+    (unsigned) or sign-extended (signed), as pydicom does."""
+    dtype = np.dtype(layout.dtype)
+    pixels = np.frombuffer(data, dtype=dtype, count=layout.rows * layout.cols).reshape(layout.rows, layout.cols)
+    shift = dtype.itemsize * 8 - layout.bits_stored
+    if shift:
         pixels = np.right_shift(np.left_shift(pixels, shift), shift)
     return pixels
+
+
+def native_pixels(ds) -> np.ndarray | None:
+    """The stored values of a single-frame grey slice in a native little-endian transfer syntax,
+    read straight from PixelData (what ``ds.pixel_array`` returns for it, without the decoder
+    machinery: a third of a plain read's time); None when the slice needs pydicom's decoders."""
+    layout = pixel_layout(ds)
+    if layout is None:
+        return None
+    data = ds.PixelData
+    if not isinstance(data, bytes | bytearray) or len(data) < layout.nbytes:
+        return None  # pydicom's decoder gives the reason
+    return unpack_pixels(data, layout)
+
+
+def _read_ct_at(path: Path, layout: PixelLayout, limit: int, level: float, width: float, *, uint8: bool):
+    """A CT slice from the pixel bytes at ``layout.offset``, without parsing the file; None when the
+    file no longer holds them there (shorter than the layout says), so the caller parses it."""
+    from cxrbench.data.volumes import window_stored
+
+    _check_pixels("DICOM", layout.rows, layout.cols, 1, limit)
+    with open(path, "rb") as fh:
+        fh.seek(layout.offset)
+        data = fh.read(layout.nbytes)
+    if len(data) < layout.nbytes:
+        return None
+    rescale = {"RescaleSlope": layout.slope, "RescaleIntercept": layout.intercept}
+    return window_stored(unpack_pixels(data, layout), rescale, level, width, uint8=uint8)
 
 
 def _read_nifti_ct(path: Path, index: int, image_format: str | None, limit: int) -> np.ndarray:

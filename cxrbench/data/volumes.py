@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrbench.data.images import PIXEL_DATA, PixelLayout, pixel_layout
 from cxrbench.errors import CxrbenchError
 
 #: The soft-tissue window (level, width) in HU that the chest CT study clips every slice to.
@@ -43,7 +44,19 @@ _HEADER_TAGS = (
     "Columns",
     "PatientSex",
     "PatientAge",
+    # the pixel layout, so the decode can read the pixel bytes without parsing the file again
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "PhotometricInterpretation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "PixelData",
 )
+#: Values longer than this are not read by the header pass (the pixel data; headers hold short values).
+_DEFER_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class SliceHeader:
     shape: tuple[int, int]
     sex: str | None = None
     age: str | None = None
+    pixels: PixelLayout | None = None  # where the pixel bytes lie (native syntaxes only)
 
 
 @dataclass(frozen=True)
@@ -139,7 +153,7 @@ def read_header(path: str | Path) -> SliceHeader | str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(
-                path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS), force=str(path).endswith(".dcm")
+                path, defer_size=_DEFER_BYTES, specific_tags=list(_HEADER_TAGS), force=str(path).endswith(".dcm")
             )
         series = str(ds.get("SeriesInstanceUID", "") or "")
         if not series:
@@ -163,9 +177,20 @@ def read_header(path: str | Path) -> SliceHeader | str:
             shape=(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)),
             sex=str(ds.get("PatientSex")) if ds.get("PatientSex") else None,
             age=str(ds.get("PatientAge")) if ds.get("PatientAge") else None,
+            pixels=_layout(ds),
         )
     except Exception as exc:  # a bad file is a reason for the quarantine, not a crash
         return f"unreadable DICOM header ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+
+def _layout(ds) -> PixelLayout | None:
+    """The pixel layout of a header read with the pixel data deferred: its value's file offset is
+    the raw element's (left unread: ``keep_deferred``)."""
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
+    offset = getattr(raw, "value_tell", None)
+    if offset is None or getattr(raw, "is_undefined_length", False):
+        return None  # encapsulated (compressed) pixel data has no one offset
+    return pixel_layout(ds, offset=int(offset))
 
 
 def _read_headers(paths: list[str]) -> list[SliceHeader | str]:
@@ -283,3 +308,9 @@ def group_series(
         else:
             out.append(order_series(slices, max_thickness=max_thickness))
     return out, unreadable
+
+
+def pixel_layouts(series: Iterable[Series]) -> dict[str, PixelLayout]:
+    """Path -> pixel layout of every slice of the accepted ``series`` whose layout is known (the
+    ``RawDataset.pixel_layouts`` of a CT adapter)."""
+    return {h.path: h.pixels for s in series if s.problem is None for h in s.slices if h.pixels is not None}

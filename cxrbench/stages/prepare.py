@@ -202,6 +202,7 @@ def prepare(
                     image_format=raw.image_format,
                     workers=workers,
                     progress=advance,
+                    layouts=[raw.pixel_layouts.get(p) for p in samples["path"]] if raw.pixel_layouts else None,
                 )
             if "mask_rle" in samples:  # segmentation: masks resized like their images, row for row
                 stage.record(build_masks(samples["mask_rle"].tolist(), home / CACHE_DIR, image))

@@ -240,3 +240,73 @@ def test_the_ct_cache_is_within_one_grey_level_of_float_resampling(tmp_path: Pat
             assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.999
         else:
             assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.9
+
+
+@pytest.mark.parametrize(("allocated", "bits", "signed"), [(16, 12, True), (16, 16, False), (8, 8, False), (32, 24, True)])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_the_header_pass_finds_the_pixel_bytes_and_reading_them_equals_a_full_read(
+    tmp_path: Path, allocated, bits, signed, syntax
+) -> None:
+    """read_header records where PixelData's value lies (without reading it); the decode reading
+    those bytes gives exactly what parsing the whole file gives."""
+    from cxrbench.data.volumes import read_header
+
+    rng = np.random.default_rng(bits)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2**bits)
+    stored = rng.integers(lo, hi, (40, 33), dtype=np.int64)
+    words = (stored & ((1 << bits) - 1)) | (rng.integers(0, 2 ** (allocated - bits), stored.shape) << bits)
+    words = words.astype(f"<u{allocated // 8}").view(f"<{'i' if signed else 'u'}{allocated // 8}")
+    path = _native_slice(tmp_path, words, allocated=allocated, bits=bits, signed=signed, syntax=syntax)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.SeriesInstanceUID, ds.ImagePositionPatient = "1.2.3", [0, 0, 0]
+    ds.save_as(path, implicit_vr=syntax == "1.2.840.10008.1.2", little_endian=True, enforce_file_format=True)
+    header = read_header(path)
+    assert header.pixels is not None and header.pixels.offset > 0
+    raw = path.read_bytes()[header.pixels.offset : header.pixels.offset + header.pixels.nbytes]
+    assert raw == bytes(pydicom.dcmread(path).PixelData[: header.pixels.nbytes])
+    fmt = ct_format(50, 350)
+    for uint8 in (False, True):
+        fast = read_image(path, image_format=fmt, ct_uint8=uint8, layout=header.pixels)
+        np.testing.assert_array_equal(fast, read_image(path, image_format=fmt, ct_uint8=uint8))
+
+
+def test_a_layout_that_no_longer_fits_the_file_falls_back_to_parsing_it(tmp_path: Path) -> None:
+    from cxrbench.data.images import ImageError
+    from cxrbench.data.volumes import read_header
+
+    write_ct_phantoms(tmp_path / "ct", n_patients=2, size=32, seed=1)
+    path = sorted((tmp_path / "ct").rglob("*.dcm"))[0]
+    layout = read_header(path).pixels
+    fmt = ct_format(50, 350)
+    want = read_image(path, image_format=fmt)
+    stale = type(layout)(**{**layout.__dict__, "offset": path.stat().st_size - 10})  # past the end
+    np.testing.assert_array_equal(read_image(path, image_format=fmt, layout=stale), want)
+    path.write_bytes(path.read_bytes()[: layout.offset + 100])  # truncated since its header was read
+    with pytest.raises(ImageError, match="DICOM"):
+        read_image(path, image_format=fmt, layout=layout)
+
+
+def test_prepare_rsna_pe_decodes_from_the_header_pass_layouts_without_parsing_again(tmp_path: Path, monkeypatch) -> None:
+    """The CT prepare decode reads pixel bytes at the offsets its header pass found (no pydicom parse
+    of any slice a second time), and the cache equals one decoded by parsing every file."""
+    import pydicom
+
+    from cxrbench.data.adapters import load_dataset
+    from cxrbench.data.cache import build_cache, open_cache
+    from cxrbench.data.transforms import Preprocess
+
+    write_ct_phantoms(tmp_path / "ct", n_patients=3, size=32, seed=2)
+    raw = load_dataset("rsna-pe", tmp_path / "ct", {"workers": 1})
+    paths = raw.frame["path"].tolist()
+    assert raw.pixel_layouts is not None and set(raw.pixel_layouts) == set(paths)
+    settings = Preprocess(size=24, scaling="fixed")
+    build_cache(paths, tmp_path / "parsed", settings=settings, image_format=raw.image_format, workers=0)
+    parses = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: parses.append(a) or real(*a, **k))
+    layouts = [raw.pixel_layouts[p] for p in paths]
+    build_cache(paths, tmp_path / "fast", settings=settings, image_format=raw.image_format, workers=0, layouts=layouts)
+    assert parses == []
+    np.testing.assert_array_equal(open_cache(tmp_path / "fast"), open_cache(tmp_path / "parsed"))

@@ -69,15 +69,26 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # supervised's 1e-4 suits its 30 epochs; in 70 steps it underfits (BCE 0.68 -> 0.53) and its
     # features were worse than random init (-0.064 at 100 % labels); 1e-3 as the SSL methods get
     "supervised": {"lr": 1e-3},
+    # MAE needs a ViT: patch 8 gives 4 x 4 patches at 32 px (4 visible at MAE's 75 % masking); it is
+    # compared with random init of that ViT, in a run of its own (``arch-ARCH`` inside the run)
+    "mae": {"arch": "vit_small_patch8_224"},
 }
 
 
+def image_methods() -> list[str]:
+    """The image-only pretraining methods (the image–report ones have ``bench_text.py``)."""
+    from cxrbench.pretrain import get_method, method_names
+    from cxrbench.pretrain._image_text import ImageTextMethod
+
+    return [m for m in method_names() if not issubclass(get_method(m), ImageTextMethod)]
+
+
 def settings_for(method: str, budget: Budget) -> Budget:
-    """The budget of one method: the default with its ``SETTINGS`` entry (epochs, batch_size, lr,
-    options) applied; quick runs take only its lr and options."""
+    """The budget of one method: the default with its ``SETTINGS`` entry (arch, epochs, batch_size,
+    lr, options) applied; quick runs take only its arch, lr and options."""
     own = dict(SETTINGS.get(method, {}))
     if budget.quick:
-        own = {k: v for k, v in own.items() if k in ("lr", "options")}
+        own = {k: v for k, v in own.items() if k in ("arch", "lr", "options")}
     return replace(budget, **own)
 
 
@@ -102,7 +113,31 @@ def with_changes(budget: Budget, sets: list[str], options: list[str]) -> Budget:
 
 def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | None = "cpu") -> dict[str, Any]:
     """Every stage of the benchmark in ``run`` (reused where up to date); returns the macro-mean rows of
-    the comparison (``mean``), each method's images/s (``speeds``) and pretrain seconds (``seconds``)."""
+    the comparisons (``mean``), each method's images/s (``speeds``) and pretrain seconds (``seconds``).
+
+    Methods on the budget's architecture share ``run`` and its ``random`` baseline; a method with an
+    architecture of its own (``SETTINGS``) is compared with random init of that one in
+    ``run/arch-ARCH`` (BH then adjusts over that comparison's rows)."""
+    import pandas as pd
+
+    groups: dict[str, list[str]] = {}
+    for method in methods:
+        groups.setdefault(settings_for(method, budget).arch, []).append(method)
+    parts = [
+        _run_group(run if arch == budget.arch else run / f"arch-{arch}", group, replace(budget, arch=arch), device)
+        for arch, group in groups.items()
+    ]
+    return {
+        "mean": pd.concat([part["mean"] for part in parts], ignore_index=True),
+        "speeds": {k: v for part in parts for k, v in part["speeds"].items()},
+        "seconds": {k: v for part in parts for k, v in part["seconds"].items()},
+        "failed": {k: v for part in parts for k, v in part["failed"].items()},
+        "arch": {m: arch for arch, group in groups.items() for m in group},
+    }
+
+
+def _run_group(run: Path, methods: list[str], budget: Budget, device: str | None) -> dict[str, Any]:
+    """The benchmark of ``methods`` that share ``budget.arch``, in ``run``."""
     import pandas as pd
 
     from cxrbench.data.samples import LabelPolicy
@@ -126,6 +161,7 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
     )
     timings: dict[str, float] = {}
     failed: dict[str, str] = {}  # a method that cannot run at this budget (e.g. one that needs a ViT)
+    encoders: dict[str, str] = {}
     for method in methods:
         own = settings_for(method, budget)
         started = time.perf_counter()
@@ -145,15 +181,18 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
             failed[method] = exc.message
             continue
         timings[method] = manifest.timings.get("seconds", time.perf_counter() - started)
+        # the encoder's name: the method's, unless a published encoder has it (medaug -> medaug-synthetic)
+        encoders[method] = next(k.split("/")[1] for k in manifest.outputs if k.startswith("encoders/"))
     methods = [m for m in methods if m not in failed]
-    for encoder in [BASELINE, *methods]:
+    for encoder in [BASELINE, *(encoders[m] for m in methods)]:
         for fraction in FRACTIONS:
             probe(layout, dataset=DATASET, encoder=encoder, arch=budget.arch, fraction=fraction, seed=0, device=device)
     evaluate(layout, n_boot=budget.n_boot)
     compare(layout, baseline=BASELINE, n_boot=budget.n_boot, plots=False)
     table = pd.read_parquet(layout.comparisons / f"{safe_name(DATASET)}.parquet")
-    mean = table[table["label"] == "mean"]
-    speeds = {m: images_per_second(layout.training_log("pretrain", m)) for m in methods}
+    mean = table[table["label"] == "mean"].copy()
+    mean["encoder"] = mean["encoder"].map({e: m for m, e in encoders.items()}).fillna(mean["encoder"])
+    speeds = {m: images_per_second(layout.training_log("pretrain", encoders[m])) for m in methods}
     return {"mean": mean, "speeds": speeds, "seconds": timings, "failed": failed}
 
 
@@ -165,8 +204,9 @@ def images_per_second(log: Path) -> float:
     return float(statistics.median(rates[1:] if len(rates) > 1 else rates))
 
 
-def format_table(mean, speeds: dict[str, float], methods: list[str]) -> str:
-    """The benchmark's table (Markdown): one row per method and label fraction."""
+def format_table(mean, speeds: dict[str, float], methods: list[str], arch: dict[str, str] | None = None) -> str:
+    """The benchmark's table (Markdown): one row per method and label fraction; the speed ratio only
+    for methods on the reference's (``supervised``) architecture."""
     rows = [
         "| method | labels | AUC | random AUC | Δ vs random [95% CI] | p | p (BH) | significant | img/s | vs supervised |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -180,7 +220,8 @@ def format_table(mean, speeds: dict[str, float], methods: list[str]) -> str:
                 continue
             r = hit.iloc[0]
             speed = f"{speeds[method]:.0f}" if fraction == FRACTIONS[0] and method in speeds else ""
-            ratio = f"{speeds[method] / reference:.0%}" if reference and speed else ""
+            same = arch is None or arch.get(method) == arch.get("supervised")
+            ratio = f"{speeds[method] / reference:.0%}" if reference and speed and same else ""
             rows.append(
                 f"| {method} | {fraction:.0%} | {r['auc']:.3f} | {r['baseline_auc']:.3f} | "
                 f"{r['delta']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}] | "
@@ -201,7 +242,7 @@ def describe(budget: Budget, methods: list[str]) -> str:
         if own != budget:
             changed = {
                 k: getattr(own, k)
-                for k in ("epochs", "batch_size", "lr", "options")
+                for k in ("arch", "epochs", "batch_size", "lr", "options")
                 if getattr(own, k) != getattr(budget, k)
             }
             lines.append(f"  {method}: {changed}")
@@ -212,7 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     from cxrbench.pretrain import method_names
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", help=f"comma-separated (default: all: {','.join(method_names())})")
+    parser.add_argument(
+        "--methods", help=f"comma-separated (default: the image-only ones: {','.join(image_methods())})"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budget (a smoke check of the script, minutes)")
     parser.add_argument("--run", type=Path, help="run directory to keep (and reuse on a rerun); default: temporary")
     parser.add_argument("--device", default="cpu")
@@ -234,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     known = method_names()
-    methods = args.methods.split(",") if args.methods else known
+    methods = args.methods.split(",") if args.methods else image_methods()
     unknown = [m for m in methods if m not in known]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(known)})")
@@ -254,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         run = args.run or Path(tmp) / "run"
         started = time.perf_counter()
         result = run_bench(run, methods, budget, device=args.device)
-        print(format_table(result["mean"], result["speeds"], methods))
+        print(format_table(result["mean"], result["speeds"], methods, result["arch"]))
         print("pretrain seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in result["seconds"].items()))
         for method, message in result["failed"].items():
             print(f"{method}: not run at this budget: {message}")

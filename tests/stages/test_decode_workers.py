@@ -29,11 +29,14 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "CXRBENCH_QUIET": "1"}
 
 
-def _rows_done(cache: Path) -> int:
+def _first_row_written(cache: Path) -> bool:
+    """True once a worker has written the cache's first row (workers write their rows themselves;
+    the parent marks them done only at its next sync, seconds later)."""
     try:
-        return int(np.count_nonzero(np.load(cache / "done.npy", mmap_mode="r")))
+        images = np.load(cache / "images.npy", mmap_mode="r")
+        return bool(images.shape[0] and np.asarray(images[0]).any())
     except (OSError, ValueError):  # not created yet, or its header is being written
-        return 0
+        return False
 
 
 def test_sigkilled_prepare_takes_its_decode_workers_with_it(tmp_path: Path) -> None:
@@ -66,7 +69,7 @@ def test_sigkilled_prepare_takes_its_decode_workers_with_it(tmp_path: Path) -> N
     family: dict[int, str] = {}
     try:
         deadline = time.monotonic() + 120
-        while _rows_done(cache) == 0:  # workers started, imported, and returned their first chunk
+        while not _first_row_written(cache):  # workers started, imported, and decoded their first chunk
             if proc.poll() is not None:
                 raise AssertionError(f"prepare ended before decoding: {proc.stderr.read().decode()}")
             assert time.monotonic() < deadline, "no decoded chunk within 120 s"

@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import numpy as np
 import pandas as pd
 
+from cxrbench.data.images import PixelLayout
 from cxrbench.errors import CxrbenchError
 
 #: Columns every adapter frame has (``None``/NaN where the dataset does not record it).
@@ -72,6 +73,8 @@ class RawDataset:
     (``jsrt-raw``, ``ct:LEVEL:WIDTH``); ``None`` means "detect from the file". ``rejected``: files
     the adapter itself refused before decoding (``path``, ``sample_id``, ``patient_id``, ``reason``;
     e.g. a CT series with missing slices), which go to the quarantine table with the reason.
+    ``pixel_layouts``: path -> where a CT slice's pixel bytes lie, found while its header was read
+    (the decode then reads the bytes instead of parsing the file again); a speed hint only.
     """
 
     frame: pd.DataFrame
@@ -80,6 +83,7 @@ class RawDataset:
     image_format: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
     rejected: pd.DataFrame | None = None
+    pixel_layouts: dict[str, PixelLayout] | None = None
 
     def __post_init__(self) -> None:
         missing = [c for c in (*REQUIRED_COLUMNS, *self.labels) if c not in self.frame.columns]

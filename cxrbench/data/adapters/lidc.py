@@ -33,7 +33,7 @@ from cxrbench.data.adapters.base import RawDataset, normalise_sex, parse_age, pr
 from cxrbench.data.images import ct_format
 from cxrbench.data.masks import Contour, encode_rle, rasterise
 from cxrbench.data.masks import consensus as agree
-from cxrbench.data.volumes import group_series, parse_window, read_headers
+from cxrbench.data.volumes import group_series, parse_window, pixel_layouts, read_headers
 from cxrbench.errors import CxrbenchError
 
 NS = "{http://www.nih.gov}"
@@ -178,4 +178,5 @@ def load(
         image_format=ct_format(level, width),
         notes={"series": str(len(series)), "readers": str(max(r.readers for _, r in folders))},
         rejected=refused,
+        pixel_layouts=pixel_layouts(series),
     )

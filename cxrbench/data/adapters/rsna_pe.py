@@ -30,7 +30,7 @@ import pandas as pd
 
 from cxrbench.data.adapters.base import RawDataset, normalise_sex, parse_age, preview, require_file
 from cxrbench.data.images import ct_format
-from cxrbench.data.volumes import group_series, parse_window, read_headers
+from cxrbench.data.volumes import group_series, parse_window, pixel_layouts, read_headers
 from cxrbench.errors import CxrbenchError
 
 IDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -131,4 +131,5 @@ def load(
         image_format=ct_format(level, width),
         notes=notes,
         rejected=rejected_frame,
+        pixel_layouts=pixel_layouts(series),
     )
