@@ -31,31 +31,9 @@ ORIENTATION_TOLERANCE = 1e-3
 #: A gap between neighbouring slices larger than this many times the series' median spacing means
 #: slices are missing.
 GAP_FACTOR = 1.5
-_HEADER_TAGS = (
-    "SeriesInstanceUID",
-    "StudyInstanceUID",
-    "SOPInstanceUID",
-    "PatientID",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "SliceThickness",
-    "InstanceNumber",
-    "Rows",
-    "Columns",
-    "PatientSex",
-    "PatientAge",
-    # the pixel layout, so the decode can read the pixel bytes without parsing the file again
-    "BitsAllocated",
-    "BitsStored",
-    "PixelRepresentation",
-    "SamplesPerPixel",
-    "NumberOfFrames",
-    "PhotometricInterpretation",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "PixelData",
-)
-#: Values longer than this are not read by the header pass (the pixel data; headers hold short values).
+#: Values longer than this are not read by the header pass: the pixel data (the header's own values
+#: are short). Every other element is parsed lazily, which is cheaper than pydicom's specific_tags
+#: filter (it compares every tag read against the list).
 _DEFER_BYTES = 4096
 
 
@@ -152,9 +130,7 @@ def read_header(path: str | Path) -> SliceHeader | str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                path, defer_size=_DEFER_BYTES, specific_tags=list(_HEADER_TAGS), force=str(path).endswith(".dcm")
-            )
+            ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=str(path).endswith(".dcm"))
         series = str(ds.get("SeriesInstanceUID", "") or "")
         if not series:
             return "not a DICOM slice (no SeriesInstanceUID)"
