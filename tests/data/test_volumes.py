@@ -242,7 +242,9 @@ def test_the_ct_cache_is_within_one_grey_level_of_float_resampling(tmp_path: Pat
             assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.9
 
 
-@pytest.mark.parametrize(("allocated", "bits", "signed"), [(16, 12, True), (16, 16, False), (8, 8, False), (32, 24, True)])
+@pytest.mark.parametrize(
+    ("allocated", "bits", "signed"), [(16, 12, True), (16, 16, False), (8, 8, False), (32, 24, True)]
+)
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
 def test_the_header_pass_finds_the_pixel_bytes_and_reading_them_equals_a_full_read(
     tmp_path: Path, allocated, bits, signed, syntax
@@ -288,7 +290,9 @@ def test_a_layout_that_no_longer_fits_the_file_falls_back_to_parsing_it(tmp_path
         read_image(path, image_format=fmt, layout=layout)
 
 
-def test_prepare_rsna_pe_decodes_from_the_header_pass_layouts_without_parsing_again(tmp_path: Path, monkeypatch) -> None:
+def test_prepare_rsna_pe_decodes_from_the_header_pass_layouts_without_parsing_again(
+    tmp_path: Path, monkeypatch
+) -> None:
     """The CT prepare decode reads pixel bytes at the offsets its header pass found (no pydicom parse
     of any slice a second time), and the cache equals one decoded by parsing every file."""
     import pydicom

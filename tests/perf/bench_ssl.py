@@ -312,14 +312,21 @@ def test_bench_quick(tmp_path, one_torch_thread, monkeypatch) -> None:
     """The quick budget on two methods: every stage runs and the table has their rows; a method that
     cannot run at the budget (here: an unknown option) is reported and the others still compared."""
     monkeypatch.setitem(SETTINGS, "flip", {"options": {"no_such_option": 1}})
-    result = run_bench(tmp_path / "run", ["rotation", "flip", "supervised"], QUICK)
+    methods = ["rotation", "flip", "medaug", "mae", "supervised"]
+    result = run_bench(tmp_path / "run", methods, QUICK)
     mean = result["mean"]
-    assert set(mean["encoder"]) == {"rotation", "supervised"}
-    assert len(mean) == 2 * len(FRACTIONS)
+    # medaug's encoder is medaug-synthetic (a published encoder is called medaug): shown as medaug
+    assert set(mean["encoder"]) == {"rotation", "medaug", "mae", "supervised"}
+    assert len(mean) == 4 * len(FRACTIONS)
     assert all(v > 0 for v in result["speeds"].values())
     assert "no_such_option" in result["failed"]["flip"]
-    table = format_table(mean, result["speeds"], ["rotation", "flip", "supervised"])
+    # mae ran on its ViT against random init of that ViT, in a run of its own
+    assert result["arch"]["mae"] == SETTINGS["mae"]["arch"] != result["arch"]["rotation"]
+    assert (tmp_path / "run" / f"arch-{SETTINGS['mae']['arch']}" / "comparisons").is_dir()
+    table = format_table(mean, result["speeds"], methods, result["arch"])
     assert table.count("| flip |") == len(FRACTIONS) and "| rotation | 10% |" in table
+    mae_row = next(line for line in table.splitlines() if line.startswith("| mae | 100%"))
+    assert mae_row.endswith("|  |")  # no speed ratio against a reference of another architecture
 
 
 if __name__ == "__main__":
