@@ -74,7 +74,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # features were worse than random init (-0.064 at 100 % labels); 1e-3 as the SSL methods get
     "supervised": {"lr": 1e-3},
     # MAE needs a ViT: patch 8 gives 4 x 4 patches at 32 px (4 visible at MAE's 75 % masking); it is
-    # compared with random init of that ViT, in a run of its own (``arch-ARCH`` inside the run)
+    # compared with random init of that ViT, in a run of its own (``RUN-ARCH`` beside the run)
     "mae": {"arch": "vit_small_patch8_224"},
 }
 
@@ -120,15 +120,15 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
     the comparisons (``mean``), each method's images/s (``speeds``) and pretrain seconds (``seconds``).
 
     Methods on the budget's architecture share ``run`` and its ``random`` baseline; a method with an
-    architecture of its own (``SETTINGS``) is compared with random init of that one in
-    ``run/arch-ARCH`` (BH then adjusts over that comparison's rows)."""
+    architecture of its own (``SETTINGS``) is compared with random init of that one in the run
+    ``RUN-ARCH`` beside it (BH then adjusts over that comparison's rows)."""
     import pandas as pd
 
     groups: dict[str, list[str]] = {}
     for method in methods:
         groups.setdefault(settings_for(method, budget).arch, []).append(method)
     parts = [
-        _run_group(run if arch == budget.arch else run / f"arch-{arch}", group, replace(budget, arch=arch), device)
+        _run_group(run if arch == budget.arch else _arch_run(run, arch), group, replace(budget, arch=arch), device)
         for arch, group in groups.items()
     ]
     return {
@@ -138,6 +138,12 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
         "failed": {k: v for part in parts for k, v in part["failed"].items()},
         "arch": {m: arch for arch, group in groups.items() for m in group},
     }
+
+
+def _arch_run(run: Path, arch: str) -> Path:
+    """The run of the methods on architecture ``arch``: beside ``run``, not inside it (a run's
+    stages see every manifest under its folder, a nested run's too)."""
+    return run.with_name(f"{run.name}-{arch}")
 
 
 def _run_group(run: Path, methods: list[str], budget: Budget, device: str | None) -> dict[str, Any]:
@@ -322,7 +328,7 @@ def test_bench_quick(tmp_path, one_torch_thread, monkeypatch) -> None:
     assert "no_such_option" in result["failed"]["flip"]
     # mae ran on its ViT against random init of that ViT, in a run of its own
     assert result["arch"]["mae"] == SETTINGS["mae"]["arch"] != result["arch"]["rotation"]
-    assert (tmp_path / "run" / f"arch-{SETTINGS['mae']['arch']}" / "comparisons").is_dir()
+    assert (tmp_path / f"run-{SETTINGS['mae']['arch']}" / "comparisons").is_dir()
     table = format_table(mean, result["speeds"], methods, result["arch"])
     assert table.count("| flip |") == len(FRACTIONS) and "| rotation | 10% |" in table
     mae_row = next(line for line in table.splitlines() if line.startswith("| mae | 100%"))
