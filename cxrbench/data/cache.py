@@ -110,7 +110,7 @@ def build_cache(
                 synced[0] = time.monotonic()
 
             def record(rows: np.ndarray, pixels: np.ndarray | None, bad: list[str | None]) -> None:
-                # pixels None: the worker has written the rows itself
+                # pixels None: _process_chunk has written the rows itself (zeros come for crashes)
                 if pixels is not None:
                     _write_rows(images, offset, row_bytes, rows, pixels)
                 lines = [
@@ -132,11 +132,9 @@ def build_cache(
             target = (str(out_dir / IMAGES_FILE), offset)
             if workers <= 1:
                 for rows in tasks:
+                    chunk = [paths[r] for r in rows]
                     record(
-                        rows,
-                        *_process_chunk(
-                            [paths[r] for r in rows], settings, image_format, (*target, rows), _take(layouts, rows)
-                        ),
+                        rows, None, _process_chunk(chunk, settings, image_format, (*target, rows), _take(layouts, rows))
                     )
             else:
                 _run_parallel(tasks, paths, settings, image_format, workers, record, target, layouts)
@@ -275,14 +273,13 @@ def _process_chunk(
     paths: list[str],
     settings: Preprocess,
     image_format: str | None,
-    target: tuple[str, int, np.ndarray] | None = None,
+    target: tuple[str, int, np.ndarray],
     layouts: list[PixelLayout | None] | None = None,
-) -> tuple[np.ndarray | None, list[str | None]]:
-    """Return (uint8 [k, size, size], per-image reason or None); top-level so spawn can pickle it.
-
-    With ``target`` (images file, data offset, rows) the pixels are written there, and
-    None comes back in their place: workers do not ship every decoded image through a pipe to the
-    parent (for 512-px CT slices that copying cost as much as a tenth of the decode)."""
+) -> list[str | None]:
+    """Decode ``paths`` into rows ``target[2]`` of the images file ``target[0]`` (data at byte
+    ``target[1]``); return per image None or the reason it was quarantined. Top-level so spawn can
+    pickle it. The worker writes its rows itself: shipping every decoded image through a pipe to
+    the parent cost as much as a tenth of the decode for 512-px CT slices."""
     out = np.zeros((len(paths), settings.size, settings.size), dtype=np.uint8)
     reasons: list[str | None] = []
     # windowed CT under fixed scaling: decoded straight to 0..255 and resampled in 8 bits
@@ -301,12 +298,10 @@ def _process_chunk(
             reasons.append("out of memory while decoding")
         except Exception as exc:  # one odd file must never stop the stage
             reasons.append(f"unexpected error ({type(exc).__name__}: {exc})")
-    if target is None:
-        return out, reasons
     file, offset, rows = target
     with open(file, "r+b") as images:
         _write_rows(images, offset, settings.size * settings.size, rows, out)
-    return None, reasons
+    return reasons
 
 
 CRASH_REASON = "decoder crashed (worker process died)"
@@ -361,7 +356,7 @@ def _pool_pass(queue, paths, settings, image_format, workers, window, record, ta
             for fut in finished:
                 if isinstance(fut.exception(), BrokenProcessPool):
                     return _lost(pending, record)
-                record(pending.pop(fut), *fut.result())
+                record(pending.pop(fut), None, fut.result())
         return []
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -372,7 +367,7 @@ def _lost(pending: dict[Future, np.ndarray], record) -> list[np.ndarray]:
     lost = []
     for fut, rows in pending.items():
         if fut.done() and fut.exception() is None:
-            record(rows, *fut.result())
+            record(rows, None, fut.result())
         else:
             lost.append(rows)
     return lost
