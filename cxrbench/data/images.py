@@ -508,14 +508,15 @@ class PixelLayout:
 
 def pixel_layout(ds, *, offset: int = -1) -> PixelLayout | None:
     """The layout of ``ds``'s pixels when it is a single-frame grey slice in a native little-endian
-    transfer syntax with 8-, 16- or 32-bit words; None when pydicom's decoders are needed."""
+    transfer syntax with 8-, 16- or 32-bit words; None when pydicom's decoders are needed.
+    ``ds``: a dataset or anything with its ``get``, ``in`` and ``file_meta`` (a ``HeaderView``)."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if syntax not in _NATIVE_SYNTAXES or PIXEL_DATA not in ds:
         return None
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        allocated = int(ds.BitsAllocated)
+        rows, cols = int(ds.get("Rows")), int(ds.get("Columns"))
+        allocated = int(ds.get("BitsAllocated"))
         stored = int(ds.get("BitsStored", allocated) or allocated)
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
         samples = int(ds.get("SamplesPerPixel", 1) or 1)

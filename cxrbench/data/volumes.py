@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrbench.data.header_values import HeaderView
 from cxrbench.data.images import PIXEL_DATA, PixelLayout, pixel_layout
 from cxrbench.errors import CxrbenchError
 
@@ -130,7 +131,7 @@ def read_header(path: str | Path) -> SliceHeader | str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=str(path).endswith(".dcm"))
+            ds = HeaderView(pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=str(path).endswith(".dcm")))
         series = str(ds.get("SeriesInstanceUID", "") or "")
         if not series:
             return "not a DICOM slice (no SeriesInstanceUID)"
@@ -159,10 +160,10 @@ def read_header(path: str | Path) -> SliceHeader | str:
         return f"unreadable DICOM header ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
 
 
-def _layout(ds) -> PixelLayout | None:
+def _layout(ds: HeaderView) -> PixelLayout | None:
     """The pixel layout of a header read with the pixel data deferred: its value's file offset is
     the raw element's (left unread: ``keep_deferred``)."""
-    raw = ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
+    raw = ds.ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
     offset = getattr(raw, "value_tell", None)
     if offset is None or getattr(raw, "is_undefined_length", False):
         return None  # encapsulated (compressed) pixel data has no one offset

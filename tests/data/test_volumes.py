@@ -268,10 +268,10 @@ def test_the_header_pass_finds_the_pixel_bytes_and_reading_them_equals_a_full_re
     assert header.pixels is not None and header.pixels.offset > 0
     raw = path.read_bytes()[header.pixels.offset : header.pixels.offset + header.pixels.nbytes]
     assert raw == bytes(pydicom.dcmread(path).PixelData[: header.pixels.nbytes])
-    fmt = ct_format(50, 350)
-    for uint8 in (False, True):
-        fast = read_image(path, image_format=fmt, ct_uint8=uint8, layout=header.pixels)
-        np.testing.assert_array_equal(fast, read_image(path, image_format=fmt, ct_uint8=uint8))
+    for fmt in (ct_format(50, 350), ct_format(0, 2**bits)):  # and a window with every grey level in use
+        for uint8 in (False, True):  # uint8 from 8/16-bit words: the lookup table of every word
+            fast = read_image(path, image_format=fmt, ct_uint8=uint8, layout=header.pixels)
+            np.testing.assert_array_equal(fast, read_image(path, image_format=fmt, ct_uint8=uint8))
 
 
 def test_a_layout_that_no_longer_fits_the_file_falls_back_to_parsing_it(tmp_path: Path) -> None:

@@ -1,0 +1,83 @@
+"""The few header values the CT header pass needs, read from pydicom's raw elements.
+
+pydicom converts a value on first access through its hooks and validators, which cost more than
+parsing the whole header (~0.04 ms a value). The values a slice's header pass reads are short,
+plain ASCII in nearly every real file, and their conversion is then unambiguous: this module does
+that common case itself and hands every other one (non-ASCII text, several values where one is
+expected, a VR other than the standard's, odd number forms) back to pydicom, so the result is
+always what pydicom would return.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+_STRING_VRS = {"UI", "CS", "LO", "SH", "AS"}
+_PLAIN_TEXT = re.compile(rb"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*")  # printable ASCII, no backslash
+_DECIMALS = re.compile(rb"[ ]*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[ ]*")
+_INTEGER = re.compile(rb"[ ]*[+-]?\d{1,11}[ ]*")
+_TAGS: dict[str, tuple[int, str]] = {}
+
+
+class HeaderView:
+    """Read-only ``get``/``in`` over a dataset read by ``dcmread``: the values of string, decimal
+    (DS), integer (IS) and unsigned short (US) elements as pydicom would convert them."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+        self.file_meta = getattr(ds, "file_meta", None)
+
+    def __contains__(self, tag: int) -> bool:
+        return tag in self.ds
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        """The value of ``keyword`` (a DICOM keyword), or ``default`` when the element is absent."""
+        try:
+            tag, vr = _TAGS[keyword]
+        except KeyError:
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                raise KeyError(f"unknown DICOM keyword {keyword!r}") from None
+            vr = dictionary_VR(tag)
+            _TAGS[keyword] = tag, vr
+        if tag not in self.ds:
+            return default
+        raw = self.ds.get_item(tag)
+        value = _fast(raw, vr)
+        if value is _SLOW:
+            return self.ds.get(keyword, default)
+        return value
+
+
+_SLOW = object()
+
+
+def _fast(raw, vr: str) -> Any:
+    """The converted value of the raw element ``raw`` (standard VR ``vr``), or ``_SLOW`` when only
+    pydicom can say."""
+    value = getattr(raw, "value", None)
+    if not isinstance(value, bytes) or (raw.VR is not None and raw.VR != vr):
+        return _SLOW  # already converted, or an unusual VR: pydicom's rules
+    if vr in _STRING_VRS:
+        text = value.rstrip(b"\x00 ")
+        if not text:
+            return ""
+        return text.decode("ascii") if _PLAIN_TEXT.fullmatch(text) else _SLOW
+    if vr == "US":
+        if len(value) != 2:
+            return _SLOW  # none or several values
+        return struct.unpack("<H" if raw.is_little_endian else ">H", value)[0]
+    if vr == "DS":
+        parts = value.rstrip(b"\x00").split(b"\\")
+        if not all(_DECIMALS.fullmatch(p) for p in parts):
+            return _SLOW
+        numbers = [float(p) for p in parts]
+        return numbers[0] if len(numbers) == 1 else numbers
+    if vr == "IS":
+        text = value.rstrip(b"\x00")
+        return int(text) if _INTEGER.fullmatch(text) else _SLOW
+    return _SLOW

@@ -1,0 +1,130 @@
+"""HeaderView against pydicom's own conversion of the same elements, on hand-encoded files in the
+three uncompressed encodings (so neither side's writer shapes the bytes)."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pydicom
+import pytest
+from pydicom.multival import MultiValue
+
+from cxrbench.data.header_values import _SLOW, HeaderView, _fast
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+
+# (keyword, tag, VR, value bytes): plain cases and the ones pydicom must decide
+ELEMENTS = [
+    ("SpecificCharacterSet", 0x00080005, "CS", b"ISO_IR 100"),
+    ("ImageType", 0x00080008, "CS", b"ORIGINAL\\PRIMARY\\AXIAL"),
+    ("SOPInstanceUID", 0x00080018, "UI", b"1.2.3.4.5\x00"),
+    ("Modality", 0x00080060, "CS", b"CT"),
+    ("PatientName", 0x00100010, "PN", b"M\xfcller^Hans"),
+    ("PatientID", 0x00100020, "LO", b"  padded-left"),
+    ("PatientSex", 0x00100040, "CS", b"F "),
+    ("PatientAge", 0x00101010, "AS", b"045Y"),
+    ("StudyDescription", 0x00081030, "LO", b"Thorax M\xfcller"),
+    ("SeriesDescription", 0x0008103E, "LO", b"CTA chest  "),
+    ("SliceThickness", 0x00180050, "DS", b"1.25"),
+    ("StudyInstanceUID", 0x0020000D, "UI", b"1.2.840.99"),
+    ("SeriesInstanceUID", 0x0020000E, "UI", b"1.2.840.99.7\x00"),
+    ("InstanceNumber", 0x00200013, "IS", b" 12 "),
+    ("AcquisitionNumber", 0x00200012, "IS", b""),
+    ("ImagePositionPatient", 0x00200032, "DS", b"-125.5\\ 3e2 \\.5"),
+    ("ImageOrientationPatient", 0x00200037, "DS", b"1\\0\\0\\0\\1\\0 "),
+    ("SliceLocation", 0x00201041, "DS", b"+1.5E-1"),
+    ("SamplesPerPixel", 0x00280002, "US", struct.pack("<H", 1)),
+    ("Rows", 0x00280010, "US", struct.pack("<H", 512)),
+    ("Columns", 0x00280011, "US", struct.pack("<H", 400)),
+    ("PixelSpacing", 0x00280030, "DS", b"0.7\\0.7"),
+    ("BitsAllocated", 0x00280100, "US", struct.pack("<H", 16)),
+    ("BitsStored", 0x00280101, "US", struct.pack("<H", 12)),
+    ("WindowCenter", 0x00281050, "DS", b"40\\-600"),
+    ("WindowWidth", 0x00281051, "DS", b"   "),
+    ("RescaleIntercept", 0x00281052, "DS", b"-1024"),
+    ("RescaleSlope", 0x00281053, "DS", b"1.0"),
+]
+
+
+def _element(tag: int, vr: str, value: bytes, *, little: bool, implicit: bool) -> bytes:
+    if vr == "US" and not little:
+        value = value[::-1]
+    if len(value) % 2:
+        value += b"\x00" if vr == "UI" else b" "
+    end = "<" if little else ">"
+    head = struct.pack(end + "HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack(end + "I", len(value)) + value
+    if vr in ("OB", "OW", "UN", "UT", "SQ"):  # the long form: 2 reserved bytes, 4-byte length
+        return head + vr.encode() + struct.pack(end + "HI", 0, len(value)) + value
+    return head + vr.encode() + struct.pack(end + "H", len(value)) + value
+
+
+def _file(syntax: str, elements=ELEMENTS) -> bytes:
+    uid = syntax.encode() + (b"\x00" if len(syntax) % 2 else b"")
+    meta = _element(0x00020010, "UI", uid, little=True, implicit=False)
+    meta = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(meta)) + meta  # the group length
+    little, implicit = syntax != EXPLICIT_BE, syntax == IMPLICIT_LE
+    body = b"".join(_element(t, vr, v, little=little, implicit=implicit) for _, t, vr, v in elements)
+    return b"\x00" * 128 + b"DICM" + meta + body
+
+
+def _plain(value):
+    return list(value) if isinstance(value, MultiValue) else value
+
+
+@pytest.mark.parametrize("syntax", [EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE])
+def test_values_match_pydicom(syntax):
+    data = _file(syntax)
+    view = HeaderView(pydicom.dcmread(io.BytesIO(data)))
+    reference = pydicom.dcmread(io.BytesIO(data))
+    for keyword, *_ in ELEMENTS:
+        expected = _plain(reference.get(keyword))
+        got = _plain(view.get(keyword))
+        assert got == expected, (syntax, keyword, got, expected)
+        assert type(got) is type(expected) or isinstance(got, type(expected).__mro__[-2]), keyword
+    assert view.get("PatientWeight", "none") == "none"
+    assert 0x00280010 in view and 0x7FE00010 not in view
+
+
+def test_plain_values_take_the_fast_path():
+    ds = pydicom.dcmread(io.BytesIO(_file(EXPLICIT_LE)))
+    fast = {
+        "SOPInstanceUID",
+        "Modality",
+        "PatientSex",
+        "PatientAge",
+        "SliceThickness",
+        "InstanceNumber",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "SliceLocation",
+        "Rows",
+        "BitsStored",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "SeriesDescription",
+    }
+    slow = {"ImageType", "PatientName", "PatientID", "StudyDescription", "WindowWidth", "AcquisitionNumber"}
+    for keyword, tag, vr, _ in ELEMENTS:
+        if keyword in fast | slow:
+            taken = _fast(ds.get_item(tag), vr) is not _SLOW
+            assert taken == (keyword in fast), keyword
+
+
+def test_unexpected_vr_is_left_to_pydicom():
+    elements = [("Rows", 0x00280010, "UN", struct.pack("<H", 512)), ("SliceThickness", 0x00180050, "UN", b"2.5 ")]
+    data = _file(EXPLICIT_LE, elements)
+    view = HeaderView(pydicom.dcmread(io.BytesIO(data)))
+    reference = pydicom.dcmread(io.BytesIO(data))
+    assert view.get("Rows") == reference.get("Rows") == 512
+    assert view.get("SliceThickness") == reference.get("SliceThickness") == 2.5
+
+
+def test_unknown_keyword_is_an_error():
+    view = HeaderView(pydicom.dcmread(io.BytesIO(_file(EXPLICIT_LE))))
+    with pytest.raises(KeyError, match="NoSuchKeyword"):
+        view.get("NoSuchKeyword")
