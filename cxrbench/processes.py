@@ -1,13 +1,18 @@
 """Worker processes that end with the process that started them, even when it is SIGKILLed: the
-decode pool of ``prepare``, the phantom writers and the figure workers of ``compare``."""
+decode pool of ``prepare``, the phantom writers and the figure workers of ``compare``; and the
+spawn pools of ``prepare``, shared between its parallel passes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _WATCH_SECONDS = 0.25
@@ -46,3 +51,64 @@ def die_with_parent(parent: int) -> None:
     if os.getppid() != parent:
         os._exit(1)
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+# ---------------------------------------------------------------- pools
+_shared: dict[int, Any] = {}  # workers -> the pool kept open by ``shared_pool``
+
+
+def _new_pool(workers: int):
+    """A spawn pool (safe beside torch and threads, the same on every platform) whose workers end
+    with this process."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
+
+
+@contextlib.contextmanager
+def shared_pool(workers: int) -> Iterator[None]:
+    """Keep one pool of ``workers`` processes for the ``worker_pool(workers)`` calls inside, so
+    successive parallel passes (CT prepare's header pass, then its decode) start their processes and
+    import their libraries once. Nested calls share the outer pool; it is shut down on leaving."""
+    if workers in _shared or workers <= 1:
+        yield
+        return
+    _shared[workers] = None  # created on first use
+    try:
+        yield
+    finally:
+        pool = _shared.pop(workers, None)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[Any]:
+    """A process pool of ``workers`` (a ``ProcessPoolExecutor``): the shared one when a
+    ``shared_pool`` of that size is open, else a new one shut down on leaving (queued tasks
+    cancelled). On an exception the shared pool is retired too, so no later pass inherits it."""
+    if workers in _shared:
+        pool = _shared[workers]
+        if pool is None:
+            pool = _shared[workers] = _new_pool(workers)
+        try:
+            yield pool
+        except BaseException:
+            retire(pool)
+            raise
+        return
+    pool = _new_pool(workers)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def retire(pool) -> None:
+    """Stop handing out ``pool`` (a broken or abandoned shared pool); the next ``worker_pool`` of its
+    size starts a new one. A pool that is not shared is left to its own ``worker_pool``."""
+    for workers, shared in list(_shared.items()):
+        if shared is pool:
+            _shared[workers] = None
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -13,7 +13,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import numpy as np
 from cxrbench.data.images import CT_PREFIX, ImageError, PixelLayout, check_image_format, pixel_limit, read_image
 from cxrbench.data.transforms import Preprocess, preprocess
 from cxrbench.errors import CxrbenchError
-from cxrbench.processes import die_with_parent
+from cxrbench.processes import retire, worker_pool
 
 IMAGES_FILE = "images.npy"
 DONE_FILE = "done.npy"  # uint8 per row: 0 to do, 1 ok, 2 quarantined
@@ -331,17 +331,10 @@ def _run_parallel(tasks, paths, settings, image_format, workers, record, target,
 
 def _pool_pass(queue, paths, settings, image_format, workers, window, record, target, layouts) -> list[np.ndarray]:
     """Take tasks from ``queue`` with at most ``window`` in flight; return the tasks lost when the
-    pool broke (empty when all were done)."""
-    import multiprocessing
-
-    # spawn: safe beside torch/threads in the parent, and the same on every platform.
-    ctx = multiprocessing.get_context("spawn")
+    pool broke (empty when all were done). The pool is ``prepare``'s shared one when it has the same
+    size (``processes.worker_pool``); a broken one is retired."""
     pending: dict[Future, np.ndarray] = {}
-    # Workers end with this process, even when it is SIGKILLed (see die_with_parent).
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
-    )
-    try:
+    with worker_pool(workers) as pool:
         while queue or pending:
             while queue and len(pending) < window:
                 rows = queue.popleft()
@@ -351,15 +344,15 @@ def _pool_pass(queue, paths, settings, image_format, workers, window, record, ta
                     pending[pool.submit(_process_chunk, *job)] = rows
                 except BrokenProcessPool:
                     queue.appendleft(rows)
+                    retire(pool)
                     return _lost(pending, record)
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 if isinstance(fut.exception(), BrokenProcessPool):
+                    retire(pool)
                     return _lost(pending, record)
                 record(pending.pop(fut), None, fut.result())
         return []
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _lost(pending: dict[Future, np.ndarray], record) -> list[np.ndarray]:

@@ -13,7 +13,6 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +184,8 @@ def read_headers(
     processes (None: the CPU count, at most 8; 0 or 1: in this process)."""
     paths = [str(p) for p in paths]
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    if workers > 1:  # about 4 chunks per worker, so none sits idle at the end
+        chunk = max(1, min(chunk, math.ceil(len(paths) / (4 * workers))))
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     out: list[SliceHeader | str] = []
     if workers <= 1 or len(chunks) <= 1:
@@ -193,12 +194,9 @@ def read_headers(
             if progress:
                 progress(len(part))
         return out
-    import multiprocessing
+    from cxrbench.processes import worker_pool
 
-    from cxrbench.processes import die_with_parent
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+    with worker_pool(workers) as pool:  # prepare's shared pool: the decode reuses its processes
         for part, result in zip(chunks, pool.map(_read_headers, chunks), strict=True):
             out.extend(result)
             if progress:

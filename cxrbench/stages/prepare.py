@@ -26,6 +26,7 @@ from cxrbench.data.prepared import CACHE_DIR, QUARANTINE, SAMPLES
 from cxrbench.data.samples import LabelPolicy, build_samples, prevalence_table
 from cxrbench.data.transforms import Preprocess
 from cxrbench.errors import CxrbenchError
+from cxrbench.processes import shared_pool
 from cxrbench.rundir import Manifest, RunLayout, Stage, layout_of
 
 
@@ -146,7 +147,27 @@ def prepare(
 ) -> Manifest:
     """Prepare ``dataset`` from ``root`` into ``RUN/prepared/NAME`` (NAME: ``name``, default the
     dataset), reusing it if up to date. A ``name`` lets one adapter give several prepared datasets
-    (two synthetic sites, one dataset under two settings)."""
+    (two synthetic sites, one dataset under two settings). ``workers`` processes (None: one per
+    CPU) read CT headers and decode, one pool for both."""
+    size = (os.cpu_count() or 1) if workers is None else workers
+    with shared_pool(size):
+        return _prepare(
+            run, dataset, root=root, options=options, policy=policy, image=image, workers=size, name=name, force=force
+        )
+
+
+def _prepare(
+    run: RunLayout | Path,
+    dataset: str,
+    *,
+    root: Path | None,
+    options: dict[str, Any] | None,
+    policy: LabelPolicy,
+    image: Preprocess,
+    workers: int,
+    name: str | None,
+    force: bool,
+) -> Manifest:
     layout = layout_of(run)
     adapter = get_adapter(dataset)
     name = check_name(name if name is not None else dataset)
@@ -160,7 +181,8 @@ def prepare(
     elif root is None:
         raise CxrbenchError(f"cxrbench prepare {dataset} needs --root (the folder you unpacked {dataset} into)")
     root = Path(root)
-    raw = adapter.load(root, **options)
+    scan = {"workers": workers} if "workers" in _option_names(adapter.load) and "workers" not in options else {}
+    raw = adapter.load(root, **options, **scan)  # the header pass takes prepare's workers (not in the key)
     samples, summary = build_samples(raw, policy, root=root)
     if raw.image_format is not None and raw.image_format.startswith(CT_PREFIX):
         image = replace(image, scaling="fixed")  # windowed HU: the same grey for the same HU everywhere

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrbench import processes
 from cxrbench.data import cache as cache_mod
 from cxrbench.data.cache import build_cache, open_cache
 from cxrbench.data.images import read_image
@@ -196,7 +198,7 @@ def test_bounded_chunks_in_flight(tmp_path, monkeypatch):
     def count(n):
         state["recorded"] += 1
 
-    monkeypatch.setattr(cache_mod, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", CountingPool)
     reasons = build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=2, progress=count)
     assert reasons == [None] * 30
     assert state["submitted"] == 15 and state["max_chunk"] == 2
@@ -245,13 +247,15 @@ class _CrashingPool(ProcessPoolExecutor):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses fork to run a test-module worker")
-def test_worker_crash_quarantines_only_the_culprit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("shared", [False, True])
+def test_worker_crash_quarantines_only_the_culprit(tmp_path, monkeypatch, shared):
     paths = make_pngs(tmp_path, 7)
     culprit = tmp_path / "CRASH.png"
     Image.fromarray(np.full((20, 20), 9, np.uint8)).save(culprit)
     paths.insert(3, str(culprit))
-    monkeypatch.setattr(cache_mod, "ProcessPoolExecutor", _CrashingPool)
-    reasons = build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=2)
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", _CrashingPool)
+    with processes.shared_pool(2) if shared else contextlib.nullcontext():  # prepare's pool is retired, not reused
+        reasons = build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=2)
     assert reasons == [None] * 3 + [cache_mod.CRASH_REASON] + [None] * 4
     ok = paths[:3] + paths[4:]
     got = open_cache(tmp_path / "c")

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int = 0) -> dict[str, float]:
@@ -39,6 +38,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int = 0
 
 
 def bench_segmentation(args: argparse.Namespace, tmp: Path) -> None:
+    import pandas as pd  # here, not at the top: prepare's spawn workers re-import this script
+
     from cxrbench.data.samples import LabelPolicy
     from cxrbench.data.splits import parse_ratios
     from cxrbench.data.transforms import Preprocess
