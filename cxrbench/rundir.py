@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -115,6 +115,31 @@ class RunLayout:
         except ValueError:
             raise CxrbenchError(f"{path} is outside the run directory {self.root}; refusing to touch it") from None
         return full
+
+    #: The run's top-level folders: every path above lies in one of them.
+    AREAS: ClassVar[tuple[str, ...]] = (
+        "raw",
+        "prepared",
+        "encoders",
+        "features",
+        "predictions",
+        "segmentation",
+        "finetuned",
+        "checkpoints",
+        "logs",
+        "evaluation",
+        "comparisons",
+        "suites",
+    )
+
+    def manifests(self) -> list[Path]:
+        """Every stage manifest of this run, sorted: only under its own areas, so another run kept
+        inside this folder (``--run runs/a/b`` beside ``runs/a``'s stages) is never taken for its own."""
+        found = []
+        for area in self.AREAS:
+            if (self.root / area).is_dir():
+                found.extend((self.root / area).rglob("*manifest.json"))
+        return sorted(found)
 
     def relative(self, path: Path | str) -> str:
         """``path`` relative to the run, as manifests store it (must be inside the run)."""
@@ -450,7 +475,7 @@ def current_outputs(run: RunLayout | Path) -> dict[str, str]:
     """Content hash of every output of every complete manifest in the run, by run-relative path."""
     layout = layout_of(run)
     hashes: dict[str, str] = {}
-    for path in layout.root.rglob("*manifest.json"):
+    for path in layout.manifests():
         manifest = Manifest.read(path)
         if manifest is not None and manifest.complete:
             hashes.update(manifest.outputs)

@@ -472,3 +472,40 @@ def test_a_relative_run_directory_gives_the_same_paths(tmp_path, monkeypatch):
     assert layout.encoder("moco") == tmp_path / "runs" / "default" / "encoders" / "moco"
     assert layout.inside("evaluation/metrics.parquet") == tmp_path / "runs/default/evaluation/metrics.parquet"
     assert layout.relative(layout.predictions("ds", "enc", "probe")) == "predictions/ds/enc/probe.parquet"
+
+
+# --- the run's own manifests -----------------------------------------------------------------
+
+
+def test_every_layout_path_lies_in_one_of_the_run_areas(tmp_path):
+    """manifests() looks only in RunLayout.AREAS: a path method outside them would hide its stage."""
+    import inspect
+
+    layout = rundir.RunLayout(tmp_path)
+    paths = []
+    for name, member in inspect.getmembers(rundir.RunLayout):
+        if name.startswith("_") or name in ("inside", "relative", "manifests"):
+            continue
+        if isinstance(member, property):
+            paths.append(getattr(layout, name))
+        elif inspect.isfunction(member):
+            arguments = ["x"] * (len(inspect.signature(member).parameters) - 1)  # *parts: one
+            paths.append(member(layout, *arguments))
+    assert len(paths) >= 15
+    for path in paths:
+        assert Path(path).relative_to(tmp_path).parts[0] in rundir.RunLayout.AREAS, path
+
+
+def test_a_run_kept_inside_another_is_not_read_as_its_own(tmp_path):
+    outer, inner = rundir.RunLayout(tmp_path / "a"), rundir.RunLayout(tmp_path / "a" / "b")
+    for layout, value in ((outer, 1), (inner, 2)):
+        home = layout.prepared("ds")
+        stage = Stage(layout, "prepare", home / "manifest.json", settings={"v": value}, what="demo")
+        with stage.open() as todo:
+            assert todo
+            stage.write_parquet(home / "samples.parquet", pd.DataFrame({"v": [value]}))
+    assert outer.manifests() == [outer.prepared("ds") / "manifest.json"]
+    assert rundir.current_outputs(outer) == {
+        "prepared/ds/samples.parquet": rundir.file_hash(outer.prepared("ds") / "samples.parquet")
+    }
+    assert inner.manifests() == [inner.prepared("ds") / "manifest.json"]

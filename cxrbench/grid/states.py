@@ -40,7 +40,7 @@ class Manifests:
     def __init__(self, run: RunLayout) -> None:
         self.run = run
         self.by_key: dict[str, Manifest] = {}
-        for path in run.root.rglob("*manifest.json"):
+        for path in run.manifests():
             manifest = Manifest.read(path)
             if manifest is not None and manifest.complete:
                 self.by_key[manifest.key] = manifest

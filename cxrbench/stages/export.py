@@ -193,7 +193,7 @@ def _suite_steps(
 def _complete_manifests(layout: RunLayout) -> dict[str, tuple[Path, Manifest]]:
     """Every complete manifest in the run, by stage key."""
     found = {}
-    for path in sorted(layout.root.rglob("*manifest.json")):
+    for path in layout.manifests():
         manifest = Manifest.read(path)
         if manifest is not None and manifest.complete:
             found.setdefault(manifest.key, (path, manifest))

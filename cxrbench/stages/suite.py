@@ -110,7 +110,7 @@ def _recorded(
     if record.get("fingerprint") != fingerprint or any(keys.get(n) != m.key for n, m in prepared.items()):
         return None
     complete = {}
-    for path in run.root.rglob("*manifest.json"):
+    for path in run.manifests():
         manifest = Manifest.read(path)
         if manifest is not None and manifest.complete and manifest.intact(run) is None:
             complete[manifest.key] = manifest

@@ -58,7 +58,7 @@ def verify(run: RunLayout | Path) -> list[Finding]:
     """Every manifest in the run, checked: outputs re-hashed in full, inputs current, images unchanged."""
     layout = layout_of(run)
     manifests = []
-    for path in sorted(layout.root.rglob("*manifest.json")):
+    for path in layout.manifests():
         manifests.append((path, Manifest.read(path)))
     current = current_outputs(layout)
     total = sum(len(m.outputs) for _, m in manifests if m is not None)
