@@ -43,13 +43,16 @@ def _hold(lock: Path, seconds: float) -> subprocess.Popen:
 
 
 def _stand_in(run, suite, cell, **options):
-    """A stage that writes one small file under a manifest, as every real stage does."""
-    stage = Stage(run, cell.kind, run.root / "fake" / cell.file / "manifest.json", settings={"id": cell.id})
+    """A stage that writes one small file under a manifest in one of the run's areas, as every real
+    stage does."""
+    stage = Stage(
+        run, cell.kind, run.root / "logs" / "stand-in" / cell.file / "manifest.json", settings={"id": cell.id}
+    )
     with stage.open() as todo:
         if todo:
             if cell.id == "probe/synthetic/random/f=1/s=0":
                 raise ValueError("probe diverged\nsecond line")
-            stage.write_text(run.root / "fake" / cell.file / "out.txt", cell.id)
+            stage.write_text(run.root / "logs" / "stand-in" / cell.file / "out.txt", cell.id)
     return stage.manifest
 
 
@@ -72,7 +75,7 @@ def test_status_shows_done_failed_running_interrupted_stale_and_waiting_with_tot
     record = {"id": simclr.id, "status": "running", "host": "node-3", "pid": 4242, "digest": simclr.digest}
     run.cell_record("phantom", simclr.file).write_text(json.dumps(record))
     # a finished cell whose output was changed afterwards is stale
-    (run.root / "fake" / cells["features/synthetic/simclr"].file / "out.txt").write_text("edited")
+    (run.root / "logs" / "stand-in" / cells["features/synthetic/simclr"].file / "out.txt").write_text("edited")
 
     holder = _hold(run.cell_lock("phantom", cells["pretrain/simclr"].file), 30)
     try:
