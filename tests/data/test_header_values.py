@@ -30,6 +30,7 @@ ELEMENTS = [
     ("SeriesDescription", 0x0008103E, "LO", b"CTA chest  "),
     ("SliceThickness", 0x00180050, "DS", b"1.25"),
     ("StudyInstanceUID", 0x0020000D, "UI", b"1.2.840.99"),
+    ("StudyID", 0x00200010, "SH", b"42 \x00"),
     ("SeriesInstanceUID", 0x0020000E, "UI", b"1.2.840.99.7\x00"),
     ("InstanceNumber", 0x00200013, "IS", b" 12 "),
     ("AcquisitionNumber", 0x00200012, "IS", b""),
@@ -107,6 +108,7 @@ def test_plain_values_take_the_fast_path():
         "RescaleIntercept",
         "RescaleSlope",
         "SeriesDescription",
+        "StudyID",
     }
     slow = {"ImageType", "PatientName", "PatientID", "StudyDescription", "WindowWidth", "AcquisitionNumber"}
     for keyword, tag, vr, _ in ELEMENTS:
