@@ -34,6 +34,10 @@ class HeaderView:
     def __contains__(self, tag: int) -> bool:
         return tag in self.ds
 
+    def element(self, tag: int, *, keep_deferred: bool = False):
+        """The element ``tag`` as read, unconverted (``keep_deferred``: a deferred value stays unread)."""
+        return self.ds.get_item(tag, keep_deferred=keep_deferred)
+
     def get(self, keyword: str, default: Any = None) -> Any:
         """The value of ``keyword`` (a DICOM keyword), or ``default`` when the element is absent."""
         try:
@@ -46,8 +50,7 @@ class HeaderView:
             _TAGS[keyword] = tag, vr
         if tag not in self.ds:
             return default
-        raw = self.ds.get_item(tag)
-        value = _fast(raw, vr)
+        value = _fast(self.element(tag), vr)
         if value is _SLOW:
             return self.ds.get(keyword, default)
         return value

@@ -162,7 +162,7 @@ def read_header(path: str | Path) -> SliceHeader | str:
 def _layout(ds: HeaderView) -> PixelLayout | None:
     """The pixel layout of a header read with the pixel data deferred: its value's file offset is
     the raw element's (left unread: ``keep_deferred``)."""
-    raw = ds.ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
+    raw = ds.element(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
     offset = getattr(raw, "value_tell", None)
     if offset is None or getattr(raw, "is_undefined_length", False):
         return None  # encapsulated (compressed) pixel data has no one offset
