@@ -144,8 +144,8 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
 
 
 def _arch_run(run: Path, arch: str) -> Path:
-    """The run of the methods on architecture ``arch``: beside ``run``, not inside it (a run's
-    stages see every manifest under its folder, a nested run's too)."""
+    """The run of the methods on architecture ``arch``: a run directory of its own beside ``run``
+    (``RUN-ARCH``), with its own prepared phantoms and ``random`` baseline."""
     return run.with_name(f"{run.name}-{arch}")
 
 
