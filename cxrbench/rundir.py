@@ -17,7 +17,7 @@ import platform
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -545,6 +545,7 @@ class Stage:
         extra_inputs: Mapping[str, str] | None = None,
         seed: int | None = None,
         what: str | None = None,
+        keep: Iterable[Path] = (),
     ) -> None:
         self.layout = layout_of(run)
         self.run = self.layout.root
@@ -555,6 +556,9 @@ class Stage:
         self.seed = seed
         self.what = what or f"{name} output {self.relative(self.manifest_path.parent)}"
         self.key = stage_key(name, self.settings, self.inputs)
+        # outputs that check their own validity (the image cache: its fingerprint of paths and
+        # settings, its done-mask) and are worth keeping when the stage is redone
+        self.keep = {self.relative(path) for path in keep}
         self.outputs: dict[str, Path] = {}
         self.extra: dict[str, Any] = {}
         self.manifest: Manifest | None = None
@@ -616,11 +620,12 @@ class Stage:
             self._finish(started)
 
     def _invalidate(self) -> None:
-        """Mark the output unfinished before touching anything, and drop the previous outputs."""
+        """Mark the output unfinished before touching anything, and drop the previous outputs (all
+        but those in ``keep``, which the stage's own code checks before reusing)."""
         previous = Manifest.read(self.manifest_path)
         Manifest(stage=self.name, key=self.key, settings=self.settings, complete=False).write(self.manifest_path)
         if previous is not None:
-            for rel in previous.outputs:
+            for rel in [r for r in previous.outputs if r not in self.keep]:
                 path = self.layout.inside(rel)
                 if path.is_file():
                     path.unlink()

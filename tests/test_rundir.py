@@ -163,7 +163,7 @@ def test_stage_key_depends_on_settings_inputs_and_version(monkeypatch):
 # --- the Stage protocol --------------------------------------------------------------------
 
 
-def _stage(run: Path, *, settings=None, inputs=(), extra_inputs=None) -> Stage:
+def _stage(run: Path, *, settings=None, inputs=(), extra_inputs=None, keep=()) -> Stage:
     return Stage(
         run,
         "demo",
@@ -172,6 +172,7 @@ def _stage(run: Path, *, settings=None, inputs=(), extra_inputs=None) -> Stage:
         inputs=inputs,
         extra_inputs=extra_inputs,
         seed=3,
+        keep=keep,
     )
 
 
@@ -289,6 +290,21 @@ def test_rerun_with_new_key_drops_previous_outputs(tmp_path):
         assert not (tmp_path / "demo" / "old.txt").exists()
         stage.write_text(tmp_path / "demo" / "new.txt", "new")
     assert list(Manifest.read(tmp_path / "demo" / "manifest.json").outputs) == ["demo/new.txt"]
+
+
+def test_a_kept_output_survives_a_rerun_with_a_new_key(tmp_path):
+    stage = _stage(tmp_path)
+    with stage.open() as todo:
+        assert todo
+        stage.write_text(tmp_path / "demo" / "cache.bin", "self-checked")
+        stage.write_text(tmp_path / "demo" / "old.txt", "old")
+    stage = _stage(tmp_path, settings={"k": 2}, keep=[tmp_path / "demo" / "cache.bin"])
+    with stage.open() as todo:
+        assert todo
+        assert (tmp_path / "demo" / "cache.bin").read_text() == "self-checked"
+        assert not (tmp_path / "demo" / "old.txt").exists()
+        stage.record(tmp_path / "demo" / "cache.bin")
+    assert list(Manifest.read(tmp_path / "demo" / "manifest.json").outputs) == ["demo/cache.bin"]
 
 
 # --- locks ---------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def build_cache(
     chunk_size: int = 64,
     progress: Callable[[int], None] | None = None,
     layouts: Sequence[PixelLayout | None] | None = None,
+    sources: str | None = None,
 ) -> list[str | None]:
     """Return per path None (cached) or the quarantine reason; writes ``out_dir/images.npy``.
 
@@ -56,7 +57,9 @@ def build_cache(
     An image declaring more pixels than ``pixel_limit()`` ($CXRBENCH_MAX_PIXELS, which the workers
     inherit) is quarantined with that reason before it is decoded.
     ``layouts``: per path, where a CT slice's pixel bytes lie (from its header read), or None; the
-    pixels are the same either way, only faster to read.
+    pixels are the same either way, only faster to read. ``sources``: a fingerprint of the files
+    themselves (``prepare``'s names, sizes and modification times): when it changes the cache
+    starts over, so a cache kept across a redone ``prepare`` never serves an edited image's old pixels.
     """
     if not isinstance(settings, Preprocess):
         raise CxrbenchError(f"settings must be a Preprocess, got {type(settings).__name__}")
@@ -74,7 +77,7 @@ def build_cache(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    offset, done, reasons = _open_or_create(paths, out_dir, settings, image_format)
+    offset, done, reasons = _open_or_create(paths, out_dir, settings, image_format, sources)
     if progress is not None and int(np.count_nonzero(done)):
         progress(int(np.count_nonzero(done)))
     todo = np.flatnonzero(done == _TODO)
@@ -161,9 +164,11 @@ def open_cache(out_dir: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- state on disk
-def _fingerprint(paths: list[str], settings: Preprocess, image_format: str | None) -> str:
+def _fingerprint(paths: list[str], settings: Preprocess, image_format: str | None, sources: str | None) -> str:
     h = hashlib.sha256()
     head = {"version": CACHE_VERSION, "settings": settings.to_dict(), "format": image_format}
+    if sources is not None:
+        head["sources"] = sources
     if (image_format or "").startswith(CT_PREFIX) and settings.scaling == "fixed":
         head["ct_decode"] = 2  # 2: windowed to uint8, then resampled in 8 bits (1: float resampling)
     h.update(json.dumps(head, sort_keys=True).encode())
@@ -173,11 +178,11 @@ def _fingerprint(paths: list[str], settings: Preprocess, image_format: str | Non
 
 
 def _open_or_create(
-    paths: list[str], out_dir: Path, settings: Preprocess, image_format: str | None
+    paths: list[str], out_dir: Path, settings: Preprocess, image_format: str | None, sources: str | None
 ) -> tuple[int, np.ndarray, dict[int, str]]:
     """Return (byte offset of the images' data, done mask, reasons so far); resumes when the
     fingerprint matches, else starts over."""
-    key = _fingerprint(paths, settings, image_format)
+    key = _fingerprint(paths, settings, image_format, sources)
     shape = (len(paths), settings.size, settings.size)
     state_file = out_dir / STATE_FILE
     try:

@@ -19,7 +19,7 @@ import pandas as pd
 from cxrbench.console import progress
 from cxrbench.data.adapters import get_adapter
 from cxrbench.data.adapters.base import coerce_options
-from cxrbench.data.cache import build_cache
+from cxrbench.data.cache import IMAGES_FILE, build_cache
 from cxrbench.data.images import CT_PREFIX
 from cxrbench.data.masks import build_masks
 from cxrbench.data.prepared import CACHE_DIR, QUARANTINE, SAMPLES
@@ -189,6 +189,7 @@ def _prepare(
     rejected = _rejected(raw)
 
     names = relative_paths(samples["path"], root)
+    files = files_fingerprint(samples["path"].tolist(), names)
     rows_hash = pd.util.hash_pandas_object(samples.assign(path=names), index=False).sum()
     settings = {
         "dataset": dataset,
@@ -208,11 +209,12 @@ def _prepare(
         inputs=inputs,
         extra_inputs={
             "rows": f"{int(rows_hash) & (2**64 - 1):016x}",
-            "files": files_fingerprint(samples["path"].tolist(), names),
+            "files": files,
             **({"rejected": _frame_hash(rejected)} if len(rejected) else {}),
         },
         seed=policy.seed,
         what=f"prepared dataset '{name}'",
+        keep=[] if force else [home / CACHE_DIR / IMAGES_FILE],  # build_cache resumes it if paths and settings match
     )
     with stage.open(force=force) as todo:
         if todo:
@@ -225,6 +227,7 @@ def _prepare(
                     workers=workers,
                     progress=advance,
                     layouts=[raw.pixel_layouts.get(p) for p in samples["path"]] if raw.pixel_layouts else None,
+                    sources=files,  # an edited image starts the kept cache over
                 )
             if "mask_rle" in samples:  # segmentation: masks resized like their images, row for row
                 stage.record(build_masks(samples["mask_rle"].tolist(), home / CACHE_DIR, image))
@@ -238,7 +241,7 @@ def _prepare(
                 raise CxrbenchError(f"no image of {dataset} under {root} could be decoded (see {home / QUARANTINE})")
             stage.write_parquet(home / SAMPLES, kept)
             stage.write_parquet(home / QUARANTINE, quarantine.reset_index(drop=True))
-            stage.record(home / CACHE_DIR / "images.npy")
+            stage.record(home / CACHE_DIR / IMAGES_FILE)
             stage.extra.update(summary)
             stage.extra.update(
                 images=len(kept),

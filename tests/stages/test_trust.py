@@ -129,6 +129,34 @@ def test_a_changed_image_is_decoded_again(tmp_path: Path) -> None:
     assert len(problems) == 1 and "changed since it was prepared" in problems[0]
 
 
+def test_a_redone_prepare_keeps_its_decoded_images_unless_forced(tmp_path: Path, monkeypatch) -> None:
+    """New labels or splits for the same files reuse the image cache; --force decodes again."""
+    import cxrbench.data.cache as cache
+
+    run = tmp_path / "run"
+    args = ["prepare", "synthetic", "--n-patients", "40", "--size", "32", "--run", str(run), "--workers", "1"]
+    cli(*args)
+    images = run / "prepared/synthetic/cache/images.npy"
+    before = images.read_bytes()
+    decoded: list[int] = []
+    real = cache._process_chunk
+
+    def counting(paths, *rest, **kw):
+        decoded.append(len(paths))
+        return real(paths, *rest, **kw)
+
+    monkeypatch.setattr(cache, "_process_chunk", counting)
+    cli(*args, "--uncertain", "positive", "--min-positives", "1")
+    manifest = Manifest.read(run / "prepared/synthetic/manifest.json")
+    assert manifest.complete and manifest.settings["labels"]["uncertain"] == "positive"
+    assert decoded == [] and images.read_bytes() == before
+    from cxrbench.stages.verify import verify
+
+    assert all(f.problem is None for f in verify(run))
+    cli(*args, "--uncertain", "positive", "--min-positives", "1", "--force")
+    assert sum(decoded) == len(np.load(images)) and images.read_bytes() == before
+
+
 def test_predictions_from_an_older_prepare_are_refused(run_copy: Path, capsys) -> None:
     cli("probe", "--dataset", "synthetic", "--encoder", "random", "--arch", ARCH, "--run", str(run_copy))
     cli("evaluate", "--n-boot", "20", "--run", str(run_copy))
