@@ -181,8 +181,35 @@ def read_headers(
     progress: Callable[[int], None] | None = None,
 ) -> list[SliceHeader | str]:
     """Headers of ``paths`` in order (a reason string for each unreadable file), read in ``workers``
-    processes (None: the CPU count, at most 8; 0 or 1: in this process)."""
+    processes (None: the CPU count, at most 8; 0 or 1: in this process). Inside
+    ``header_cache.remember_headers(FILE)`` files unchanged since FILE was written are not read
+    again, and FILE is rewritten with this call's results. A progress bar unless ``progress`` is given."""
+    from cxrbench.data import header_cache
+
     paths = [str(p) for p in paths]
+    file = header_cache.current()
+    stamps = [header_cache.stamp(p) for p in paths] if file is not None else []
+    known = header_cache.load(file, paths, stamps) if file is not None and file.is_file() else {}
+    todo = [p for p in paths if p not in known]
+    if progress is None:
+        from cxrbench.console import progress as bar
+
+        with bar(len(paths), "read CT headers") as advance:
+            advance(len(paths) - len(todo))
+            found = _read_all(todo, workers, chunk, advance)
+    else:
+        progress(len(paths) - len(todo))
+        found = _read_all(todo, workers, chunk, progress)
+    known.update(zip(todo, found, strict=True))
+    out = [known[p] for p in paths]
+    if file is not None and todo:
+        header_cache.save(file, paths, out, stamps)
+    return out
+
+
+def _read_all(
+    paths: list[str], workers: int | None, chunk: int, progress: Callable[[int], None]
+) -> list[SliceHeader | str]:
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     if workers > 1:  # about 4 chunks per worker, so none sits idle at the end
         chunk = max(1, min(chunk, math.ceil(len(paths) / (4 * workers))))
@@ -191,16 +218,14 @@ def read_headers(
     if workers <= 1 or len(chunks) <= 1:
         for part in chunks:
             out.extend(_read_headers(part))
-            if progress:
-                progress(len(part))
+            progress(len(part))
         return out
     from cxrbench.processes import worker_pool
 
     with worker_pool(workers) as pool:  # prepare's shared pool: the decode reuses its processes
         for part, result in zip(chunks, pool.map(_read_headers, chunks), strict=True):
             out.extend(result)
-            if progress:
-                progress(len(part))
+            progress(len(part))
     return out
 
 

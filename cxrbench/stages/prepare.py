@@ -20,6 +20,7 @@ from cxrbench.console import progress
 from cxrbench.data.adapters import get_adapter
 from cxrbench.data.adapters.base import coerce_options
 from cxrbench.data.cache import IMAGES_FILE, build_cache
+from cxrbench.data.header_cache import HEADERS_FILE, remember_headers
 from cxrbench.data.images import CT_PREFIX
 from cxrbench.data.masks import build_masks
 from cxrbench.data.prepared import CACHE_DIR, QUARANTINE, SAMPLES
@@ -182,7 +183,9 @@ def _prepare(
         raise CxrbenchError(f"cxrbench prepare {dataset} needs --root (the folder you unpacked {dataset} into)")
     root = Path(root)
     scan = {"workers": workers} if "workers" in _option_names(adapter.load) and "workers" not in options else {}
-    raw = adapter.load(root, **options, **scan)  # the header pass takes prepare's workers (not in the key)
+    home = layout.prepared(name)
+    with remember_headers(home / CACHE_DIR / HEADERS_FILE):  # a CT rerun reads only new or changed files
+        raw = adapter.load(root, **options, **scan)  # the header pass takes prepare's workers (not in the key)
     samples, summary = build_samples(raw, policy, root=root)
     if raw.image_format is not None and raw.image_format.startswith(CT_PREFIX):
         image = replace(image, scaling="fixed")  # windowed HU: the same grey for the same HU everywhere
@@ -200,7 +203,6 @@ def _prepare(
     }
     if name != dataset:  # only then: runs prepared before names existed keep their keys
         settings["name"] = name
-    home = layout.prepared(name)
     stage = Stage(
         layout,
         "prepare",

@@ -1,0 +1,99 @@
+"""Remembered CT headers: a rerun reads only new or changed files and gets the same headers as a
+fresh read; a damaged, foreign or out-of-date table is ignored; prepare uses it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cxrbench.data import header_cache, volumes
+from cxrbench.data.ct_phantoms import write_ct_phantoms
+from cxrbench.data.header_cache import HEADERS_FILE, remember_headers
+from cxrbench.data.volumes import SliceHeader, read_headers
+
+
+@pytest.fixture
+def slices(tmp_path: Path) -> list[str]:
+    write_ct_phantoms(tmp_path / "ct", n_patients=2, size=16, seed=1)
+    files = sorted(str(p) for p in (tmp_path / "ct" / "train").rglob("*.dcm"))
+    Path(files[3]).write_bytes(b"not a DICOM file at all")  # an unreadable one: its reason is kept too
+    return files
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files ``read_header`` is asked to read (in this process: ``workers=0``)."""
+    seen: list[str] = []
+    real = volumes.read_header
+
+    def counting(path):
+        seen.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(volumes, "read_header", counting)
+    return seen
+
+
+def test_a_second_read_reuses_every_header_and_equals_a_fresh_read(slices, reads, tmp_path: Path) -> None:
+    fresh = read_headers(slices, workers=0)
+    assert isinstance(fresh[3], str) and all(isinstance(h, SliceHeader) for i, h in enumerate(fresh) if i != 3)
+    assert any(h.pixels is not None for h in fresh if isinstance(h, SliceHeader))
+    assert not (tmp_path / HEADERS_FILE).exists()  # no table unless asked
+    table = tmp_path / "run" / HEADERS_FILE
+    with remember_headers(table):
+        first = read_headers(slices, workers=0)
+        reads.clear()
+        again = read_headers(slices, workers=0)
+    assert reads == [] and again == first == fresh
+
+
+def test_only_new_or_changed_files_are_read_again(slices, reads, tmp_path: Path) -> None:
+    table = tmp_path / HEADERS_FILE
+    with remember_headers(table):
+        read_headers(slices[:-1], workers=0)  # the last file is new next time
+        info = os.stat(slices[0])
+        os.utime(slices[0], ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))  # touched
+        reads.clear()
+        headers = read_headers(slices, workers=0)
+    assert sorted(reads) == sorted([slices[0], slices[-1]])
+    assert headers == read_headers(slices, workers=0)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "old version", "other columns"])
+def test_a_damaged_or_foreign_table_is_ignored_and_rewritten(slices, reads, tmp_path: Path, monkeypatch, damage) -> None:
+    table = tmp_path / HEADERS_FILE
+    if damage == "garbage":
+        table.write_bytes(b"PAR1 not really a table")
+    else:
+        with remember_headers(table):
+            read_headers(slices, workers=0)
+        if damage == "old version":
+            monkeypatch.setattr(header_cache, "VERSION", header_cache.VERSION + 1)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            old = pq.read_table(table)
+            pq.write_table(old.append_column("extra", pa.array([1] * len(old))), table)
+    reads.clear()
+    with remember_headers(table):
+        headers = read_headers(slices, workers=0)
+        assert sorted(reads) == sorted(slices)
+        reads.clear()
+        assert read_headers(slices, workers=0) == headers and reads == []
+
+
+def test_a_redone_ct_prepare_reads_no_header_again(tmp_path: Path, reads) -> None:
+    from cxrbench.stages.prepare import prepare
+
+    root = tmp_path / "ct"
+    write_ct_phantoms(root, n_patients=2, size=16, seed=1)
+    run = tmp_path / "run"
+    prepare(run, "rsna-pe", root=root, workers=1)
+    assert len(reads) == len(list(root.rglob("*.dcm")))
+    reads.clear()
+    manifest = prepare(run, "rsna-pe", root=root, workers=1, options={"labels": ["negative_exam_for_pe"]})
+    assert reads == [] and manifest.settings["options"] == {"labels": ["negative_exam_for_pe"]}
+    assert (run / "prepared/rsna-pe/cache" / HEADERS_FILE).is_file()
