@@ -27,8 +27,10 @@ from cxrbench.processes import retire, worker_pool
 IMAGES_FILE = "images.npy"
 DONE_FILE = "done.npy"  # uint8 per row: 0 to do, 1 ok, 2 quarantined
 REASONS_FILE = "reasons.jsonl"  # one {"row": i, "reason": str} per quarantined row
+STAMPS_FILE = "stamps.npy"  # int64 [n, 2] per row: its file's size and modification time (ns)
+PATHS_FILE = "paths.json"  # the rows' files, in order: what a cache with other rows can reuse
 STATE_FILE = "cache.json"  # fingerprint of paths + settings; written once the files exist
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-row file stamps (caches of 1 start over)
 #: Decoded rows are synced to disk (and only then marked done) at most this often.
 SYNC_SECONDS = 2.0
 _TODO, _OK, _BAD = 0, 1, 2
@@ -44,22 +46,21 @@ def build_cache(
     chunk_size: int = 64,
     progress: Callable[[int], None] | None = None,
     layouts: Sequence[PixelLayout | None] | None = None,
-    sources: str | None = None,
 ) -> list[str | None]:
     """Return per path None (cached) or the quarantine reason; writes ``out_dir/images.npy``.
 
     Row ``i`` of the uint8 ``[len(paths), size, size]`` array is ``paths[i]`` preprocessed (zeros
     for a quarantined image). A rerun with the same paths, settings and format decodes only the
-    rows not yet done (reasons from the earlier run are kept); anything else starts over.
+    rows not yet done or whose file changed since (size or modification time; reasons from the
+    earlier run are kept); with the same settings and other paths, the rows of files the cache
+    already holds unchanged are copied, not decoded; other settings start over.
     ``workers``: None for ``os.cpu_count()``, 0 or 1 to work in-process. At most ``2 * workers``
     chunks of ``chunk_size`` images are in flight. ``progress(n)`` is called with the number of
     rows finished since the last call (rows already done by an earlier run come first).
     An image declaring more pixels than ``pixel_limit()`` ($CXRBENCH_MAX_PIXELS, which the workers
     inherit) is quarantined with that reason before it is decoded.
     ``layouts``: per path, where a CT slice's pixel bytes lie (from its header read), or None; the
-    pixels are the same either way, only faster to read. ``sources``: a fingerprint of the files
-    themselves (``prepare``'s names, sizes and modification times): when it changes the cache
-    starts over, so a cache kept across a redone ``prepare`` never serves an edited image's old pixels.
+    pixels are the same either way, only faster to read.
     """
     if not isinstance(settings, Preprocess):
         raise CxrbenchError(f"settings must be a Preprocess, got {type(settings).__name__}")
@@ -77,7 +78,7 @@ def build_cache(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    offset, done, reasons = _open_or_create(paths, out_dir, settings, image_format, sources)
+    offset, done, reasons = _open_or_create(paths, out_dir, settings, image_format)
     if progress is not None and int(np.count_nonzero(done)):
         progress(int(np.count_nonzero(done)))
     todo = np.flatnonzero(done == _TODO)
@@ -164,52 +165,163 @@ def open_cache(out_dir: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- state on disk
-def _fingerprint(paths: list[str], settings: Preprocess, image_format: str | None, sources: str | None) -> str:
-    h = hashlib.sha256()
+def _settings_key(settings: Preprocess, image_format: str | None) -> str:
+    """What decides a row's pixels besides its file: rows of a cache with the same key can be reused."""
     head = {"version": CACHE_VERSION, "settings": settings.to_dict(), "format": image_format}
-    if sources is not None:
-        head["sources"] = sources
     if (image_format or "").startswith(CT_PREFIX) and settings.scaling == "fixed":
         head["ct_decode"] = 2  # 2: windowed to uint8, then resampled in 8 bits (1: float resampling)
-    h.update(json.dumps(head, sort_keys=True).encode())
+    return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
+
+
+def _fingerprint(paths: list[str], settings: Preprocess, image_format: str | None) -> str:
+    h = hashlib.sha256(_settings_key(settings, image_format).encode())
     for p in paths:
         h.update(b"\0" + p.encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
+def _stamps(paths: list[str]) -> np.ndarray:
+    """``int64 [n, 2]``: each file's size and modification time in ns (-1 where it cannot be
+    stat'ed); a NIfTI slice (``VOLUME#K``) has its volume's."""
+    from cxrbench.data.nifti import split_slice
+
+    out = np.full((len(paths), 2), -1, dtype=np.int64)
+    for i, path in enumerate(paths):
+        try:
+            info = os.stat(split_slice(path)[0])
+        except OSError:
+            continue
+        out[i] = info.st_size, info.st_mtime_ns
+    return out
+
+
 def _open_or_create(
-    paths: list[str], out_dir: Path, settings: Preprocess, image_format: str | None, sources: str | None
+    paths: list[str], out_dir: Path, settings: Preprocess, image_format: str | None
 ) -> tuple[int, np.ndarray, dict[int, str]]:
-    """Return (byte offset of the images' data, done mask, reasons so far); resumes when the
-    fingerprint matches, else starts over."""
-    key = _fingerprint(paths, settings, image_format, sources)
+    """Return (byte offset of the images' data, done mask, reasons so far).
+
+    Same paths and settings: resumes, redoing the rows whose file changed (size or modification
+    time) since it was decoded. Same settings, other paths (a redone prepare that keeps other
+    rows): a new cache starts with the rows of files the old one holds unchanged, copied. Else
+    it starts over."""
+    key = _fingerprint(paths, settings, image_format)
     shape = (len(paths), settings.size, settings.size)
+    now = _stamps(paths)
+    for name in (IMAGES_FILE, DONE_FILE, STAMPS_FILE, REASONS_FILE):  # a copy a kill cut short
+        (out_dir / f"{name}.next").unlink(missing_ok=True)
     state_file = out_dir / STATE_FILE
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
-        if state.get("fingerprint") == key and state.get("shape") == list(shape):
+    except (OSError, ValueError):
+        state = {}  # missing or damaged state: nothing to resume or reuse
+    if isinstance(state, dict) and state.get("fingerprint") == key and state.get("shape") == list(shape):
+        try:
             offset = _data_offset(out_dir / IMAGES_FILE, shape)
             done = _open_array(out_dir / DONE_FILE, shape[:1], np.uint8)
+            stamps = _open_array(out_dir / STAMPS_FILE, (len(paths), 2), np.int64)
+            changed = (stamps != now).any(axis=1)
+            if changed.any():  # redo rows whose file changed; remember the stamps they are redone from
+                done[changed] = _TODO
+                done.flush()
+                stamps[changed] = now[changed]
+                stamps.flush()
             return offset, done, _read_reasons(out_dir / REASONS_FILE, done)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # missing or damaged state: start over
-    # Start over: remove the state first, so a crash from here on leaves nothing that matches.
-    for name in (STATE_FILE, DONE_FILE, REASONS_FILE, IMAGES_FILE):
-        (out_dir / name).unlink(missing_ok=True)
-    _create_array(out_dir / IMAGES_FILE, shape, np.uint8)
-    offset = _data_offset(out_dir / IMAGES_FILE, shape)
-    done = _create_array(out_dir / DONE_FILE, shape[:1], np.uint8)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    reuse = _reusable(out_dir, state, settings, image_format, paths, now) if isinstance(state, dict) else None
+    suffix = ".next" if reuse is not None else ""  # built beside the old cache, which stays valid until swapped
+    files = {name: out_dir / f"{name}{suffix}" for name in (IMAGES_FILE, DONE_FILE, STAMPS_FILE, REASONS_FILE)}
+    if not suffix:  # start over: remove the state first, so a crash from here on leaves nothing that matches
+        state_file.unlink(missing_ok=True)
+        for name in (DONE_FILE, REASONS_FILE, IMAGES_FILE, STAMPS_FILE, PATHS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    _create_array(files[IMAGES_FILE], shape, np.uint8)
+    offset = _data_offset(files[IMAGES_FILE], shape)
+    done = _create_array(files[DONE_FILE], shape[:1], np.uint8)
+    stamps = _create_array(files[STAMPS_FILE], (len(paths), 2), np.int64)
+    if len(paths):
+        stamps[:] = now
+        stamps.flush()
+    reasons: dict[int, str] = {}
+    files[REASONS_FILE].write_text("", encoding="utf-8")
+    if reuse is not None:
+        reasons = _copy_rows(out_dir, files, offset, done, *reuse, row_bytes=settings.size * settings.size)
+        state_file.unlink(missing_ok=True)  # the old cache ends here; a crash from here on starts over
+        for name, file in files.items():
+            os.replace(file, out_dir / name)
+        del done, stamps  # the memmaps of the renamed files stay valid; reopen for clarity
+        done = _open_array(out_dir / DONE_FILE, shape[:1], np.uint8)
+    from cxrbench.rundir import write_text  # here, not at the top: decode workers need not import it
+
+    write_text(out_dir / PATHS_FILE, json.dumps(paths))
     state = {
         "fingerprint": key,
+        "settings_key": _settings_key(settings, image_format),
         "shape": list(shape),
         "settings": settings.to_dict(),
         "image_format": image_format,
         "n": len(paths),
     }
-    from cxrbench.rundir import write_text  # here, not at the top: decode workers need not import it
-
     write_text(state_file, json.dumps(state, indent=1))
-    return offset, done, {}
+    return offset, done, reasons
+
+
+def _reusable(
+    out_dir: Path, state: dict, settings: Preprocess, image_format: str | None, paths: list[str], now: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[int, str]] | None:
+    """``(new rows, old rows, old reasons)``: the rows whose file the old cache in ``out_dir``
+    holds done and unchanged, when it was made with the same settings; None when there is nothing
+    to reuse (or the old cache cannot be read)."""
+    if state.get("settings_key") != _settings_key(settings, image_format):
+        return None
+    try:
+        old_paths = json.loads((out_dir / PATHS_FILE).read_text(encoding="utf-8"))
+        n = len(old_paths)
+        old_done = np.load(out_dir / DONE_FILE) if n else np.zeros(0, np.uint8)
+        old_stamps = np.load(out_dir / STAMPS_FILE) if n else np.zeros((0, 2), np.int64)
+        _data_offset(out_dir / IMAGES_FILE, (n, settings.size, settings.size))
+        if old_done.shape != (n,) or old_stamps.shape != (n, 2):
+            return None
+        old_reasons = _read_reasons(out_dir / REASONS_FILE, old_done)
+    except (OSError, ValueError, TypeError):
+        return None
+    where = {p: i for i, p in enumerate(old_paths) if old_done[i] != _TODO}
+    pairs = [(i, where[p]) for i, p in enumerate(paths) if p in where]
+    pairs = [(i, j) for i, j in pairs if (old_stamps[j] == now[i]).all() and now[i, 0] >= 0]
+    if not pairs:
+        return None
+    new_rows, old_rows = (np.array(side, dtype=np.int64) for side in zip(*pairs, strict=True))
+    return new_rows, old_rows, old_reasons
+
+
+def _copy_rows(
+    out_dir: Path,
+    files: dict[str, Path],
+    offset: int,
+    done: np.ndarray,
+    new_rows: np.ndarray,
+    old_rows: np.ndarray,
+    old_reasons: dict[int, str],
+    *,
+    row_bytes: int,
+) -> dict[int, str]:
+    """Copy the old cache's ``old_rows`` (pixels, done state, reasons) to ``new_rows`` of the new
+    files, durably (synced before anything is marked done); return the new rows' reasons."""
+    old_images = np.load(out_dir / IMAGES_FILE, mmap_mode="r")
+    old_done = np.load(out_dir / DONE_FILE)
+    reasons = {int(i): old_reasons[int(j)] for i, j in zip(new_rows, old_rows, strict=True) if int(j) in old_reasons}
+    with open(files[IMAGES_FILE], "r+b") as images:
+        for start in range(0, len(new_rows), 256):
+            part = slice(start, start + 256)
+            _write_rows(images, offset, row_bytes, new_rows[part], np.asarray(old_images[old_rows[part]]))
+        os.fsync(images.fileno())
+    with open(files[REASONS_FILE], "w", encoding="utf-8") as log:
+        log.writelines(json.dumps({"row": row, "reason": why}) + "\n" for row, why in sorted(reasons.items()))
+        log.flush()
+        os.fsync(log.fileno())
+    done[new_rows] = old_done[old_rows]
+    done.flush()
+    return reasons
 
 
 def _create_array(file: Path, shape: tuple[int, ...], dtype) -> np.ndarray:

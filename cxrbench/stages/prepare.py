@@ -229,7 +229,6 @@ def _prepare(
                     workers=workers,
                     progress=advance,
                     layouts=[raw.pixel_layouts.get(p) for p in samples["path"]] if raw.pixel_layouts else None,
-                    sources=files,  # an edited image starts the kept cache over
                 )
             if "mask_rle" in samples:  # segmentation: masks resized like their images, row for row
                 stage.record(build_masks(samples["mask_rle"].tolist(), home / CACHE_DIR, image))

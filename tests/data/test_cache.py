@@ -123,21 +123,87 @@ def test_resume_after_interruption_decodes_only_the_rest(tmp_path, monkeypatch):
     assert decoded == []
 
 
-def test_changed_settings_or_paths_start_over(tmp_path, monkeypatch):
-    paths = make_pngs(tmp_path, 4)
-    build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0)
-    decoded = []
+def _counting(monkeypatch) -> list[str]:
+    """The files the cache decodes (in this process: ``workers=0``)."""
+    decoded: list[str] = []
     real_read = cache_mod.read_image
     monkeypatch.setattr(cache_mod, "read_image", lambda p, **kw: decoded.append(p) or real_read(p, **kw))
-    build_cache(paths, tmp_path / "c", settings=Preprocess(size=16, equalize=True), workers=0)
+    return decoded
+
+
+def test_changed_settings_start_over(tmp_path, monkeypatch):
+    paths = make_pngs(tmp_path, 4)
+    build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0)
+    decoded = _counting(monkeypatch)
+    equalized = Preprocess(size=16, equalize=True)
+    build_cache(paths, tmp_path / "c", settings=equalized, workers=0)
     assert decoded == paths
-    decoded.clear()
-    build_cache(paths[::-1], tmp_path / "c", settings=Preprocess(size=16, equalize=True), workers=0)
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths, equalized))
+
+
+def test_other_paths_reuse_the_rows_of_files_already_decoded(tmp_path, monkeypatch):
+    paths = make_pngs(tmp_path, 6)
+    missing = str(tmp_path / "gone.png")
+    first = build_cache([*paths[:4], missing], tmp_path / "c", settings=SETTINGS, workers=0)
+    assert first[4] == "file not found"
+    decoded = _counting(monkeypatch)
+    order = [paths[5], missing, paths[3], paths[0], paths[4]]  # two new files, three reordered, one dropped
+    reasons = build_cache(order, tmp_path / "c", settings=SETTINGS, workers=0)
+    assert decoded == [paths[5], missing, paths[4]]  # a file that was not there is looked for again
+    assert reasons == [None, "file not found", None, None, None]  # the reason is reused with its row
+    kept = [p for p in order if p != missing]
+    got = np.delete(open_cache(tmp_path / "c"), 1, axis=0)
+    np.testing.assert_array_equal(got, serial_reference(kept, SETTINGS))
+    assert not list((tmp_path / "c").glob("*.next"))
+    decoded.clear()  # and that cache resumes as any other: nothing left to do
+    assert build_cache(order, tmp_path / "c", settings=SETTINGS, workers=0) == reasons and decoded == []
+
+
+def test_a_changed_file_is_decoded_again(tmp_path, monkeypatch):
+    paths = make_pngs(tmp_path, 4)
+    build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0)
+    Image.fromarray(np.arange(30 * 30, dtype=np.uint16).reshape(30, 30)).save(paths[1])  # edited in place
+    decoded = _counting(monkeypatch)
+    build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0)
+    assert decoded == [paths[1]]
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths, SETTINGS))
+    decoded.clear()  # reused into a cache of other rows: not from the old pixels either
+    Image.fromarray(np.arange(20 * 30, dtype=np.uint16).reshape(20, 30)).save(paths[2])
+    build_cache(paths[1:], tmp_path / "c", settings=SETTINGS, workers=0)
+    assert decoded == [paths[2]]
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths[1:], SETTINGS))
+
+
+def test_a_crash_while_copying_rows_leaves_the_old_cache_usable(tmp_path, monkeypatch):
+    paths = make_pngs(tmp_path, 5)
+    build_cache(paths[:4], tmp_path / "c", settings=SETTINGS, workers=0)
+    real_write = cache_mod._write_rows
+
+    def dies(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_mod, "_write_rows", dies)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(paths[1:], tmp_path / "c", settings=SETTINGS, workers=0)
+    monkeypatch.setattr(cache_mod, "_write_rows", real_write)
+    assert list((tmp_path / "c").glob("*.next"))  # the cut-short copy
+    decoded = _counting(monkeypatch)
+    assert build_cache(paths[:4], tmp_path / "c", settings=SETTINGS, workers=0) == [None] * 4 and decoded == []
+    assert not list((tmp_path / "c").glob("*.next"))  # cleared by the next build
+    build_cache(paths[1:], tmp_path / "c", settings=SETTINGS, workers=0)
+    assert decoded == [paths[4]]
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths[1:], SETTINGS))
+
+
+@pytest.mark.parametrize("damage", ["paths.json", "stamps.npy", "cache.json"])
+def test_an_old_cache_that_cannot_be_read_is_not_reused(tmp_path, monkeypatch, damage):
+    paths = make_pngs(tmp_path, 4)
+    build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0)
+    (tmp_path / "c" / damage).write_bytes(b"\x00garbage")
+    decoded = _counting(monkeypatch)
+    build_cache(paths[::-1], tmp_path / "c", settings=SETTINGS, workers=0)
     assert decoded == paths[::-1]
-    np.testing.assert_array_equal(
-        open_cache(tmp_path / "c"),
-        serial_reference(paths[::-1], Preprocess(size=16, equalize=True)),
-    )
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths[::-1], SETTINGS))
 
 
 def test_resume_after_a_real_kill(tmp_path):

@@ -62,7 +62,9 @@ def test_only_new_or_changed_files_are_read_again(slices, reads, tmp_path: Path)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "old version", "other columns"])
-def test_a_damaged_or_foreign_table_is_ignored_and_rewritten(slices, reads, tmp_path: Path, monkeypatch, damage) -> None:
+def test_a_damaged_or_foreign_table_is_ignored_and_rewritten(
+    slices, reads, tmp_path: Path, monkeypatch, damage
+) -> None:
     table = tmp_path / HEADERS_FILE
     if damage == "garbage":
         table.write_bytes(b"PAR1 not really a table")

@@ -130,7 +130,8 @@ def test_a_changed_image_is_decoded_again(tmp_path: Path) -> None:
 
 
 def test_a_redone_prepare_keeps_its_decoded_images_unless_forced(tmp_path: Path, monkeypatch) -> None:
-    """New labels or splits for the same files reuse the image cache; --force decodes again."""
+    """New labels, splits or row filters reuse the decoded images of files already in the cache;
+    --force decodes everything again."""
     import cxrbench.data.cache as cache
 
     run = tmp_path / "run"
@@ -155,6 +156,15 @@ def test_a_redone_prepare_keeps_its_decoded_images_unless_forced(tmp_path: Path,
     assert all(f.problem is None for f in verify(run))
     cli(*args, "--uncertain", "positive", "--min-positives", "1", "--force")
     assert sum(decoded) == len(np.load(images)) and images.read_bytes() == before
+
+    decoded.clear()  # more rows (lateral views too): only those are decoded; back again: none
+    cli(*args, "--views", "all")
+    samples = pd.read_parquet(run / "prepared/synthetic/samples.parquet")
+    lateral = int((samples["view"] == "LATERAL").sum())
+    assert lateral and sum(decoded) == lateral
+    cli(*args)
+    assert sum(decoded) == lateral and images.read_bytes() == before
+    assert all(f.problem is None for f in verify(run))
 
 
 def test_predictions_from_an_older_prepare_are_refused(run_copy: Path, capsys) -> None:
