@@ -50,7 +50,7 @@ def _image_files_changed(layout: RunLayout, manifest: Manifest, directory: Path)
     root = root if root.is_absolute() else layout.root / root
     paths = pd.Series(order, dtype=object)
     if files_fingerprint(order, relative_paths(paths, root)) != recorded:
-        return f"image files under {root} changed since it was prepared; rerun `cxrbench prepare ... --force`"
+        return f"image files under {root} changed since it was prepared; rerun `cxrbench prepare ...` (it decodes the changed ones)"
     return None
 
 
