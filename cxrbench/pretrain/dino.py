@@ -17,7 +17,10 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import Encoder
 from cxrbench.pretrain.base import Method as MethodBase
 from cxrbench.pretrain.base import ema_update, momentum_copy
-from cxrbench.pretrain.losses.dino import dino_loss, teacher_targets
+from cxrbench.pretrain.losses.dino import dino_loss, sinkhorn_targets, teacher_targets
+
+#: How the teacher's outputs are centred: DINO's EMA of the batch mean, or DINOv2's Sinkhorn-Knopp.
+CENTERINGS = ("ema", "sinkhorn")
 
 
 class DinoHead(nn.Module):
@@ -70,6 +73,9 @@ class Method(MethodBase):
     ``teacher_temp`` over the first ``teacher_temp_warmup`` of training; its momentum rises from
     ``momentum`` to 1 along a cosine. The student's last layer is frozen over the first
     ``freeze_last_layer`` of training (the paper's first epoch of 100), which stabilises its start.
+    ``centering="sinkhorn"`` replaces the EMA centre by DINOv2's Sinkhorn-Knopp normalisation of the
+    teacher's batch (``losses.dino.sinkhorn_targets``), which keeps a batch of look-alike images
+    (the phantoms) from getting the near-uniform targets that collapse the student.
     ``out_dim`` defaults to 4096 prototypes rather than the paper's 65536 (a 1M- instead of a
     17M-weight last layer, practical on CPU and for datasets of thousands of images).
 
@@ -107,6 +113,7 @@ class Method(MethodBase):
         teacher_temp_start: float = 0.04,
         teacher_temp_warmup: float = 0.3,
         center_momentum: float = 0.9,
+        centering: str = "ema",
         freeze_last_layer: float = 0.01,
     ) -> None:
         super().__init__(encoder)
@@ -120,6 +127,9 @@ class Method(MethodBase):
             raise CxrbenchError("dino: freeze_last_layer is a fraction of training, in [0, 1]")
         if not (0 <= momentum <= 1 and 0 <= center_momentum <= 1):
             raise CxrbenchError("dino: momentum and center_momentum must be in [0, 1]")
+        if centering not in CENTERINGS:
+            raise CxrbenchError(f"dino: centering {centering!r}: choose {' or '.join(CENTERINGS)}")
+        self.centering = centering
         self.local_crops = int(local_crops)
         self.base_momentum, self.center_momentum = float(momentum), float(center_momentum)
         self.student_temp, self.teacher_temp = float(student_temp), float(teacher_temp)
@@ -188,9 +198,14 @@ class Method(MethodBase):
         student_out = torch.cat(student).view(2 + len(small), rows, -1)
         with torch.no_grad():
             teacher_out = self.teacher_head(self.teacher_encoder(torch.cat(big))).float()
-            targets = teacher_targets(teacher_out, self.center, self.teacher_temperature(step))
-            # the centre follows the whole batch's teacher outputs (both global crops of every image)
-            self._pending.append(dist.all_sum(teacher_out.sum(dim=0)) / (2 * step.total))
+            if self.centering == "sinkhorn":  # over the whole batch's global crops, as in one process
+                targets = sinkhorn_targets(
+                    teacher_out, self.teacher_temperature(step), all_sum=dist.all_sum, total=2 * step.total
+                )
+            else:
+                targets = teacher_targets(teacher_out, self.center, self.teacher_temperature(step))
+                # the centre follows the whole batch's teacher outputs (both global crops of every image)
+                self._pending.append(dist.all_sum(teacher_out.sum(dim=0)) / (2 * step.total))
         per_image = dino_loss(student_out, targets.view(2, rows, -1), temperature=self.student_temp)
         local = per_image.sum() / step.total  # this rank's share of the whole batch's mean
         value = dist.all_sum(local.detach())

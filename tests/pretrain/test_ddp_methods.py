@@ -107,20 +107,23 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # a ViT has no BatchNorm, so 2 ranks with half-batches compute the single-process gradient exactly
 # (up to summation order), whatever the method couples across the batch
 VIT = ["--dataset", "synthetic", "--arch", "vit_tiny_patch16_224", "--epochs", "1", "--batch-size", "10"]
-METHODS = {
-    "moco": ["--lr", "0.01", "--option", "queue_size=32", "--option", "projection_dim=16"],
-    "dino": ["--lr", "0.0005", *("--option", "out_dim=256", "--option", "hidden_dim=64", "--option", "local_crops=2")],
+DINO = ["--lr", "0.0005", *("--option", "out_dim=256", "--option", "hidden_dim=64", "--option", "local_crops=2")]
+METHODS = {  # case: (method, its options)
+    "moco": ("moco", ["--lr", "0.01", "--option", "queue_size=32", "--option", "projection_dim=16"]),
+    "dino": ("dino", DINO),
+    "dino-sinkhorn": ("dino", [*DINO, "--option", "centering=sinkhorn"]),
 }
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_torchrun_two_cpu_ranks_pretrain_equals_single_process(method: str, small_run: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", sorted(METHODS))
+def test_torchrun_two_cpu_ranks_pretrain_equals_single_process(case: str, small_run: Path, tmp_path: Path) -> None:
     # MoCo: queries and keys gathered (negatives and the enqueued keys are the whole batch's), keys
     # encoded with shuffled BatchNorm; DINO: the loss normalised by and the centre updated from the
-    # whole batch, multi-crop views drawn as for the whole batch
-    run, single, name = tmp_path / "run", tmp_path / "single", f"ddp-{method}"
+    # whole batch (or its Sinkhorn-Knopp sums taken over it), multi-crop views drawn as for the whole batch
+    method, options = METHODS[case]
+    run, single, name = tmp_path / "run", tmp_path / "single", f"ddp-{case}"
     shutil.copytree(small_run, run)
-    _torchrun_and_single(run, single, ["pretrain", method, *VIT, *METHODS[method], "--name", name])
+    _torchrun_and_single(run, single, ["pretrain", method, *VIT, *options, "--name", name])
     manifest = Manifest.read(run / f"encoders/{name}/manifest.json")
     assert manifest.complete and manifest.extra["world_size"] == 2
     reference = Manifest.read(single / f"encoders/{name}/manifest.json")

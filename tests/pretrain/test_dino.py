@@ -4,6 +4,7 @@ with ResNets and ViTs (local crops at their own size), exact resume, and an enco
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 from cxrbench.engine.loop import TrainConfig
 from cxrbench.errors import CxrbenchError
 from cxrbench.models.encoders import create_encoder
+from cxrbench.pretrain import dino as dino_module
 from cxrbench.pretrain.dino import DinoHead, Method, local_crop_size
+from cxrbench.pretrain.losses.dino import sinkhorn_targets
 from tests.pretrain.tiny import TinyEncoder, assert_resumes_exactly, images, losses_on_a_fixed_batch, step
 from tests.stages.conftest import ARCH, cli, phantom_run, run_copy  # noqa: F401  (fixtures)
 
@@ -103,6 +106,29 @@ def test_centre_is_an_ema_of_the_teacher_outputs_of_both_global_crops() -> None:
     assert not method._pending
 
 
+def test_sinkhorn_centring_takes_the_targets_from_the_whole_batch_and_leaves_the_centre(monkeypatch) -> None:
+    method = _dino(centering="sinkhorn", teacher_temp_start=0.05, teacher_temp=0.05)
+    batch = _batch(5)
+    big, _ = method.crops(batch["images"], step(3, total=5))
+    with torch.no_grad():
+        outputs = torch.cat([method.teacher_head(method.teacher_encoder(c)) for c in big])  # [10, K]
+    want = sinkhorn_targets(outputs, 0.05)
+    seen = []
+    real = dino_module.dino_loss
+
+    def spy(student, targets, *, temperature):
+        seen.append(targets)
+        return real(student, targets, temperature=temperature)
+
+    monkeypatch.setattr(dino_module, "dino_loss", spy)
+    method.loss(batch, step(3, total=5))
+    torch.testing.assert_close(seen[0], want.view(2, 5, -1))
+    method.after_step(step(3, total=5))
+    assert not method.center.any() and not method._pending
+    losses = losses_on_a_fixed_batch(_dino(centering="sinkhorn"), _batch(), steps=10)
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
 def test_local_crop_size_is_96_of_224_in_whole_patches() -> None:
     assert local_crop_size(224, 16) == 96 and local_crop_size(224, None) == 96
     assert local_crop_size(64, 16) == 32 and local_crop_size(32, 16) == 16 and local_crop_size(64, None) == 27
@@ -126,6 +152,8 @@ def test_bad_options_are_one_line_errors() -> None:
         _dino(local_min_scale=0.5)
     with pytest.raises(CxrbenchError, match="temperatures"):
         _dino(teacher_temp=0)
+    with pytest.raises(CxrbenchError, match="centering 'mean'"):
+        _dino(centering="mean")
     assert Method.options({"out_dim": "64", "norm_last_layer": "false"}) == {"out_dim": 64, "norm_last_layer": False}
 
 

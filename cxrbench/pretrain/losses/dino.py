@@ -3,6 +3,8 @@ the teacher's centred and sharpened distribution for every other (global) crop."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +13,35 @@ def teacher_targets(teacher: torch.Tensor, center: torch.Tensor, temperature: fl
     """``softmax((teacher - center) / temperature)``: centring keeps one prototype from dominating,
     a low temperature sharpens; the two together avoid collapse. No gradient flows to the teacher."""
     return F.softmax((teacher.detach().float() - center.float()) / temperature, dim=-1)
+
+
+@torch.no_grad()
+def sinkhorn_targets(
+    teacher: torch.Tensor,
+    temperature: float,
+    *,
+    iterations: int = 3,
+    all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    total: int | None = None,
+) -> torch.Tensor:
+    """DINOv2's centring (Oquab et al. 2023, after SwAV): ``exp(teacher / temperature)`` scaled by
+    ``iterations`` rounds of Sinkhorn-Knopp so that the batch's ``[N, K]`` assignment puts equal
+    mass on every prototype and each row sums to 1. Unlike the EMA centre, it cannot hand a batch of
+    similar images near-uniform targets: the batch must spread over the prototypes.
+
+    ``all_sum`` sums over ranks and ``total`` is the whole batch's N (defaults: one process), so a
+    rank's rows come out as they would in one process. Computed in float64 without a shift (a shift
+    would have to be common to all ranks); logits of a normalised last layer are cosines, far from
+    overflow.
+    """
+    q = torch.exp(teacher.detach().double() / temperature)  # [n, K]
+    n = int(total) if total is not None else q.shape[0]
+    k = q.shape[1]
+    q = q / all_sum(q.sum())
+    for _ in range(iterations):
+        q = q / all_sum(q.sum(dim=0, keepdim=True)) / k  # each prototype: mass 1/K over the whole batch
+        q = q / q.sum(dim=1, keepdim=True) / n  # each row: mass 1/N
+    return (q * n).to(teacher.dtype)
 
 
 def dino_loss(student: torch.Tensor, targets: torch.Tensor, *, temperature: float) -> torch.Tensor:
