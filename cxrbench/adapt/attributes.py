@@ -1,6 +1,7 @@
 """Attribute targets for the bias probes: age in 10-year bins (multiclass), sex (binary: female),
-race (multiclass) where the dataset records it; for CT, the middle slice of each study (the
-largest body cross-section, as the chest CT study probes)."""
+race (multiclass) where the dataset records it; for CT, one slice per study: the one with the
+largest body cross-section, as the chest CT study probes ("middle slices, as marked by the largest
+body cross section area covered")."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def attribute_dataset(dataset: str, target: str) -> str:
     return f"{dataset}+{target}"
 
 
-def middle_slices(samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per study (its first series by id) for datasets of CT slices: the slice in the middle
-    of the series' order; other datasets' rows unchanged."""
+def middle_slices(samples: pd.DataFrame, images: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per study (its first series by id) for datasets of CT slices: the slice with the
+    largest body cross-section (``body_area`` of its cached image, ties to the middle of the series'
+    order), as the chest CT study picks the slice it probes; the middle slice by order when
+    ``images`` (the prepared cache) is not given. Other datasets' rows unchanged."""
     if "series_id" not in samples or "slice_index" not in samples or samples["series_id"].isna().all():
         return samples
     study = samples["study_id"] if "study_id" in samples else samples["series_id"]
@@ -31,9 +34,50 @@ def middle_slices(samples: pd.DataFrame) -> pd.DataFrame:
     first = samples.assign(_study=study).groupby("_study")["series_id"].transform("min")
     series = samples[samples["series_id"] == first]
     order = series.sort_values(["series_id", "slice_index"], kind="stable")
-    position = order.groupby("series_id").cumcount()
-    size = order.groupby("series_id")["slice_index"].transform("size")
-    return order[position == size // 2].sort_index()
+    if images is None:
+        position = order.groupby("series_id").cumcount()
+        size = order.groupby("series_id")["slice_index"].transform("size")
+        return order[position == size // 2].sort_index()
+    chosen = [
+        rows.index[_largest(rows["cache_index"].to_numpy(dtype=np.int64), images)]
+        for _, rows in order.groupby("series_id", sort=False)
+    ]
+    return samples.loc[sorted(chosen)]
+
+
+def body_area(image: np.ndarray) -> int:
+    """Pixels inside the body's outline on a windowed CT slice: everything brighter than the window's
+    floor (air and lung are both at 0 in the soft-tissue window), with enclosed holes such as the
+    lungs filled, so a slice is measured by its outline, not by how much of it is soft tissue."""
+    from scipy import ndimage
+
+    return int(ndimage.binary_fill_holes(np.asarray(image) > 0).sum())
+
+
+#: Series longer than this are measured at every k-th slice, then slice by slice around the best one.
+_DENSE = 64
+
+
+def _largest(rows: np.ndarray, images: np.ndarray) -> int:
+    """Position (in ``rows``, the series in slice order) of the slice with the largest body area;
+    ties go to the one nearest the middle."""
+    n = len(rows)
+    step = max(1, n // _DENSE)
+    areas: dict[int, int] = {}
+
+    def measure(positions) -> None:
+        for k in positions:
+            if k not in areas:
+                areas[k] = body_area(images[int(rows[k])])
+
+    def best() -> int:
+        return max(areas, key=lambda k: (areas[k], -abs(k - n // 2)))
+
+    measure(range(n // 2 % step, n, step))  # the middle slice is always among them
+    if step > 1:
+        top = best()
+        measure(range(max(0, top - step + 1), min(n, top + step)))
+    return best()
 
 
 def _recorded(samples: pd.DataFrame, column: str) -> pd.Series | None:

@@ -35,12 +35,14 @@ def attribute_probe(
     device: str | None = None,
     force: bool = False,
 ) -> Manifest:
-    """Fit the attribute probe on train (middle slices for CT), choose C on val, predict val and test."""
+    """Fit the attribute probe on train (for CT, each study's slice of largest body cross-section),
+    choose C on val, predict val and test."""
     layout = layout_of(run)
     check_fraction(fraction)
     prepared = load_prepared(layout, dataset)
-    rows = middle_slices(prepared.samples)
-    labels, targets, task = attribute_targets(rows, target, dataset=dataset)  # refuse before any work
+    attribute_targets(prepared.samples, target, dataset=dataset)  # refuse before any work
+    rows = middle_slices(prepared.samples, prepared.images() if "series_id" in prepared.samples else None)
+    labels, targets, task = attribute_targets(rows, target, dataset=dataset)
     spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()
     input_size = input_size or int(prepared.manifest.settings["image"]["size"])
     feat_manifest, feat_path = features(layout, prepared, spec, input_size=input_size, device=device, force=force)
