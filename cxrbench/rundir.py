@@ -556,8 +556,8 @@ class Stage:
         self.seed = seed
         self.what = what or f"{name} output {self.relative(self.manifest_path.parent)}"
         self.key = stage_key(name, self.settings, self.inputs)
-        # outputs that check their own validity (the image cache: its fingerprint of paths and
-        # settings, its done-mask) and are worth keeping when the stage is redone
+        # outputs that check their own validity (the image cache: its image settings, each row's
+        # file size and time, its done-mask) and are worth keeping when the stage is redone
         self.keep = {self.relative(path) for path in keep}
         self.outputs: dict[str, Path] = {}
         self.extra: dict[str, Any] = {}

@@ -30,7 +30,7 @@ _META = b"cxrbench.headers"
 #: A file's identity for reuse: (size, modification time in ns); None when it cannot be stat'ed.
 Stamp = tuple[int, int] | None
 
-_current: contextvars.ContextVar[Path | None] = contextvars.ContextVar("header_cache", default=None)
+_current: contextvars.ContextVar[tuple[Path, bool] | None] = contextvars.ContextVar("header_cache", default=None)
 
 _SCHEMA = pa.schema(
     [
@@ -72,17 +72,18 @@ _SCHEMA = pa.schema(
 
 
 @contextlib.contextmanager
-def remember_headers(file: Path) -> Iterator[None]:
-    """Let every ``volumes.read_headers`` inside reuse and extend the table ``file``."""
-    token = _current.set(Path(file))
+def remember_headers(file: Path, *, reuse: bool = True) -> Iterator[None]:
+    """Let every ``volumes.read_headers`` inside reuse (unless ``reuse`` is false: ``--force``) and
+    rewrite the table ``file``."""
+    token = _current.set((Path(file), bool(reuse)))
     try:
         yield
     finally:
         _current.reset(token)
 
 
-def current() -> Path | None:
-    """The table the enclosing ``remember_headers`` names, if any."""
+def current() -> tuple[Path, bool] | None:
+    """``(table, reuse)`` of the enclosing ``remember_headers``, if any."""
     return _current.get()
 
 

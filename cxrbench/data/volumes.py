@@ -183,13 +183,13 @@ def read_headers(
     """Headers of ``paths`` in order (a reason string for each unreadable file), read in ``workers``
     processes (None: the CPU count, at most 8; 0 or 1: in this process). Inside
     ``header_cache.remember_headers(FILE)`` files unchanged since FILE was written are not read
-    again, and FILE is rewritten with this call's results. A progress bar unless ``progress`` is given."""
+    again (unless it says not to reuse), and FILE is rewritten with this call's results. A progress bar unless ``progress`` is given."""
     from cxrbench.data import header_cache
 
     paths = [str(p) for p in paths]
-    file = header_cache.current()
+    file, reuse = header_cache.current() or (None, False)
     stamps = [header_cache.stamp(p) for p in paths] if file is not None else []
-    known = header_cache.load(file, paths, stamps) if file is not None and file.is_file() else {}
+    known = header_cache.load(file, paths, stamps) if file is not None and reuse and file.is_file() else {}
     todo = [p for p in paths if p not in known]
     if progress is None:
         from cxrbench.console import progress as bar

@@ -184,7 +184,7 @@ def _prepare(
     root = Path(root)
     scan = {"workers": workers} if "workers" in _option_names(adapter.load) and "workers" not in options else {}
     home = layout.prepared(name)
-    with remember_headers(home / CACHE_DIR / HEADERS_FILE):  # a CT rerun reads only new or changed files
+    with remember_headers(home / CACHE_DIR / HEADERS_FILE, reuse=not force):  # a CT rerun reads new files only
         raw = adapter.load(root, **options, **scan)  # the header pass takes prepare's workers (not in the key)
     samples, summary = build_samples(raw, policy, root=root)
     if raw.image_format is not None and raw.image_format.startswith(CT_PREFIX):
@@ -192,7 +192,6 @@ def _prepare(
     rejected = _rejected(raw)
 
     names = relative_paths(samples["path"], root)
-    files = files_fingerprint(samples["path"].tolist(), names)
     rows_hash = pd.util.hash_pandas_object(samples.assign(path=names), index=False).sum()
     settings = {
         "dataset": dataset,
@@ -211,7 +210,7 @@ def _prepare(
         inputs=inputs,
         extra_inputs={
             "rows": f"{int(rows_hash) & (2**64 - 1):016x}",
-            "files": files,
+            "files": files_fingerprint(samples["path"].tolist(), names),
             **({"rejected": _frame_hash(rejected)} if len(rejected) else {}),
         },
         seed=policy.seed,

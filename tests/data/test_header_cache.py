@@ -87,7 +87,7 @@ def test_a_damaged_or_foreign_table_is_ignored_and_rewritten(
         assert read_headers(slices, workers=0) == headers and reads == []
 
 
-def test_a_redone_ct_prepare_reads_no_header_again(tmp_path: Path, reads) -> None:
+def test_a_redone_ct_prepare_reads_no_header_again_unless_forced(tmp_path: Path, reads) -> None:
     from cxrbench.stages.prepare import prepare
 
     root = tmp_path / "ct"
@@ -99,3 +99,5 @@ def test_a_redone_ct_prepare_reads_no_header_again(tmp_path: Path, reads) -> Non
     manifest = prepare(run, "rsna-pe", root=root, workers=1, options={"labels": ["negative_exam_for_pe"]})
     assert reads == [] and manifest.settings["options"] == {"labels": ["negative_exam_for_pe"]}
     assert (run / "prepared/rsna-pe/cache" / HEADERS_FILE).is_file()
+    prepare(run, "rsna-pe", root=root, workers=1, force=True)  # --force reads every header again
+    assert len(reads) == len(list(root.rglob("*.dcm")))
