@@ -74,8 +74,8 @@ class Method(MethodBase):
     ``momentum`` to 1 along a cosine. The student's last layer is frozen over the first
     ``freeze_last_layer`` of training (the paper's first epoch of 100), which stabilises its start.
     ``centering="sinkhorn"`` replaces the EMA centre by DINOv2's Sinkhorn-Knopp normalisation of the
-    teacher's batch (``losses.dino.sinkhorn_targets``), which keeps a batch of look-alike images
-    (the phantoms) from getting the near-uniform targets that collapse the student.
+    teacher's batch (``losses.dino.sinkhorn_targets``): each batch is spread evenly over the
+    prototypes, so none can take it all (on the phantoms it did not stop the collapse: CHANGELOG).
     ``out_dim`` defaults to 4096 prototypes rather than the paper's 65536 (a 1M- instead of a
     17M-weight last layer, practical on CPU and for datasets of thousands of images).
 

@@ -26,8 +26,8 @@ def sinkhorn_targets(
 ) -> torch.Tensor:
     """DINOv2's centring (Oquab et al. 2023, after SwAV): ``exp(teacher / temperature)`` scaled by
     ``iterations`` rounds of Sinkhorn-Knopp so that the batch's ``[N, K]`` assignment puts equal
-    mass on every prototype and each row sums to 1. Unlike the EMA centre, it cannot hand a batch of
-    similar images near-uniform targets: the batch must spread over the prototypes.
+    mass on every prototype and each row sums to 1. Unlike the EMA centre (a running mean, which
+    lags behind the teacher), it balances each batch as it is: no prototype takes more than its share.
 
     ``all_sum`` sums over ranks and ``total`` is the whole batch's N (defaults: one process), so a
     rank's rows come out as they would in one process. Computed in float64 without a shift (a shift
