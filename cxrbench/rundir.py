@@ -608,6 +608,9 @@ class Stage:
                 info(f"{self.what}: up to date, nothing to do (read-only)")
                 yield False
                 return
+            # a --force run killed while writing the manifest leaves a temporary that an up-to-date
+            # stage would never write over (and so never clear) again
+            remove_stale_temporaries(self.manifest_path)
             existing = None if force else self.up_to_date()
             if existing is not None:
                 self.manifest, self.skipped = existing, True

@@ -292,6 +292,16 @@ def test_rerun_with_new_key_drops_previous_outputs(tmp_path):
     assert list(Manifest.read(tmp_path / "demo" / "manifest.json").outputs) == ["demo/new.txt"]
 
 
+def test_an_up_to_date_stage_clears_a_killed_writers_manifest_temporary(tmp_path):
+    _run_stage(tmp_path)
+    stale = tmp_path / "demo" / ".manifest.json.tmp-999999999"  # no such process
+    stale.write_text("{half a manifest")
+    live = tmp_path / "demo" / f".manifest.json.tmp-{os.getpid()}"  # being written: kept
+    live.write_text("{")
+    _, did = _run_stage(tmp_path)
+    assert did == 0 and not stale.exists() and live.exists()
+
+
 def test_a_kept_output_survives_a_rerun_with_a_new_key(tmp_path):
     stage = _stage(tmp_path)
     with stage.open() as todo:
