@@ -631,6 +631,11 @@ def evaluate(
     return out.astype({"n_pos": "int64", "n_neg": "int64"}), run.texts(thresholds=True)
 
 
+#: Fewer test positives or negatives than this for a label: its difference gets no CI or p-value
+#: (a paired bootstrap of one positive and one negative resamples the same pair: no variance to see).
+MIN_TEST_CASES = 2
+
+
 def compare(
     preds: pd.DataFrame | CheckedPredictions,
     *,
@@ -653,7 +658,9 @@ def compare(
     the p-value is the two-sided bootstrap p-value; with ``test="delong"`` both come from DeLong's
     test (normal CI of the difference, as pROC's ``roc.test``). ``mean`` rows compare macro-mean
     AUCs and always use the bootstrap (CI and p-value), whatever ``test`` says. ``p_adjusted``
-    corrects the per-label rows as one family and the ``mean`` rows as another
+    corrects the per-label rows as one family and the ``mean`` rows as another (labels with fewer
+    than ``MIN_TEST_CASES`` test positives or negatives get no CI of the difference nor p-value, and
+    a mean of only such labels none either)
     (``correction``: bh, holm, none); ``significant`` is ``p_adjusted < alpha``. ``cache`` reuses
     (or stores) the replicates of ``evaluate`` with the same predictions, ``n_boot``, ``seed``,
     ``cluster`` and device: pass the folder ``evaluate`` got.
@@ -675,6 +682,7 @@ def compare(
     warnings = run.texts(thresholds=False)
     present = set(run.models)
     rows: list[dict[str, Any]] = []
+    untested: dict[str, str] = {}  # label -> its test counts, when too few for a test
     for model in run.models:
         if model[0] == baseline:
             continue
@@ -699,12 +707,12 @@ def compare(
                 auc=a.point["auc"], auc_ci_low=lo, auc_ci_high=hi, baseline_auc=b.point["auc"],
                 delta=a.point["auc"] - b.point["auc"],
             )  # fmt: skip
-            if test == "delong" and min(row["n_pos"], row["n_neg"]) >= 2:
+            if min(row["n_pos"], row["n_neg"]) < MIN_TEST_CASES:
+                untested[label] = f"{row['n_pos']} positive(s) and {row['n_neg']} negative(s)"
+            elif test == "delong":
                 res = delong_test(y, a.score, b.score, ci=ci)
                 row.update(delta_ci_low=res.ci_low, delta_ci_high=res.ci_high, p_value=res.p_value)
             else:
-                if test == "delong":
-                    warnings.append(f"label {label!r}: too few cases for DeLong; bootstrap p-value used")
                 dlo, dhi = percentile_ci(diff, ci=ci)
                 row.update(delta_ci_low=dlo, delta_ci_high=dhi, p_value=bootstrap_pvalue(diff))
             rows.append(row)
@@ -718,7 +726,10 @@ def compare(
             n_pos=sum(int(run.label_y[lab].sum()) for lab in used),
             n_neg=sum(int((~run.label_y[lab]).sum()) for lab in used),
         )
-        if used:
+        testable = [lab for lab in used if min(run.label_y[lab].sum(), (~run.label_y[lab]).sum()) >= MIN_TEST_CASES]
+        if used and not testable:
+            row.update(auc=value, baseline_auc=base_value, delta=value - base_value)
+        elif used:
             diff = reps - base_reps
             lo, hi = percentile_ci(reps, ci=ci)
             dlo, dhi = percentile_ci(diff, ci=ci)
@@ -728,6 +739,10 @@ def compare(
                 p_value=bootstrap_pvalue(diff),
             )  # fmt: skip
         rows.append(row)
+    warnings += [
+        f"label {label!r}: {counts} in test, too few for a CI of the difference or a p-value (none given)"
+        for label, counts in untested.items()
+    ]
     out = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     for col in COMPARE_COLUMNS[7:-1]:
         out[col] = out[col].astype(float)

@@ -168,6 +168,28 @@ def test_degenerate_label_constant_scores_and_dropped_replicates_are_reported():
     assert mean.value == 0.5  # label b left out of the mean
 
 
+@pytest.mark.parametrize("test", ["bootstrap", "delong"])
+def test_a_label_with_one_test_positive_gets_no_ci_of_the_difference_nor_p_value(test):
+    df = make(n=30)
+    one = (df.label == "a") & (df.split == "test")
+    df.loc[one, "y_true"] = (df.loc[one, "sample_id"] == "test1").astype(float)  # a single positive
+    out, warns = compare(df, baseline="imagenet", n_boot=200, test=test)
+    a, b = (out[out.label == lab].iloc[0] for lab in ("a", "b"))
+    assert (a.n_pos, a.n_neg) == (1, 29) and np.isfinite([a.auc, a.baseline_auc, a.delta]).all()
+    assert np.isnan([a.delta_ci_low, a.delta_ci_high, a.p_value, a.p_adjusted]).all() and not a.significant
+    assert np.isfinite([b.delta_ci_low, b.p_value, b.p_adjusted]).all()
+    assert b.p_adjusted == pytest.approx(b.p_value)  # the family holds label b alone
+    assert [w for w in warns if "too few" in w] == [
+        "label 'a': 1 positive(s) and 29 negative(s) in test, too few for a CI of the difference or a p-value "
+        "(none given)"
+    ]
+    mean = out[out.label == "mean"].iloc[0]
+    assert np.isfinite(mean.p_value)  # b can be tested, so the mean can
+    only_a = compare(df[df.label == "a"], baseline="imagenet", n_boot=200, test=test)[0]
+    mean = only_a[only_a.label == "mean"].iloc[0]
+    assert np.isfinite(mean.delta) and np.isnan(mean.p_value) and not mean.significant
+
+
 def test_one_sample_and_bad_options():
     df = make(n=1, n_val=4)
     out, warns = evaluate(df, n_boot=5)
