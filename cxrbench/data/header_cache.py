@@ -51,19 +51,16 @@ _SCHEMA = pa.schema(
         ("sex", pa.string()),
         ("age", pa.string()),
         (
-            "pixels",
+            "pixels",  # the PixelLayout; null for slices whose pixels need pydicom's decoders
             pa.struct(
                 [
-                    (f, t)
-                    for f, t in (
-                        ("offset", pa.int64()),
-                        ("rows", pa.int64()),
-                        ("cols", pa.int64()),
-                        ("dtype", pa.string()),
-                        ("bits_stored", pa.int64()),
-                        ("slope", pa.float64()),
-                        ("intercept", pa.float64()),
-                    )
+                    ("offset", pa.int64()),
+                    ("rows", pa.int64()),
+                    ("cols", pa.int64()),
+                    ("dtype", pa.string()),
+                    ("bits_stored", pa.int64()),
+                    ("slope", pa.float64()),
+                    ("intercept", pa.float64()),
                 ]
             ),
         ),
@@ -88,6 +85,7 @@ def current() -> tuple[Path, bool] | None:
 
 
 def stamp(path: str) -> Stamp:
+    """The file's (size, modification time in ns), or None when it cannot be stat'ed."""
     try:
         info = os.stat(path)
     except OSError:
