@@ -728,7 +728,8 @@ def compare(
         )
         testable = [lab for lab in used if min(run.label_y[lab].sum(), (~run.label_y[lab]).sum()) >= MIN_TEST_CASES]
         if used and not testable:
-            row.update(auc=value, baseline_auc=base_value, delta=value - base_value)
+            lo, hi = percentile_ci(reps, ci=ci)
+            row.update(auc=value, auc_ci_low=lo, auc_ci_high=hi, baseline_auc=base_value, delta=value - base_value)
         elif used:
             diff = reps - base_reps
             lo, hi = percentile_ci(reps, ci=ci)

@@ -187,7 +187,8 @@ def test_a_label_with_one_test_positive_gets_no_ci_of_the_difference_nor_p_value
     assert np.isfinite(mean.p_value)  # b can be tested, so the mean can
     only_a = compare(df[df.label == "a"], baseline="imagenet", n_boot=200, test=test)[0]
     mean = only_a[only_a.label == "mean"].iloc[0]
-    assert np.isfinite(mean.delta) and np.isnan(mean.p_value) and not mean.significant
+    assert np.isfinite([mean.delta, mean.auc_ci_low, mean.auc_ci_high]).all()  # the AUC's own CI stays
+    assert np.isnan([mean.delta_ci_low, mean.p_value]).all() and not mean.significant
 
 
 def test_one_sample_and_bad_options():
