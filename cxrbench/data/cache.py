@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrbench.data.images import CT_PREFIX, ImageError, PixelLayout, check_image_format, pixel_limit, read_image
+from cxrbench.data.images import (
+    CT_PREFIX,
+    ImageError,
+    PixelLayout,
+    check_image_format,
+    file_stamp,
+    pixel_limit,
+    read_image,
+)
 from cxrbench.data.transforms import Preprocess, preprocess
 from cxrbench.errors import CxrbenchError
 from cxrbench.processes import retire, worker_pool
@@ -181,17 +189,12 @@ def _fingerprint(paths: list[str], settings: Preprocess, image_format: str | Non
 
 
 def _stamps(paths: list[str]) -> np.ndarray:
-    """``int64 [n, 2]``: each file's size and modification time in ns (-1 where it cannot be
-    stat'ed); a NIfTI slice (``VOLUME#K``) has its volume's."""
-    from cxrbench.data.nifti import split_slice
-
+    """``int64 [n, 2]``: each file's ``file_stamp`` (-1 where it cannot be stat'ed)."""
     out = np.full((len(paths), 2), -1, dtype=np.int64)
     for i, path in enumerate(paths):
-        try:
-            info = os.stat(split_slice(path)[0])
-        except OSError:
-            continue
-        out[i] = info.st_size, info.st_mtime_ns
+        mark = file_stamp(path)
+        if mark is not None:
+            out[i] = mark
     return out
 
 
@@ -268,10 +271,10 @@ def _open_or_create(
 
 def _reusable(
     out_dir: Path, state: dict, settings: Preprocess, image_format: str | None, paths: list[str], now: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, dict[int, str]] | None:
-    """``(new rows, old rows, old reasons)``: the rows whose file the old cache in ``out_dir``
-    holds done and unchanged, when it was made with the same settings; None when there is nothing
-    to reuse (or the old cache cannot be read)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]] | None:
+    """``(new rows, old rows, their done states, new rows' reasons)``: the rows whose file the old
+    cache in ``out_dir`` holds done and unchanged, when it was made with the same settings; None
+    when there is nothing to reuse (or the old cache cannot be read)."""
     if state.get("settings_key") != _settings_key(settings, image_format):
         return None
     try:
@@ -291,7 +294,8 @@ def _reusable(
     if not pairs:
         return None
     new_rows, old_rows = (np.array(side, dtype=np.int64) for side in zip(*pairs, strict=True))
-    return new_rows, old_rows, old_reasons
+    reasons = {i: old_reasons[j] for i, j in pairs if j in old_reasons}
+    return new_rows, old_rows, old_done[old_rows], reasons
 
 
 def _copy_rows(
@@ -301,15 +305,14 @@ def _copy_rows(
     done: np.ndarray,
     new_rows: np.ndarray,
     old_rows: np.ndarray,
-    old_reasons: dict[int, str],
+    states: np.ndarray,
+    reasons: dict[int, str],
     *,
     row_bytes: int,
 ) -> dict[int, str]:
-    """Copy the old cache's ``old_rows`` (pixels, done state, reasons) to ``new_rows`` of the new
-    files, durably (synced before anything is marked done); return the new rows' reasons."""
+    """Copy the old cache's ``old_rows`` (pixels) to ``new_rows`` of the new files with their done
+    ``states`` and ``reasons``, durably (synced before anything is marked done); return the reasons."""
     old_images = np.load(out_dir / IMAGES_FILE, mmap_mode="r")
-    old_done = np.load(out_dir / DONE_FILE)
-    reasons = {int(i): old_reasons[int(j)] for i, j in zip(new_rows, old_rows, strict=True) if int(j) in old_reasons}
     with open(files[IMAGES_FILE], "r+b") as images:
         for start in range(0, len(new_rows), 256):
             part = slice(start, start + 256)
@@ -319,7 +322,7 @@ def _copy_rows(
         log.writelines(json.dumps({"row": row, "reason": why}) + "\n" for row, why in sorted(reasons.items()))
         log.flush()
         os.fsync(log.fileno())
-    done[new_rows] = old_done[old_rows]
+    done[new_rows] = states
     done.flush()
     return reasons
 

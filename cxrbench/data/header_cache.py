@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +26,7 @@ HEADERS_FILE = "headers.parquet"
 #: Bump when ``read_header`` would find something else in the same file (old tables are then ignored).
 VERSION = 1
 _META = b"cxrbench.headers"
-#: A file's identity for reuse: (size, modification time in ns); None when it cannot be stat'ed.
+#: A file's identity for reuse (``images.file_stamp``): (size, mtime in ns); None when it cannot be stat'ed.
 Stamp = tuple[int, int] | None
 
 _current: contextvars.ContextVar[tuple[Path, bool] | None] = contextvars.ContextVar("header_cache", default=None)
@@ -82,15 +81,6 @@ def remember_headers(file: Path, *, reuse: bool = True) -> Iterator[None]:
 def current() -> tuple[Path, bool] | None:
     """``(table, reuse)`` of the enclosing ``remember_headers``, if any."""
     return _current.get()
-
-
-def stamp(path: str) -> Stamp:
-    """The file's (size, modification time in ns), or None when it cannot be stat'ed."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return int(info.st_size), int(info.st_mtime_ns)
 
 
 def _version() -> bytes:

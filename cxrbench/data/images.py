@@ -71,6 +71,18 @@ def pixel_limit(max_pixels: int | None = None) -> int:
     return max_pixels
 
 
+def file_stamp(path: str | Path) -> tuple[int, int] | None:
+    """An image file's identity for caches: (size, modification time in ns), that of its volume for
+    a NIfTI slice (``VOLUME#K``); None when it cannot be stat'ed."""
+    from cxrbench.data.nifti import split_slice
+
+    try:
+        info = os.stat(split_slice(path)[0])
+    except OSError:
+        return None
+    return int(info.st_size), int(info.st_mtime_ns)
+
+
 def read_image(
     path: str | Path,
     *,

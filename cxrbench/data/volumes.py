@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.data.header_values import HeaderView
-from cxrbench.data.images import PIXEL_DATA, PixelLayout, pixel_layout
+from cxrbench.data.images import PIXEL_DATA, PixelLayout, file_stamp, pixel_layout
 from cxrbench.errors import CxrbenchError
 
 #: The soft-tissue window (level, width) in HU that the chest CT study clips every slice to.
@@ -188,7 +188,7 @@ def read_headers(
 
     paths = [str(p) for p in paths]
     file, reuse = header_cache.current() or (None, False)
-    stamps = [header_cache.stamp(p) for p in paths] if file is not None else []
+    stamps = [file_stamp(p) for p in paths] if file is not None else []
     known = header_cache.load(file, paths, stamps) if file is not None and reuse and file.is_file() else {}
     todo = [p for p in paths if p not in known]
     if progress is None:

@@ -21,7 +21,7 @@ from cxrbench.data.adapters import get_adapter
 from cxrbench.data.adapters.base import coerce_options
 from cxrbench.data.cache import IMAGES_FILE, build_cache
 from cxrbench.data.header_cache import HEADERS_FILE, remember_headers
-from cxrbench.data.images import CT_PREFIX
+from cxrbench.data.images import CT_PREFIX, file_stamp
 from cxrbench.data.masks import build_masks
 from cxrbench.data.prepared import CACHE_DIR, QUARANTINE, SAMPLES
 from cxrbench.data.samples import LabelPolicy, build_samples, prevalence_table
@@ -108,15 +108,10 @@ def _inside(layout: RunLayout, path: Path) -> bool:
 
 def files_fingerprint(paths: list[str], names: list[str]) -> str:
     """Hash of each image file's name, size and modification time (a changed image is decoded again)."""
-    from cxrbench.data.nifti import split_slice
-
     digest = hashlib.sha256()
     for path, name in zip(paths, names, strict=True):
-        try:
-            stat = os.stat(split_slice(path)[0])  # a NIfTI slice (VOLUME#K): its volume file
-            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{name}\0missing\n".encode())
+        mark = file_stamp(path)  # a NIfTI slice (VOLUME#K): its volume file's
+        digest.update((f"{name}\0{mark[0]}\0{mark[1]}\n" if mark else f"{name}\0missing\n").encode())
     return digest.hexdigest()
 
 

@@ -353,3 +353,14 @@ def test_parameters_validated(tmp_path):
         build_cache([], tmp_path, settings=SETTINGS, image_format="gif")
     with pytest.raises(CxrbenchError, match="settings"):
         build_cache([], tmp_path, settings={"size": 16})
+
+
+def test_file_stamp_is_the_size_and_time_of_the_file_or_of_a_nifti_slices_volume(tmp_path):
+    from cxrbench.data.images import file_stamp
+
+    volume = tmp_path / "ct.nii.gz"
+    volume.write_bytes(b"x" * 123)
+    os.utime(volume, ns=(1_000_000_000, 2_000_000_000))
+    assert file_stamp(volume) == (123, 2_000_000_000)
+    assert file_stamp(f"{volume}#7") == (123, 2_000_000_000)  # slice 7 of the volume
+    assert file_stamp(tmp_path / "missing.png") is None
