@@ -9,6 +9,7 @@ thicker than asked) is rejected whole, with the reason, rather than silently reo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -191,15 +192,11 @@ def read_headers(
     stamps = [file_stamp(p) for p in paths] if file is not None else []
     known = header_cache.load(file, paths, stamps) if file is not None and reuse and file.is_file() else {}
     todo = [p for p in paths if p not in known]
-    if progress is None:
-        from cxrbench.console import progress as bar
+    from cxrbench.console import progress as bar
 
-        with bar(len(paths), "read CT headers") as advance:
-            advance(len(paths) - len(todo))
-            found = _read_all(todo, workers, chunk, advance)
-    else:
-        progress(len(paths) - len(todo))
-        found = _read_all(todo, workers, chunk, progress)
+    with bar(len(paths), "read CT headers") if progress is None else contextlib.nullcontext(progress) as advance:
+        advance(len(paths) - len(todo))
+        found = _read_all(todo, workers, chunk, advance)
     known.update(zip(todo, found, strict=True))
     out = [known[p] for p in paths]
     if file is not None and todo:

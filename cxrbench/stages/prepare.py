@@ -210,7 +210,7 @@ def _prepare(
         },
         seed=policy.seed,
         what=f"prepared dataset '{name}'",
-        keep=[] if force else [home / CACHE_DIR / IMAGES_FILE],  # build_cache resumes it if paths and settings match
+        keep=[] if force else [home / CACHE_DIR / IMAGES_FILE],  # build_cache reuses rows of unchanged files
     )
     with stage.open(force=force) as todo:
         if todo:
