@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,9 +141,10 @@ def save(file: Path, paths: Sequence[str], headers: Sequence[SliceHeader | str],
         if isinstance(header, str):
             row["reason"] = header
         else:
-            values = asdict(header)
-            values["rows"], values["cols"] = values.pop("shape")
-            row.update(values)
+            row.update(_shallow(header))  # not dataclasses.asdict: its deep copies cost 0.25 ms a row
+            row["rows"], row["cols"] = row.pop("shape")
+            if header.pixels is not None:
+                row["pixels"] = _shallow(header.pixels)
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=_SCHEMA.with_metadata({_META: _version()}))
     from cxrbench.rundir import write_parquet
@@ -153,6 +154,11 @@ def save(file: Path, paths: Sequence[str], headers: Sequence[SliceHeader | str],
         write_parquet(Path(file), table)
     except OSError:
         pass
+
+
+def _shallow(obj) -> dict:
+    """A dataclass's fields as a dict, values as they are."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
 def _tuple(values: list[float] | None) -> tuple[float, ...] | None:

@@ -30,12 +30,17 @@ class HeaderView:
     def __init__(self, ds) -> None:
         self.ds = ds
         self.file_meta = getattr(ds, "file_meta", None)
+        # the dataset's elements by tag, as read: pydicom's own store, looked up without its Tag()
+        # conversions (a third of the header pass); its public API where a version lacks it
+        self._raw = getattr(ds, "_dict", None) if isinstance(getattr(ds, "_dict", None), dict) else None
 
     def __contains__(self, tag: int) -> bool:
-        return tag in self.ds
+        return tag in self._raw if self._raw is not None else tag in self.ds
 
     def element(self, tag: int, *, keep_deferred: bool = False):
         """The element ``tag`` as read, unconverted (``keep_deferred``: a deferred value stays unread)."""
+        if self._raw is not None and keep_deferred:
+            return self._raw.get(tag)
         return self.ds.get_item(tag, keep_deferred=keep_deferred)
 
     def get(self, keyword: str, default: Any = None) -> Any:
@@ -48,9 +53,10 @@ class HeaderView:
                 raise KeyError(f"unknown DICOM keyword {keyword!r}") from None
             vr = dictionary_VR(tag)
             _TAGS[keyword] = tag, vr
-        if tag not in self.ds:
+        raw = self._raw.get(tag) if self._raw is not None else (self.element(tag) if tag in self.ds else None)
+        if raw is None:
             return default
-        value = _fast(self.element(tag), vr)
+        value = _fast(raw, vr)
         if value is _SLOW:
             return self.ds.get(keyword, default)
         return value
