@@ -123,6 +123,54 @@ def test_file_hash_matches_hashlib(tmp_path):
     assert rundir.file_hash(tmp_path / "f", chunk=1000) == hashlib.sha256(data).hexdigest()
 
 
+def test_output_hash_is_plain_sha256_up_to_a_block_and_a_hash_of_block_hashes_past_it(tmp_path):
+    import hashlib
+
+    data = os.urandom(10_000)
+    (tmp_path / "f").write_bytes(data)
+    assert rundir.output_hash(tmp_path / "f", block=10_000) == hashlib.sha256(data).hexdigest()
+    parts = [hashlib.sha256(data[i : i + 3000]).digest() for i in range(0, 10_000, 3000)]  # the last block short
+    expected = "sha256-blocks-3000:" + hashlib.sha256(b"".join(parts)).hexdigest()
+    assert rundir.output_hash(tmp_path / "f", block=3000) == expected
+
+
+def test_output_matches_block_hashes_and_older_plain_ones(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(10_000))
+    plain, blocks = rundir.file_hash(path), rundir.output_hash(path, block=3000)
+    assert rundir.output_matches(path, plain) and rundir.output_matches(path, blocks)
+    for bad in ("sha256-blocks-0:" + blocks.split(":")[1], "sha256-blocks-x:" + blocks.split(":")[1], plain[:-1] + "0"):
+        assert not rundir.output_matches(path, bad)
+    with open(path, "r+b") as handle:  # one byte changed inside the third block
+        handle.seek(7000)
+        byte = handle.read(1)
+        handle.seek(7000)
+        handle.write(bytes([byte[0] ^ 1]))
+    assert not rundir.output_matches(path, plain) and not rundir.output_matches(path, blocks)
+
+
+def test_a_large_output_gets_a_block_hash_that_verify_and_export_check(tmp_path, monkeypatch):
+    from cxrbench.stages.export import _Bundle
+    from cxrbench.stages.verify import verify
+
+    monkeypatch.setattr(rundir, "HASH_BLOCK", 512)
+    stage = Stage(tmp_path, "demo", tmp_path / "evaluation" / "demo" / "manifest.json", settings={}, seed=0)
+    out = tmp_path / "evaluation" / "demo" / "out.parquet"
+    with stage.open():
+        stage.write_parquet(out, pd.DataFrame({"v": range(1000)}))
+    assert out.stat().st_size > 512
+    recorded = Manifest.read(tmp_path / "evaluation" / "demo" / "manifest.json").outputs["evaluation/demo/out.parquet"]
+    assert recorded == rundir.output_hash(out, block=512) and recorded.startswith("sha256-blocks-512:")
+    assert [f.problem for f in verify(tmp_path)] == [None]
+    bundle = _Bundle(tmp_path / "bundle")
+    bundle.copy(rundir.RunLayout(tmp_path), "evaluation/demo/out.parquet", recorded)
+    assert bundle.files["evaluation/demo/out.parquet"] == rundir.file_hash(out)  # SHA256SUMS stays plain SHA-256
+    out.write_bytes(out.read_bytes()[:-1] + b"\0")
+    assert "differs" in verify(tmp_path)[0].problem
+    with pytest.raises(CxrbenchError, match="changed after its stage wrote it"):
+        _Bundle(tmp_path / "bundle2").copy(rundir.RunLayout(tmp_path), "evaluation/demo/out.parquet", recorded)
+
+
 # --- manifests and keys --------------------------------------------------------------------
 
 

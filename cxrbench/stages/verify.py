@@ -14,8 +14,8 @@ from cxrbench.rundir import (
     Manifest,
     RunLayout,
     current_outputs,
-    file_hash,
     layout_of,
+    output_matches,
     stale_inputs,
 )
 
@@ -77,7 +77,7 @@ def verify(run: RunLayout | Path) -> list[Finding]:
                 target = layout.inside(out)
                 if not target.is_file():
                     problem = f"{out} is missing; rerun `cxrbench {manifest.stage} ... --force`"
-                elif file_hash(target) != digest:
+                elif not output_matches(target, digest):
                     problem = f"{out} differs from what was written; rerun `cxrbench {manifest.stage} ... --force`"
             if problem is None and manifest.stage == "prepare":
                 problem = _image_files_changed(layout, manifest, path.parent)
