@@ -157,8 +157,13 @@ class RunLayout:
     def encoder(self, name: str) -> Path:
         return self._join("encoders", name)
 
-    def features(self, dataset: str, encoder: str) -> Path:
-        return self._join("features", dataset, f"{safe_name(encoder)}.parquet")
+    def features(self, dataset: str, encoder: str, part: str | None = None) -> Path:
+        """Frozen features of every image, or of the rows called ``part`` (``ENCODER@PART``: ``@``
+        never occurs in a safe name)."""
+        if part is None:
+            return self._join("features", dataset, f"{safe_name(encoder)}.parquet")
+        name = f"{safe_name(encoder)}@{safe_name(part)}.parquet"
+        return self.inside(self.root / "features" / safe_name(dataset) / name)
 
     def predictions(self, dataset: str, encoder: str, adaptation: str) -> Path:
         return self._join("predictions", dataset, encoder, f"{safe_name(adaptation)}.parquet")

@@ -19,6 +19,9 @@ from cxrbench.rundir import Manifest, RunLayout, Stage, layout_of, manifest_path
 from cxrbench.stages.finetune import check_fraction
 from cxrbench.stages.probe import DEFAULT_CS, feature_lookup, features
 
+#: The features of a CT attribute probe's rows (``features/DATASET/ENCODER@attribute-slices.parquet``).
+PART = "attribute-slices"
+
 
 def attribute_probe(
     run: RunLayout | Path,
@@ -45,7 +48,11 @@ def attribute_probe(
     labels, targets, task = attribute_targets(rows, target, dataset=dataset)
     spec = resolve_encoder(encoder, arch=arch, run=layout.root).require()
     input_size = input_size or int(prepared.manifest.settings["image"]["size"])
-    feat_manifest, feat_path = features(layout, prepared, spec, input_size=input_size, device=device, force=force)
+    some = len(rows) < len(prepared.samples)  # CT: features of each study's chosen slice only
+    feat_manifest, feat_path = features(
+        layout, prepared, spec, input_size=input_size, device=device, force=force,
+        rows=rows if some else None, part=PART if some else None,
+    )  # fmt: skip
     adaptation = adaptation_name(KIND, fraction=fraction, seed=seed)
     out = layout.predictions(attribute_dataset(dataset, target), spec.folder, adaptation)
     settings: dict[str, Any] = {"target": target, "fraction": fraction, "Cs": list(Cs), "max_iter": max_iter}

@@ -4,7 +4,7 @@ scoring by prompts for encoders with a text tower (``--adaptation zeroshot``).""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,8 +17,11 @@ from cxrbench.data.prepared import Prepared, load_prepared
 from cxrbench.data.splits import fraction_patients
 from cxrbench.engine.device import Device
 from cxrbench.models.sources import EncoderSpec, resolve_encoder
-from cxrbench.rundir import Manifest, RunLayout, Stage, layout_of, manifest_path_for
+from cxrbench.rundir import Manifest, RunLayout, Stage, json_hash, layout_of, manifest_path_for
 from cxrbench.stages.finetune import check_fraction
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -32,11 +35,20 @@ def features(
     batch_size: int = 64,
     device: str | None = None,
     force: bool = False,
+    rows: pd.DataFrame | None = None,
+    part: str | None = None,
 ) -> tuple[Manifest, Path]:
-    """Frozen features of every image, cached at ``RUN/features/DATASET/ENCODER.parquet``."""
+    """Frozen features of every image, cached at ``RUN/features/DATASET/ENCODER.parquet``; with
+    ``rows`` (some of the samples, named ``part``) of those only, at ``ENCODER@PART.parquet``: CT
+    attribute probes need one slice a series, not every slice of every series."""
     layout = layout_of(run)
-    path = layout.features(prepared.name, spec.folder)
+    if (rows is None) != (part is None):
+        raise ValueError("features: rows and part go together")
+    samples = prepared.samples if rows is None else rows
+    path = layout.features(prepared.name, spec.folder, part)
     settings = {**spec.settings, "input_size": input_size}
+    if part is not None:  # which rows, by content: another selection is another output
+        settings["rows"] = {"part": part, "samples": json_hash(samples["sample_id"].tolist())}
     stage = Stage(
         layout,
         "features",
@@ -49,17 +61,17 @@ def features(
     with stage.open(force=force) as todo:
         if todo:
             encoder = spec.build(input_size=input_size, seed=0)
-            rows = prepared.samples["cache_index"].to_numpy(dtype=np.int64)
-            with progress(len(rows), f"features {spec.folder}/{prepared.name}") as advance:
+            indices = samples["cache_index"].to_numpy(dtype=np.int64)
+            with progress(len(indices), f"features {spec.folder}/{prepared.name}") as advance:
                 feats = extract_features(
                     encoder,
                     prepared.images(),
-                    rows,
+                    indices,
                     batch_size=batch_size,
                     device=Device.choose(device),
                     advance=advance,
                 )
-            stage.write_parquet(path, features_table(prepared.samples["sample_id"].tolist(), feats))
+            stage.write_parquet(path, features_table(samples["sample_id"].tolist(), feats))
     return stage.manifest, path
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -126,6 +127,26 @@ def test_attribute_probes_use_the_middle_slice_of_each_study(run: Path) -> None:
     sex = pd.read_parquet(run / "predictions" / f"{CT}+sex" / "random" / "attr.parquet")
     want = (picked.loc[sex["sample_id"], "sex"] == "F").astype(float).to_numpy()
     assert sex["label"].unique().tolist() == ["female"] and sex["y_true"].tolist() == want.tolist()
+
+
+def test_ct_attribute_probes_extract_features_of_their_slices_only(run: Path) -> None:
+    from cxrbench.adapt.features import read_features
+
+    folder = run / "features" / CT
+    full_ids, full = read_features(pq.read_table(folder / "random.parquet"))  # the slice probe's
+    ids, feats = read_features(pq.read_table(folder / "random@attribute-slices.parquet"))
+    preds = pd.read_parquet(run / "predictions" / f"{CT}+sex" / "random" / "attr.parquet")
+    samples = pd.read_parquet(run / "prepared" / CT / "samples.parquet").set_index("sample_id")
+    assert set(preds["sample_id"]) <= set(ids) and len(ids) == samples["study_id"].nunique()
+    by_id = {s: i for i, s in enumerate(full_ids)}
+    np.testing.assert_allclose(feats, full[[by_id[s] for s in ids]], rtol=1e-4, atol=1e-5)
+    # alone (no slice probe, features removed): only the attribute slices are extracted
+    shutil.rmtree(folder)
+    shutil.rmtree(run / "predictions" / f"{CT}+sex")
+    attribute_probe(run, dataset=CT, encoder="random", target="sex", arch=ARCH, device="cpu", max_iter=50)
+    assert sorted(p.name for p in folder.glob("*.parquet")) == ["random@attribute-slices.parquet"]
+    again = pd.read_parquet(run / "predictions" / f"{CT}+sex" / "random" / "attr.parquet")
+    pd.testing.assert_frame_equal(again, preds, atol=1e-5)
 
 
 def test_compare_gives_study_level_deltas_ct_label_efficiency_and_the_bias_table(run: Path) -> None:
