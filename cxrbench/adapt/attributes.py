@@ -48,10 +48,13 @@ def middle_slices(samples: pd.DataFrame, images: np.ndarray | None = None) -> pd
 def body_area(image: np.ndarray) -> int:
     """Pixels inside the body's outline on a windowed CT slice: everything brighter than the window's
     floor (air and lung are both at 0 in the soft-tissue window), with enclosed holes such as the
-    lungs filled, so a slice is measured by its outline, not by how much of it is soft tissue."""
+    lungs filled, so a slice is measured by its outline, not by how much of it is soft tissue. A
+    slice in several windows (``[C, H, W]``) counts pixels above the floor of every window: a lung
+    window shows the air around the body too."""
     from scipy import ndimage
 
-    return int(ndimage.binary_fill_holes(np.asarray(image) > 0).sum())
+    above = np.asarray(image) > 0
+    return int(ndimage.binary_fill_holes(above if above.ndim == 2 else above.all(axis=0)).sum())
 
 
 #: Series longer than this are measured at every k-th slice, then slice by slice around the best one.

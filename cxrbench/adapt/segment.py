@@ -126,7 +126,7 @@ def predict_masks(
         with device.autocast():
             logits = model(to_device(block, device.device)).float()
         out.append((logits[:, 0] > 0).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), dtype=bool)
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[-2:]), dtype=bool)
 
 
 def case_scores(

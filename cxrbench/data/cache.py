@@ -25,6 +25,7 @@ from cxrbench.data.images import (
     PixelLayout,
     check_image_format,
     file_stamp,
+    image_channels,
     pixel_limit,
     read_image,
 )
@@ -57,11 +58,12 @@ def build_cache(
 ) -> list[str | None]:
     """Return per path None (cached) or the quarantine reason; writes ``out_dir/images.npy``.
 
-    Row ``i`` of the uint8 ``[len(paths), size, size]`` array is ``paths[i]`` preprocessed (zeros
-    for a quarantined image). A rerun with the same paths, settings and format decodes only the
-    rows not yet done or whose file changed since (size or modification time; reasons from the
-    earlier run are kept); with the same settings and other paths, the rows of files the cache
-    already holds unchanged are copied, not decoded; other settings start over.
+    Row ``i`` of the uint8 ``[len(paths), size, size]`` array (``[len(paths), C, size, size]`` for
+    CT in C windows) is ``paths[i]`` preprocessed (zeros for a quarantined image). A rerun with the
+    same paths, settings and format decodes only the rows not yet done or whose file changed since
+    (size or modification time; reasons from the earlier run are kept); with the same settings and
+    other paths, the rows of files the cache already holds unchanged are copied, not decoded; other
+    settings start over.
     ``workers``: None for ``os.cpu_count()``, 0 or 1 to work in-process. At most ``2 * workers``
     chunks of ``chunk_size`` images are in flight. ``progress(n)`` is called with the number of
     rows finished since the last call (rows already done by an earlier run come first).
@@ -95,7 +97,7 @@ def build_cache(
         if workers > 1:  # small jobs: about 4 chunks per worker, so none sits idle at the end
             per_task = max(1, min(chunk_size, math.ceil(todo.size / (4 * workers))))
         tasks = [todo[i : i + per_task] for i in range(0, todo.size, per_task)]
-        row_bytes = settings.size * settings.size
+        row_bytes = math.prod(row_shape(settings, image_format))
         with (
             open(out_dir / IMAGES_FILE, "r+b") as images,
             open(out_dir / REASONS_FILE, "a+", encoding="utf-8") as log,
@@ -154,8 +156,15 @@ def build_cache(
     return [reasons.get(i) for i in range(len(paths))]
 
 
+def row_shape(settings: Preprocess, image_format: str | None) -> tuple[int, ...]:
+    """One cached image's shape: ``(size, size)``, or ``(C, size, size)`` for CT in C windows."""
+    channels = image_channels(image_format)
+    return (settings.size, settings.size) if channels == 1 else (channels, settings.size, settings.size)
+
+
 def open_cache(out_dir: Path) -> np.ndarray:
-    """Return the finished cache ``out_dir/images.npy`` as a read-only memmap ``[n, size, size]``."""
+    """Return the finished cache ``out_dir/images.npy`` as a read-only memmap ``[n, size, size]``
+    (``[n, C, size, size]`` for CT in C windows)."""
     out_dir = Path(out_dir)
     file = out_dir / IMAGES_FILE
     if not file.is_file() or not (out_dir / STATE_FILE).is_file():
@@ -208,7 +217,7 @@ def _open_or_create(
     rows): a new cache starts with the rows of files the old one holds unchanged, copied. Else
     it starts over."""
     key = _fingerprint(paths, settings, image_format)
-    shape = (len(paths), settings.size, settings.size)
+    shape = (len(paths), *row_shape(settings, image_format))
     now = _stamps(paths)
     for name in (IMAGES_FILE, DONE_FILE, STAMPS_FILE, REASONS_FILE):  # a copy a kill cut short
         (out_dir / f"{name}.next").unlink(missing_ok=True)
@@ -248,7 +257,7 @@ def _open_or_create(
     reasons: dict[int, str] = {}
     files[REASONS_FILE].write_text("", encoding="utf-8")
     if reuse is not None:
-        reasons = _copy_rows(out_dir, files, offset, done, *reuse, row_bytes=settings.size * settings.size)
+        reasons = _copy_rows(out_dir, files, offset, done, *reuse, row_bytes=math.prod(shape[1:]))
         state_file.unlink(missing_ok=True)  # the old cache ends here; a crash from here on starts over
         for name, file in files.items():
             os.replace(file, out_dir / name)
@@ -282,7 +291,7 @@ def _reusable(
         n = len(old_paths)
         old_done = np.load(out_dir / DONE_FILE) if n else np.zeros(0, np.uint8)
         old_stamps = np.load(out_dir / STAMPS_FILE) if n else np.zeros((0, 2), np.int64)
-        _data_offset(out_dir / IMAGES_FILE, (n, settings.size, settings.size))
+        _data_offset(out_dir / IMAGES_FILE, (n, *row_shape(settings, image_format)))
         if old_done.shape != (n,) or old_stamps.shape != (n, 2):
             return None
         old_reasons = _read_reasons(out_dir / REASONS_FILE, old_done)
@@ -400,7 +409,7 @@ def _process_chunk(
     ``target[1]``); return per image None or the reason it was quarantined. Top-level so spawn can
     pickle it. The worker writes its rows itself: shipping every decoded image through a pipe to
     the parent cost as much as a tenth of the decode for 512-px CT slices."""
-    out = np.zeros((len(paths), settings.size, settings.size), dtype=np.uint8)
+    out = np.zeros((len(paths), *row_shape(settings, image_format)), dtype=np.uint8)
     reasons: list[str | None] = []
     # windowed CT under fixed scaling: decoded straight to 0..255 and resampled in 8 bits
     ct_uint8 = settings.scaling == "fixed" and (image_format or "").startswith(CT_PREFIX)
@@ -410,7 +419,7 @@ def _process_chunk(
             image = read_image(path, image_format=image_format, ct_uint8=ct_uint8, layout=layout)
             if float(image.max()) <= float(image.min()):
                 raise ImageError("constant image (all pixels equal)")
-            out[i] = preprocess(image, settings)
+            out[i] = preprocess(image, settings) if image.ndim == 2 else [preprocess(c, settings) for c in image]
             reasons.append(None)
         except ImageError as exc:
             reasons.append(exc.reason)
@@ -420,7 +429,7 @@ def _process_chunk(
             reasons.append(f"unexpected error ({type(exc).__name__}: {exc})")
     file, offset, rows = target
     with open(file, "r+b") as images:
-        _write_rows(images, offset, settings.size * settings.size, rows, out)
+        _write_rows(images, offset, math.prod(out.shape[1:]), rows, out)
     return reasons
 
 
@@ -441,7 +450,7 @@ def _run_parallel(tasks, paths, settings, image_format, workers, record, target,
             for rows in _pool_pass(suspects, paths, settings, image_format, 1, 1, record, target, layouts):
                 record(
                     rows,
-                    np.zeros((len(rows), settings.size, settings.size), np.uint8),
+                    np.zeros((len(rows), *row_shape(settings, image_format)), np.uint8),
                     [CRASH_REASON] * len(rows),
                 )
         else:

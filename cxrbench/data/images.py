@@ -21,7 +21,8 @@ import numpy as np
 from cxrbench.errors import CxrbenchError
 
 IMAGE_FORMATS = ("png", "jpeg", "tiff", "dicom", "jsrt-raw")
-#: CT slices are decoded to HU and windowed: ``ct:LEVEL:WIDTH`` (``ct_format``) names the window.
+#: CT slices are decoded to HU and windowed: ``ct:LEVEL:WIDTH`` (``ct_format``) names the window;
+#: ``ct:L1:W1+L2:W2+L3:W3`` three windows, one channel each.
 CT_PREFIX = "ct:"
 JSRT_SIDE = 2048
 JSRT_BYTES = JSRT_SIDE * JSRT_SIDE * 2
@@ -91,7 +92,8 @@ def read_image(
     ct_uint8: bool = False,
     layout: PixelLayout | None = None,
 ) -> np.ndarray:
-    """Return the image at ``path`` as 2-D float32 grey levels as displayed (higher = brighter).
+    """Return the image at ``path`` as 2-D float32 grey levels as displayed (higher = brighter);
+    ``[C, H, W]`` for a CT format of C windows.
 
     DICOM: Modality LUT (rescale slope/intercept or LUT sequence), then VOI LUT sequence or window
     centre/width, then MONOCHROME1 inverted within the output range. JSRT raw (headerless 2048x2048
@@ -131,7 +133,7 @@ def read_image(
     fmt = image_format or _detect_format(path, size)
     try:
         if fmt.startswith(CT_PREFIX):
-            image = _read_ct(path, limit, *ct_window(fmt), uint8=ct_uint8, layout=layout)
+            image = _read_ct(path, limit, ct_windows(fmt), uint8=ct_uint8, layout=layout)
         elif fmt == "dicom":
             image = _read_dicom(path, limit)
         elif fmt == "jsrt-raw":
@@ -146,32 +148,46 @@ def read_image(
         raise
     except Exception as exc:  # decoder libraries raise anything; a bad file must not crash a stage
         raise ImageError(f"undecodable {fmt} ({type(exc).__name__}: {exc})", path) from None
-    _check_shape(image, path)
+    _check_shape(image, path, image_channels(fmt))
     return image
 
 
 def check_image_format(image_format: str | None) -> None:
-    """One-line error unless ``image_format`` is None, one of ``IMAGE_FORMATS`` or ``ct:LEVEL:WIDTH``."""
+    """One-line error unless ``image_format`` is None, one of ``IMAGE_FORMATS`` or a ``ct_format``."""
     if image_format is None or image_format in IMAGE_FORMATS:
         return
     if isinstance(image_format, str) and image_format.startswith(CT_PREFIX):
-        ct_window(image_format)
+        ct_windows(image_format)
         return
     raise CxrbenchError(
         f"image_format must be one of {', '.join(IMAGE_FORMATS)}, ct:LEVEL:WIDTH or None, got {image_format!r}"
     )
 
 
-def ct_format(level: float, width: float) -> str:
-    """The image format of CT slices shown in window ``(level, width)`` HU, e.g. ``ct:50:350``."""
-    return f"{CT_PREFIX}{level:g}:{width:g}"
+def ct_format(*windows: tuple[float, float]) -> str:
+    """The image format of CT slices shown in ``windows`` (``(level, width)`` HU each, one per
+    channel: one or three), e.g. ``ct:50:350`` or ``ct:-600:1500+40:400+400:1800``."""
+    from cxrbench.data.volumes import check_channels
+
+    def text(value: float) -> str:  # positional: no exponent, whose '+' would split the windows
+        return np.format_float_positional(float(value), trim="-")
+
+    check_channels(len(windows))
+    return CT_PREFIX + "+".join(f"{text(level)}:{text(width)}" for level, width in windows)
 
 
-def ct_window(image_format: str) -> tuple[float, float]:
-    """``(level, width)`` of a ``ct:LEVEL:WIDTH`` format."""
-    from cxrbench.data.volumes import parse_window
+def ct_windows(image_format: str) -> list[tuple[float, float]]:
+    """The ``(level, width)`` of each channel of a ``ct_format`` format."""
+    from cxrbench.data.volumes import parse_windows
 
-    return parse_window(image_format[len(CT_PREFIX) :])
+    return parse_windows(image_format[len(CT_PREFIX) :])
+
+
+def image_channels(image_format: str | None) -> int:
+    """Channels a decoded image has: one per window of a CT format, else 1 (grey)."""
+    if image_format is not None and image_format.startswith(CT_PREFIX):
+        return len(ct_windows(image_format))
+    return 1
 
 
 def _detect_format(path: Path, size: int) -> str:
@@ -193,10 +209,11 @@ def _detect_format(path: Path, size: int) -> str:
     raise ImageError(f"unrecognised image format (suffix {suffix or 'none'!r}, unknown magic bytes)")
 
 
-def _check_shape(image: np.ndarray, path: Path) -> None:
-    if image.ndim != 2:
+def _check_shape(image: np.ndarray, path: Path, channels: int = 1) -> None:
+    """A 2-D image (``[channels, H, W]`` for a CT slice in several windows) of sane sides."""
+    if image.shape[:-2] != ((channels,) if channels > 1 else ()) or image.ndim < 2:
         raise ImageError(f"wrong shape {image.shape}, expected a 2-D image", path)
-    h, w = image.shape
+    h, w = image.shape[-2:]
     if min(h, w) < MIN_SIDE:
         raise ImageError(f"wrong shape {h}x{w}, sides must be at least {MIN_SIDE}", path)
     if max(h, w) / min(h, w) > MAX_ASPECT:
@@ -458,17 +475,23 @@ def _stored_range(ds) -> tuple[float, float]:
 
 # ---------------------------------------------------------------- CT slices
 def _read_ct(
-    path: Path, limit: int, level: float, width: float, *, uint8: bool = False, layout: PixelLayout | None = None
+    path: Path,
+    limit: int,
+    windows: list[tuple[float, float]],
+    *,
+    uint8: bool = False,
+    layout: PixelLayout | None = None,
 ) -> np.ndarray:
-    """One CT slice: stored values to HU by its rescale slope/intercept, then the window onto [0, 1]
+    """One CT slice: stored values to HU by its rescale slope/intercept, then each window onto [0, 1]
     (the fixed scaling of CT: the same HU give the same grey in every slice and scan), or onto
-    0..255 as uint8 with ``uint8``. ``layout`` (from the header pass) reads the pixels directly."""
+    0..255 as uint8 with ``uint8``: ``[H, W]`` for one window, ``[C, H, W]`` for several.
+    ``layout`` (from the header pass) reads the pixels directly."""
     from pydicom.errors import InvalidDicomError
 
-    from cxrbench.data.volumes import window_stored
+    from cxrbench.data.volumes import window_all
 
     if layout is not None and layout.offset >= 0:
-        image = _read_ct_at(path, layout, limit, level, width, uint8=uint8)
+        image = _read_ct_at(path, layout, limit, windows, uint8=uint8)
         if image is not None:
             return image
 
@@ -490,7 +513,7 @@ def _read_ct(
         raise ImageError(f"undecodable DICOM pixel data ({type(exc).__name__}: {exc})") from None
     if pixels.ndim != 2:
         raise ImageError(f"wrong shape {pixels.shape}, expected a 2-D image")
-    return window_stored(pixels, ds, level, width, uint8=uint8)
+    return window_all(pixels, ds, windows, uint8=uint8)
 
 
 _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
@@ -570,10 +593,10 @@ def native_pixels(ds) -> np.ndarray | None:
     return unpack_pixels(data, layout)
 
 
-def _read_ct_at(path: Path, layout: PixelLayout, limit: int, level: float, width: float, *, uint8: bool):
+def _read_ct_at(path: Path, layout: PixelLayout, limit: int, windows: list[tuple[float, float]], *, uint8: bool):
     """A CT slice from the pixel bytes at ``layout.offset``, without parsing the file; None when the
     file no longer holds them there (shorter than the layout says), so the caller parses it."""
-    from cxrbench.data.volumes import window_stored
+    from cxrbench.data.volumes import window_all
 
     _check_pixels("DICOM", layout.rows, layout.cols, 1, limit)
     with open(path, "rb") as fh:
@@ -582,11 +605,12 @@ def _read_ct_at(path: Path, layout: PixelLayout, limit: int, level: float, width
     if len(data) < layout.nbytes:
         return None
     rescale = {"RescaleSlope": layout.slope, "RescaleIntercept": layout.intercept}
-    return window_stored(unpack_pixels(data, layout), rescale, level, width, uint8=uint8)
+    return window_all(unpack_pixels(data, layout), rescale, windows, uint8=uint8)
 
 
 def _read_nifti_ct(path: Path, index: int, image_format: str | None, limit: int) -> np.ndarray:
-    """Slice ``index`` of a NIfTI volume in HU, windowed as a ``ct:LEVEL:WIDTH`` format says."""
+    """Slice ``index`` of a NIfTI volume in HU, windowed as a ``ct_format`` says (``[C, H, W]`` for
+    several windows)."""
     from cxrbench.data.nifti import read_slice_hu
     from cxrbench.data.volumes import window_hu
 
@@ -602,8 +626,9 @@ def _read_nifti_ct(path: Path, index: int, image_format: str | None, limit: int)
         raise ImageError(f"unreadable NIfTI volume ({type(exc).__name__}: {exc})", path) from None
     if hu.size > limit:
         raise ImageError(f"slice of {hu.size} pixels exceeds the limit of {limit}", path)
-    image = window_hu(hu, *ct_window(image_format))
-    _check_shape(image, path)
+    windows = ct_windows(image_format)
+    image = window_hu(hu, *windows[0]) if len(windows) == 1 else np.stack([window_hu(hu, *w) for w in windows])
+    _check_shape(image, path, len(windows))
     return image
 
 

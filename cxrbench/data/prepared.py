@@ -29,10 +29,17 @@ class Prepared:
     directory: Path
 
     def images(self) -> np.ndarray:
-        """The decoded images as a read-only memmap ``[n_cached, size, size]`` uint8."""
+        """The decoded images as a read-only memmap ``[n_cached, size, size]`` uint8 (``[n_cached,
+        C, size, size]`` for CT prepared in C windows)."""
         from cxrbench.data.cache import open_cache
 
         return open_cache(self.directory / CACHE_DIR)
+
+    @property
+    def channels(self) -> int:
+        """Channels of each cached image: the number of CT windows, else 1."""
+        images = self.images()
+        return int(images.shape[1]) if images.ndim == 4 else 1
 
     def masks(self) -> np.ndarray:
         """The segmentation masks as a read-only memmap ``[n_cached, size, size]`` uint8 (0/1),

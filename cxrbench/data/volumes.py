@@ -93,6 +93,27 @@ def parse_window(text: str | Sequence[float]) -> tuple[float, float]:
     return level, width
 
 
+def check_channels(n: int) -> None:
+    """One-line error unless ``n`` windows make an image encoders take: 1 (grey) or 3 (RGB)."""
+    if n not in (1, 3):
+        raise CxrbenchError(f"{n} CT windows: give one (grey) or three (one per RGB channel), joined by '+'")
+
+
+def parse_windows(text: str) -> list[tuple[float, float]]:
+    """Windows joined by ``+`` (``lung+mediastinum+bone``, ``-600,1500+40,400+400,1800``), each as
+    ``parse_window`` reads it: one, or three for three channels."""
+    windows = [parse_window(part) for part in str(text).split("+")]
+    check_channels(len(windows))
+    return windows
+
+
+def window_all(pixels: np.ndarray, ds, windows: Sequence[tuple[float, float]], *, uint8: bool = False) -> np.ndarray:
+    """``window_stored`` in each of ``windows``: ``[H, W]`` for one, ``[C, H, W]`` for several."""
+    if len(windows) == 1:
+        return window_stored(pixels, ds, *windows[0], uint8=uint8)
+    return np.stack([window_stored(pixels, ds, level, width, uint8=uint8) for level, width in windows])
+
+
 def window_hu(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     """HU clipped to ``[level - width/2, level + width/2]`` and mapped linearly onto [0, 1] (float32)."""
     lo = level - width / 2.0

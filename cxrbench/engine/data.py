@@ -47,7 +47,7 @@ def batches(order: np.ndarray, batch_size: int, *, drop_last: bool = False) -> l
 
 
 def read_rows(images: np.ndarray, rows: Sequence[int]) -> np.ndarray:
-    """Cached uint8 images at ``rows`` as one ``[B, H, W]`` array, read in file order."""
+    """Cached uint8 images at ``rows`` as one ``[B, H, W]`` (or ``[B, C, H, W]``) array, read in file order."""
     rows = np.asarray(rows)
     order = np.argsort(rows, kind="stable")  # memmap reads are fastest in file order
     block = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
@@ -56,13 +56,14 @@ def read_rows(images: np.ndarray, rows: Sequence[int]) -> np.ndarray:
 
 
 def to_device(block: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 ``[B, H, W]`` -> float ``[B, 1, H, W]`` in [0, 1] on ``device`` (converted there)."""
+    """uint8 ``[B, H, W]`` -> float ``[B, 1, H, W]`` in [0, 1] on ``device`` (converted there);
+    ``[B, C, H, W]`` (CT in C windows) keeps its channels."""
     tensor = torch.as_tensor(block).to(device, non_blocking=True)
-    return tensor.unsqueeze(1).float().div_(255.0)
+    return (tensor.unsqueeze(1) if tensor.ndim == 3 else tensor).float().div_(255.0)
 
 
 def load_batch(images: np.ndarray, rows: Sequence[int], device: torch.device) -> torch.Tensor:
-    """Cached uint8 images at ``rows`` -> float tensor ``[B, 1, H, W]`` in [0, 1] on ``device``."""
+    """Cached uint8 images at ``rows`` -> float tensor ``[B, C, H, W]`` in [0, 1] on ``device``."""
     return to_device(torch.from_numpy(read_rows(images, rows)), device)
 
 

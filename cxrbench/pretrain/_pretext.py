@@ -66,7 +66,8 @@ class Flip(nn.Module):
 
 def salt_and_pepper(x: torch.Tensor, noise: torch.Tensor, amount: float) -> torch.Tensor:
     """``x`` with the pixels where ``noise[..., 0] < amount`` set to white or black (``noise[..., 1]``
-    above or below 0.5); ``noise``: uniform draws ``[*x.shape, 2]``."""
+    above or below 0.5); ``noise``: uniform draws ``[*x.shape, 2]``, or ``[B, 1, H, W, 2]`` for the
+    same pixels in every channel."""
     hit, salt = noise[..., 0] < amount, noise[..., 1] < 0.5
     return torch.where(hit, salt.to(x.dtype), x)
 
@@ -87,15 +88,17 @@ class Denoise(nn.Module):
         hidden: int = 64,
         quantize: bool = False,
         weights: Weights | None = None,
+        channels: int = 1,
     ) -> None:
         super().__init__()
         if not 0 < amount <= 1:
             raise CxrbenchError(f"denoise: the noise amount must be in (0, 1], got {amount}")
         self.amount, self.weights = amount, weights or Weights()
-        self.decoder = Decoder(width, steps=steps, width=hidden, quantize=quantize)
+        self.decoder = Decoder(width, steps=steps, width=hidden, quantize=quantize, channels=channels)
 
     def forward(self, encoder: nn.Module, x: torch.Tensor, generator: torch.Generator, bounds, total) -> torch.Tensor:
-        noise = _draw(generator, (total, *x.shape[1:], 2), bounds, lambda s: torch.rand(s, generator=generator))
+        # the same pixels in every channel (CT in several windows: one HU value, corrupted once)
+        noise = _draw(generator, (total, 1, *x.shape[-2:], 2), bounds, lambda s: torch.rand(s, generator=generator))
         noisy = salt_and_pepper(x, noise.to(x.device), self.amount)
         out = self.decoder.reconstruct(encoder, noisy)
         terms = reconstruction_terms(out.image, x, self.weights, quantization=out.quantization)

@@ -39,7 +39,9 @@ class Method(nn.Module):
     options (``--option temperature=0.2``). ``fields`` names per-image columns the method needs
     beyond the pixels (``patient_id``, ``report``). ``drop_last``: contrastive losses need full batches.
     A method that pairs each image with another one (MedAug) returns candidates from
-    ``partner_candidates``; its batches then carry ``partner_images``.
+    ``partner_candidates``; its batches then carry ``partner_images``. A method that reconstructs
+    images takes ``channels`` (not an option: the pretrain stage passes the cached images' channels,
+    3 for CT prepared in three windows).
     """
 
     defaults: ClassVar[dict[str, Any]] = {

@@ -26,10 +26,17 @@ class Method(PretextMethod):
         mse_weight: float = 0.2,
         ssim_weight: float = 0.1,
         quantization_weight: float = 0.8,
+        channels: int = 1,
     ) -> None:
         weights = Weights(mse=mse_weight, ssim=ssim_weight, quantization=quantization_weight, masked=0.0)
         steps = upsample_steps(encoder, encoder.input_size)
         task = Denoise(
-            encoder.num_features, steps=steps, amount=amount, hidden=decoder_width, quantize=quantize, weights=weights
+            encoder.num_features,
+            steps=steps,
+            amount=amount,
+            hidden=decoder_width,
+            quantize=quantize,
+            weights=weights,
+            channels=channels,
         )
         super().__init__(encoder, [task])

@@ -74,6 +74,7 @@ class Method(MethodBase):
         decoder_heads: int = 16,
         norm_pix_loss: bool = True,
         min_scale: float = 0.2,
+        channels: int = 1,
     ) -> None:
         from timm.models.vision_transformer import Block
 
@@ -99,7 +100,7 @@ class Method(MethodBase):
             *[Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(decoder_depth)]
         )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
-        self.decoder_pred = nn.Linear(decoder_dim, self.patch * self.patch)
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch * self.patch * channels)
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             module.apply(_init)
         nn.init.normal_(self.mask_token, std=0.02)

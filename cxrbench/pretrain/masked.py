@@ -67,6 +67,7 @@ class Method(MethodBase):
         ssim_weight: float = 0.1,
         quantization_weight: float = 0.8,
         masked_weight: float = 0.2,
+        channels: int = 1,
     ) -> None:
         super().__init__(encoder)
         if not ratios or not all(0 < r < 1 for r in ratios):
@@ -83,6 +84,7 @@ class Method(MethodBase):
             blocks=decoder_blocks,
             quantize=quantize,
             codes=codes,
+            channels=channels,
         )
 
     def phases(self) -> int:

@@ -60,6 +60,7 @@ class Method(MethodBase):
         mse_weight: float = 0.2,
         ssim_weight: float = 0.1,
         quantization_weight: float = 0.8,
+        channels: int = 1,
     ) -> None:
         super().__init__(encoder)
         self.weights = Weights(mse_weight, ssim_weight, quantization_weight, 0.0)
@@ -71,6 +72,7 @@ class Method(MethodBase):
             blocks=decoder_blocks,
             quantize=quantize,
             codes=codes,
+            channels=channels,
         )
 
     @classmethod

@@ -20,6 +20,7 @@ class Method(PretextMethod):
         vertical: bool = True,
         amount: float = 0.5,
         decoder_width: int = 64,
+        channels: int = 1,
     ) -> None:
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or len(set(tasks)) != len(tasks):
@@ -29,7 +30,11 @@ class Method(PretextMethod):
             "rotation": lambda: Rotation(width),
             "flip": lambda: Flip(width, vertical=vertical),
             "denoise": lambda: Denoise(
-                width, steps=upsample_steps(encoder, encoder.input_size), amount=amount, hidden=decoder_width
+                width,
+                steps=upsample_steps(encoder, encoder.input_size),
+                amount=amount,
+                hidden=decoder_width,
+                channels=channels,
             ),
         }
         super().__init__(encoder, [made[t]() for t in tasks])

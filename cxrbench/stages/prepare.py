@@ -240,6 +240,7 @@ def _prepare(
             stage.extra.update(summary)
             stage.extra.update(
                 images=len(kept),
+                image_format=raw.image_format,
                 patients=int(kept["patient_id"].nunique()),
                 quarantined=len(quarantine),
                 splits={s: int((kept["split"] == s).sum()) for s in ("train", "val", "test")},

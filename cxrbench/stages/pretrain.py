@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,9 @@ def pretrain(
     # label matrix per row, the number of labels and the task (not user options)
     supervised = "targets" in method_cls.fields
     texts = issubclass(method_cls, ImageTextMethod)
-    hidden = ("num_labels", "task") if supervised else ("text_model",) if texts else ()
+    # methods that reconstruct images are told their channels (CT in three windows: 3), not by the user
+    shape = "channels" in inspect.signature(method_cls).parameters
+    hidden = ("num_labels", "task") if supervised else ("text_model",) if texts else ("channels",) if shape else ()
     options = method_cls.options(dict(options or {}), hidden=hidden)
     if not texts and (text_model or sections):
         raise CxrbenchError(f"--text-model and --sections apply to image-report methods, not {method_name}")
@@ -135,7 +138,7 @@ def pretrain(
             fields["targets"] = prepared.targets(train_rows)
             method = method_cls(encoder, num_labels=len(prepared.labels), task=prepared.task, **options)
         elif not texts:
-            method = method_cls(encoder, **options)
+            method = method_cls(encoder, **options, **({"channels": prepared.channels} if shape else {}))
         rows = train_rows["cache_index"].to_numpy(dtype=np.int64)
         steps = method.phases() * config.epochs * (len(rows) // max(min(config.batch_size, len(rows)), 1))
         bar = progress(steps, f"pretrain {name}") if dist.is_main else None

@@ -88,6 +88,8 @@ def test_body_area_counts_the_outline_with_the_lungs_inside() -> None:
     open_ring = _disk(10.0, hole=7.0)
     open_ring[:24, 20:28] = 0  # a gap through the ring to the outside: the hole is no longer enclosed
     assert body_area(open_ring) == int((open_ring > 0).sum())
+    lung_window = np.full((48, 48), 60, np.uint8)  # air around the body is above a lung window's floor
+    assert body_area(np.stack([lung_window, solid, solid])) == inside  # several windows: above every floor
 
 
 def _series(radii: list[float], holes: list[float] | None = None) -> tuple[pd.DataFrame, np.ndarray]:

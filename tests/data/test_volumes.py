@@ -106,12 +106,12 @@ def test_hu_and_window_match_hand_computed_values(tmp_path: Path) -> None:
     }
     path = tmp_path / "slice.dcm"
     write_slice(path, stored, meta)  # intercept -1024, slope 1: HU = stored - 1024
-    got = read_image(path, image_format=ct_format(50, 350))
+    got = read_image(path, image_format=ct_format((50, 350)))
     hu = stored.astype(float) - 1024  # -1024, -125, 50, 225, 400, 976, -1000, -24
     want = np.clip((hu - (50 - 175)) / 350, 0, 1)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert got[0, 1] == 0 and got[0, 2] == pytest.approx(0.5) and got[0, 3] == 1
-    lung = read_image(path, image_format=ct_format(*parse_window("lung")))
+    lung = read_image(path, image_format=ct_format(parse_window("lung")))
     np.testing.assert_allclose(lung, np.clip((hu - (-600 - 750)) / 1500, 0, 1), atol=1e-6)
 
 
@@ -227,7 +227,7 @@ def test_the_ct_cache_is_within_one_grey_level_of_float_resampling(tmp_path: Pat
 
     write_ct_phantoms(tmp_path / "ct", n_patients=2, size=48, seed=3)
     paths = sorted(str(p) for p in (tmp_path / "ct").rglob("*.dcm"))[:6]
-    fmt = ct_format(50, 350)
+    fmt = ct_format((50, 350))
     for size in (48, 20):
         settings = Preprocess(size=size, aspect=aspect, scaling="fixed")
         assert (
@@ -268,7 +268,7 @@ def test_the_header_pass_finds_the_pixel_bytes_and_reading_them_equals_a_full_re
     assert header.pixels is not None and header.pixels.offset > 0
     raw = path.read_bytes()[header.pixels.offset : header.pixels.offset + header.pixels.nbytes]
     assert raw == bytes(pydicom.dcmread(path).PixelData[: header.pixels.nbytes])
-    for fmt in (ct_format(50, 350), ct_format(0, 2**bits)):  # and a window with every grey level in use
+    for fmt in (ct_format((50, 350)), ct_format((0, 2**bits))):  # and a window with every grey level in use
         for uint8 in (False, True):  # uint8 from 8/16-bit words: the lookup table of every word
             fast = read_image(path, image_format=fmt, ct_uint8=uint8, layout=header.pixels)
             np.testing.assert_array_equal(fast, read_image(path, image_format=fmt, ct_uint8=uint8))
@@ -281,7 +281,7 @@ def test_a_layout_that_no_longer_fits_the_file_falls_back_to_parsing_it(tmp_path
     write_ct_phantoms(tmp_path / "ct", n_patients=2, size=32, seed=1)
     path = sorted((tmp_path / "ct").rglob("*.dcm"))[0]
     layout = read_header(path).pixels
-    fmt = ct_format(50, 350)
+    fmt = ct_format((50, 350))
     want = read_image(path, image_format=fmt)
     stale = type(layout)(**{**layout.__dict__, "offset": path.stat().st_size - 10})  # past the end
     np.testing.assert_array_equal(read_image(path, image_format=fmt, layout=stale), want)

@@ -51,6 +51,33 @@ def test_salt_and_pepper_whitens_or_blackens_the_chosen_share_of_pixels() -> Non
     assert 0.45 < hit.float().mean() < 0.55 and 0.4 < noisy[hit].mean() < 0.6
 
 
+def test_denoise_corrupts_the_same_pixels_in_every_channel() -> None:
+    """CT in three windows: one HU value per pixel, so a corrupted pixel is white (or black) in all."""
+    from cxrbench.models.decoder import upsample_steps
+    from cxrbench.models.encoders import create_encoder
+
+    encoder = create_encoder("random", arch="resnet10t", input_size=32)
+    task = Denoise(encoder.num_features, steps=upsample_steps(encoder, 32), hidden=8, channels=3)
+    x = torch.rand(2, 3, 32, 32, generator=_gen()) * 0.8 + 0.1  # never exactly 0 or 1
+    seen = []
+    task.decoder.reconstruct = lambda enc, noisy: (
+        seen.append(noisy) or type("Out", (), {"image": noisy, "quantization": None})()
+    )
+    task(encoder, x, _gen(), (0, 2), 2)
+    hit = (seen[0] == 0) | (seen[0] == 1)
+    assert hit.float().mean() > 0.4 and (hit == hit[:, :1]).all() and (seen[0] == seen[0][:, :1])[hit].all()
+
+
+def test_the_masked_term_of_a_one_channel_mask_covers_every_channel() -> None:
+    from cxrbench.pretrain.losses.reconstruction import Weights, reconstruction_terms
+
+    out, target = torch.rand(2, 3, 8, 8, generator=_gen()), torch.rand(2, 3, 8, 8, generator=_gen())
+    mask = torch.rand(2, 1, 8, 8, generator=_gen()) < 0.3
+    got = reconstruction_terms(out, target, Weights(mse=0, ssim=0, quantization=0, masked=1.0), mask=mask)
+    want = [((out[i] - target[i]) ** 2)[mask[i].expand(3, -1, -1)].mean() for i in range(2)]
+    torch.testing.assert_close(got["masked_mse"], torch.stack(want))
+
+
 def test_token_grid_drops_class_tokens_and_keeps_the_patch_layout() -> None:
     patches = torch.arange(2 * 9 * 3, dtype=torch.float).view(2, 9, 3)
     with_cls = torch.cat([torch.full((2, 1, 3), -1.0), patches], dim=1)

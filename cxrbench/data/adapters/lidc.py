@@ -33,7 +33,7 @@ from cxrbench.data.adapters.base import RawDataset, normalise_sex, parse_age, pr
 from cxrbench.data.images import ct_format
 from cxrbench.data.masks import Contour, encode_rle, rasterise
 from cxrbench.data.masks import consensus as agree
-from cxrbench.data.volumes import group_series, parse_window, pixel_layouts, read_headers
+from cxrbench.data.volumes import group_series, parse_windows, pixel_layouts, read_headers
 from cxrbench.errors import CxrbenchError
 
 NS = "{http://www.nih.gov}"
@@ -114,7 +114,7 @@ def load(
 ) -> RawDataset:
     """One row per slice of each annotated CT series, its consensus mask as RLE (``mask_rle``)."""
     root = _root(root)
-    level, width = parse_window(window)
+    windows = parse_windows(window)
     if not 0 < consensus <= 1:
         raise CxrbenchError(f"lidc: consensus must be in (0, 1] (a fraction of the readers), got {consensus}")
     folders = []
@@ -175,7 +175,7 @@ def load(
     return RawDataset(
         frame=frame,
         labels=[LABEL],
-        image_format=ct_format(level, width),
+        image_format=ct_format(*windows),
         notes={"series": str(len(series)), "readers": str(max(r.readers for _, r in folders))},
         rejected=refused,
         pixel_layouts=pixel_layouts(series),

@@ -24,7 +24,7 @@ import pandas as pd
 from cxrbench.data.adapters.base import RawDataset, normalise_sex, parse_age, preview, require_file
 from cxrbench.data.images import ct_format
 from cxrbench.data.nifti import is_nifti, nibabel, slice_path, slice_positions, volume_header
-from cxrbench.data.volumes import parse_window
+from cxrbench.data.volumes import parse_windows
 from cxrbench.errors import CxrbenchError
 
 #: the CSV's columns that are not labels
@@ -42,7 +42,7 @@ def load(
     to use (default all but the metadata columns)."""
     nibabel()  # a missing extra is a one-line error before anything is read
     root = Path(root).resolve()
-    level, width = parse_window(window)
+    windows = parse_windows(window)
     source = require_file(root, csv)
     try:
         table = pd.read_csv(source, dtype={"volume": str, "patient_id": str, "study_id": str})
@@ -107,7 +107,7 @@ def load(
     return RawDataset(
         frame=frame,
         labels=names,
-        image_format=ct_format(level, width),
+        image_format=ct_format(*windows),
         notes={"volumes": str(len(table)), "rejected_volumes": str(len(rejected))},
         rejected=pd.DataFrame(rejected, columns=["path", "sample_id", "patient_id", "reason"]),
     )

@@ -13,7 +13,8 @@ Every header is read (no pixels) to group slices by SeriesInstanceUID and order 
 slice normal by ImagePositionPatient (``cxrbench.data.volumes``): the CSV, file names and
 InstanceNumber do not give the order. A series with unreadable or missing files, mixed
 orientations or gaps is quarantined whole, with the reason. Pixels are decoded to HU and shown in
-``window`` (default the soft-tissue window L 50 / W 350 HU of the chest CT study).
+``window`` (default the soft-tissue window L 50 / W 350 HU of the chest CT study); three windows
+joined by ``+`` (e.g. ``lung+mediastinum+bone``) give three channels, one per window.
 
 ``labels``: the train.csv columns to use as labels (default the slice-level ``pe_present_on_image``;
 exam-level names give each slice its exam's value, for study-level training). The DICOM headers'
@@ -30,7 +31,7 @@ import pandas as pd
 
 from cxrbench.data.adapters.base import RawDataset, normalise_sex, parse_age, preview, require_file
 from cxrbench.data.images import ct_format
-from cxrbench.data.volumes import group_series, parse_window, pixel_layouts, read_headers
+from cxrbench.data.volumes import group_series, parse_windows, pixel_layouts, read_headers
 from cxrbench.errors import CxrbenchError
 
 IDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -60,7 +61,7 @@ def load(
 ) -> RawDataset:
     """One row per slice of the training studies, in slice order within each series."""
     root = Path(root).resolve()
-    level, width = parse_window(window)
+    windows = parse_windows(window)
     known = (*SLICE_LABELS, *EXAM_LABELS, *INFO)
     unknown = [name for name in labels if name not in known]
     if unknown or not labels:
@@ -128,7 +129,7 @@ def load(
     return RawDataset(
         frame=frame.reset_index(drop=True),
         labels=list(labels),
-        image_format=ct_format(level, width),
+        image_format=ct_format(*windows),
         notes=notes,
         rejected=rejected_frame,
         pixel_layouts=pixel_layouts(series),

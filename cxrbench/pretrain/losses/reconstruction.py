@@ -42,7 +42,7 @@ def reconstruction_terms(
 ) -> dict[str, torch.Tensor]:
     """Each weighted term per image ``[B]``, unweighted: ``mse``, ``ssim`` (1 - SSIM), ``quantization``
     (the quantiser's loss, when given) and ``masked_mse`` (mean over the pixels where ``mask`` is
-    true, when given). ``output``, ``target``, ``mask``: ``[B, C, H, W]``."""
+    true, when given). ``output``, ``target``: ``[B, C, H, W]``; ``mask``: the same or ``[B, 1, H, W]``."""
     error = (output.float() - target.float()).pow(2)
     terms: dict[str, torch.Tensor] = {}
     if weights.mse:
@@ -52,7 +52,7 @@ def reconstruction_terms(
     if weights.quantization and quantization is not None:
         terms["quantization"] = quantization.float()
     if weights.masked and mask is not None:
-        m = mask.to(error.dtype).flatten(1)
+        m = mask.to(error.dtype).expand_as(error).flatten(1)  # a [B, 1, H, W] mask covers every channel
         terms["masked_mse"] = (error.flatten(1) * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
     return terms
 
