@@ -20,7 +20,7 @@ from cxrbench.data.transforms import Preprocess
 from cxrbench.data.volumes import parse_windows, read_header
 from cxrbench.engine.data import load_batch
 from cxrbench.errors import CxrbenchError
-from tests.stages.conftest import ARCH, cli
+from tests.stages.conftest import ARCH, cli, prepare_ct_phantoms
 
 THREE = "lung+soft-tissue+bone"
 WINDOWS = [(-600.0, 1500.0), (50.0, 350.0), (400.0, 1800.0)]
@@ -92,15 +92,8 @@ def test_the_three_window_cache_holds_each_one_window_cache_as_a_channel(tmp_pat
 def run3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """synthetic-ct and synthetic-lidc phantoms prepared in three windows at 32 px."""
     run = tmp_path_factory.mktemp("ct3") / "run"
-    common = ("--size", "32", "--option", "phantom_size=32", "--option", f"window={THREE}", "--workers", "1")
-    cli("prepare", "synthetic-ct", "--n-patients", "6", *common, "--run", str(run))
-    cli("prepare", "synthetic-lidc", "--n-patients", "6", "--split", "50/25/25", *common, "--run", str(run))
+    prepare_ct_phantoms(run, "--option", f"window={THREE}")
     return run
-
-
-@pytest.fixture
-def quiet(monkeypatch, one_torch_thread):
-    monkeypatch.setenv("CXRBENCH_QUIET", "1")
 
 
 def test_every_ct_stage_runs_on_three_windows(run3: Path, tmp_path: Path, quiet) -> None:

@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 
 from cxrbench.cli import main
-from tests.stages.conftest import ARCH, cli
+from tests.stages.conftest import ARCH, cli, prepare_ct_phantoms
 
-_PHANTOMS = ("--size", "32", "--option", "phantom_size=32", "--workers", "1")
 #: each strategy with options that keep it tiny (and the study's defaults otherwise)
 STRATEGIES = {
     "masked": ("--option", "ratios=0.05,0.1", "--option", "decoder_width=16"),
@@ -29,15 +28,8 @@ STRATEGIES = {
 def ct_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run with tiny `synthetic-ct` and `synthetic-lidc` phantoms prepared."""
     run = tmp_path_factory.mktemp("ct-run")
-    cli("prepare", "synthetic-ct", "--n-patients", "6", *_PHANTOMS, "--run", str(run))
-    cli("prepare", "synthetic-lidc", "--n-patients", "6", "--split", "50/25/25", *_PHANTOMS, "--run", str(run))
+    prepare_ct_phantoms(run)
     return run
-
-
-@pytest.fixture
-def quiet(monkeypatch, one_torch_thread):
-    monkeypatch.setenv("CXRBENCH_QUIET", "1")
-    monkeypatch.delenv("CXRBENCH_DEBUG", raising=False)
 
 
 @pytest.mark.parametrize("method", list(STRATEGIES))
