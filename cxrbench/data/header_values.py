@@ -32,7 +32,8 @@ class HeaderView:
         self.file_meta = getattr(ds, "file_meta", None)
         # the dataset's elements by tag, as read: pydicom's own store, looked up without its Tag()
         # conversions (a third of the header pass); its public API where a version lacks it
-        self._raw = getattr(ds, "_dict", None) if isinstance(getattr(ds, "_dict", None), dict) else None
+        raw = getattr(ds, "_dict", None)
+        self._raw = raw if isinstance(raw, dict) else None
 
     def __contains__(self, tag: int) -> bool:
         return tag in self._raw if self._raw is not None else tag in self.ds

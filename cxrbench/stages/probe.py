@@ -40,7 +40,7 @@ def features(
 ) -> tuple[Manifest, Path]:
     """Frozen features of every image, cached at ``RUN/features/DATASET/ENCODER.parquet``; with
     ``rows`` (some of the samples, named ``part``) of those only, at ``ENCODER@PART.parquet``: CT
-    attribute probes need one slice a series, not every slice of every series."""
+    attribute probes need one slice a study, not every slice of every series."""
     layout = layout_of(run)
     if (rows is None) != (part is None):
         raise ValueError("features: rows and part go together")
