@@ -77,10 +77,29 @@ def _plain(value):
     return list(value) if isinstance(value, MultiValue) else value
 
 
+class _PublicOnly:
+    """A dataset seen through pydicom's public API only (as a pydicom without ``Dataset._dict``)."""
+
+    def __init__(self, ds) -> None:
+        self._ds, self.file_meta = ds, ds.file_meta
+
+    def __contains__(self, tag) -> bool:
+        return tag in self._ds
+
+    def get_item(self, tag, **kwargs):
+        return self._ds.get_item(tag, **kwargs)
+
+    def get(self, keyword, default=None):
+        return self._ds.get(keyword, default)
+
+
+@pytest.mark.parametrize("public_only", [False, True])
 @pytest.mark.parametrize("syntax", [EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE])
-def test_values_match_pydicom(syntax):
+def test_values_match_pydicom(syntax, public_only):
     data = _file(syntax)
-    view = HeaderView(pydicom.dcmread(io.BytesIO(data)))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    view = HeaderView(_PublicOnly(ds) if public_only else ds)
+    assert (view._raw is None) == public_only
     reference = pydicom.dcmread(io.BytesIO(data))
     for keyword, *_ in ELEMENTS:
         expected = _plain(reference.get(keyword))
