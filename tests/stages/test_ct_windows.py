@@ -132,3 +132,37 @@ def test_channels_are_not_a_user_option(run3: Path, tmp_path: Path, capsys, quie
     with pytest.raises(SystemExit):
         main(["pretrain", "denoise", "--dataset", "synthetic-ct", "--option", "channels=3", "--run", str(run)])
     assert "unknown option 'channels'" in capsys.readouterr().err
+
+
+def test_a_three_window_cache_resumes_and_reuses_rows_like_a_grey_one(tmp_path: Path, monkeypatch) -> None:
+    """Rows three times a grey row's bytes: a kill mid-build resumes, and a cache of other rows
+    copies the unchanged ones, both equal to a fresh build."""
+    import cxrbench.data.cache as cache_mod
+
+    write_ct_phantoms(tmp_path / "ct", n_patients=2, size=32, seed=5)
+    paths = sorted(str(p) for p in (tmp_path / "ct").rglob("*.dcm"))[:9]
+    settings, fmt = Preprocess(size=24, scaling="fixed"), ct_format(*WINDOWS)
+    build_cache(paths, tmp_path / "fresh", settings=settings, image_format=fmt, workers=0)
+    fresh = np.asarray(open_cache(tmp_path / "fresh"))
+    monkeypatch.setattr(cache_mod, "SYNC_SECONDS", 0.0)
+    seen = []
+
+    def killed_after_two_chunks(n: int) -> None:
+        seen.append(n)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(paths, tmp_path / "c", settings=settings, image_format=fmt, workers=0, chunk_size=3,
+                    progress=killed_after_two_chunks)  # fmt: skip
+    decoded: list[str] = []
+    real = cache_mod.read_image
+    monkeypatch.setattr(cache_mod, "read_image", lambda p, **kw: decoded.append(p) or real(p, **kw))
+    build_cache(paths, tmp_path / "c", settings=settings, image_format=fmt, workers=0, chunk_size=3)
+    assert decoded == paths[6:]
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), fresh)
+    decoded.clear()
+    order = [paths[8], paths[2], paths[5]]  # other rows: copied, none decoded
+    build_cache(order, tmp_path / "c", settings=settings, image_format=fmt, workers=0)
+    assert decoded == []
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), fresh[[8, 2, 5]])
