@@ -726,19 +726,13 @@ def compare(
             n_pos=sum(int(run.label_y[lab].sum()) for lab in used),
             n_neg=sum(int((~run.label_y[lab]).sum()) for lab in used),
         )
-        testable = [lab for lab in used if min(run.label_y[lab].sum(), (~run.label_y[lab]).sum()) >= MIN_TEST_CASES]
-        if used and not testable:
+        if used:
             lo, hi = percentile_ci(reps, ci=ci)
             row.update(auc=value, auc_ci_low=lo, auc_ci_high=hi, baseline_auc=base_value, delta=value - base_value)
-        elif used:
+        if any(lab not in untested for lab in used):  # a mean of only untestable labels: no test either
             diff = reps - base_reps
-            lo, hi = percentile_ci(reps, ci=ci)
             dlo, dhi = percentile_ci(diff, ci=ci)
-            row.update(
-                auc=value, auc_ci_low=lo, auc_ci_high=hi, baseline_auc=base_value,
-                delta=value - base_value, delta_ci_low=dlo, delta_ci_high=dhi,
-                p_value=bootstrap_pvalue(diff),
-            )  # fmt: skip
+            row.update(delta_ci_low=dlo, delta_ci_high=dhi, p_value=bootstrap_pvalue(diff))
         rows.append(row)
     warnings += [
         f"label {label!r}: {counts} in test, too few for a CI of the difference or a p-value (none given)"
