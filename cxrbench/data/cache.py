@@ -6,6 +6,7 @@ flushed after every chunk lets a killed build continue where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -13,7 +14,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -40,7 +41,8 @@ STAMPS_FILE = "stamps.npy"  # int64 [n, 2] per row: its file's size and modifica
 PATHS_FILE = "paths.json"  # the rows' files, in order: what a cache with other rows can reuse
 STATE_FILE = "cache.json"  # fingerprint of paths + settings; written once the files exist
 CACHE_VERSION = 2  # 2: per-row file stamps (caches of 1 start over)
-#: Decoded rows are synced to disk (and only then marked done) at most this often.
+#: An in-process build syncs decoded rows to disk (and only then marks them done) at most this often;
+#: a parallel one syncs on a thread, back to back.
 SYNC_SECONDS = 2.0
 _TODO, _OK, _BAD = 0, 1, 2
 
@@ -101,27 +103,20 @@ def build_cache(
         with (
             open(out_dir / IMAGES_FILE, "r+b") as images,
             open(out_dir / REASONS_FILE, "a+", encoding="utf-8") as log,
+            contextlib.ExitStack() as stack,
         ):
             if log.tell():  # end a line a kill may have cut short, so the next one parses
                 log.seek(log.tell() - 1)
                 if log.read(1) != "\n":
                     log.write("\n")
 
-            # Rows on disk but not yet synced; they are marked done only after the next fsync
-            # (at most every SYNC_SECONDS and at the end), so a kill or a power cut can lose
-            # decoded rows, never mark a row done whose pixels are not durable.
-            pending: list[tuple[np.ndarray, list[str | None]]] = []
-            synced = [time.monotonic()]
-
-            def commit(*, force: bool = False) -> None:
-                if not pending or (not force and time.monotonic() - synced[0] < SYNC_SECONDS):
-                    return
-                os.fsync(images.fileno())  # every writer's pages of the file, workers' included
-                for rows, bad in pending:
-                    done[rows] = [_OK if why is None else _BAD for why in bad]
-                done.flush()
-                pending.clear()
-                synced[0] = time.monotonic()
+            # Rows on disk but not yet synced; they are marked done only after an fsync that began
+            # after they were written (at most every SYNC_SECONDS and at the end), so a kill or a
+            # power cut can lose decoded rows, never mark a row done whose pixels are not durable.
+            # With workers the fsync runs on a thread, back to back: the parent keeps handing out
+            # chunks meanwhile (a blocking fsync of a few hundred MB left the workers idle), and the
+            # last one has little left to write.
+            sync = stack.enter_context(_Syncer(images, done, background=workers > 1))
 
             def record(rows: np.ndarray, pixels: np.ndarray | None, bad: list[str | None]) -> None:
                 # pixels None: _process_chunk has written the rows itself (zeros come for crashes)
@@ -138,8 +133,8 @@ def build_cache(
                     os.fsync(log.fileno())
                 for r, why in zip(rows, bad, strict=True):
                     reasons[int(r)] = why
-                pending.append((rows, bad))
-                commit()
+                sync.add(rows, bad)
+                sync.commit()
                 if progress is not None:
                     progress(len(rows))
 
@@ -152,8 +147,61 @@ def build_cache(
                     )
             else:
                 _run_parallel(tasks, paths, settings, image_format, workers, record, target, layouts)
-            commit(force=True)
+            sync.commit(force=True)
     return [reasons.get(i) for i in range(len(paths))]
+
+
+class _Syncer:
+    """Marks decoded rows done once an fsync of the images file that began after they were written
+    has returned. ``background``: that fsync runs on a thread while decoding goes on, and a new one
+    starts as soon as the last returned; else in the caller, at most every SYNC_SECONDS."""
+
+    def __init__(self, images, done: np.ndarray, *, background: bool) -> None:
+        self.images, self.done = images, done
+        self.pending: list[tuple[np.ndarray, list[str | None]]] = []  # written, not yet in an fsync
+        self.syncing: list[tuple[np.ndarray, list[str | None]]] = []  # in the fsync now running
+        self.running: Future | None = None
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="cache-sync") if background else None
+        self.synced = time.monotonic()
+
+    def add(self, rows: np.ndarray, bad: list[str | None]) -> None:
+        self.pending.append((rows, bad))
+
+    def commit(self, *, force: bool = False) -> None:
+        """Mark what a finished fsync covered; start the next one when due (``force``: now, and wait)."""
+        if self.running is not None and (force or self.running.done()):
+            self.running.result()  # an fsync error stops the build: nothing it covered is marked
+            self._mark(self.syncing)
+            self.running, self.syncing = None, []
+        if not self.pending:
+            return
+        if force:
+            os.fsync(self.images.fileno())  # every writer's pages of the file, workers' included
+            self._mark(self.pending)
+            self.pending = []
+        elif self.thread is not None:
+            if self.running is None:
+                self.syncing, self.pending = self.pending, []
+                self.running = self.thread.submit(os.fsync, self.images.fileno())
+        elif time.monotonic() - self.synced >= SYNC_SECONDS:
+            os.fsync(self.images.fileno())
+            self._mark(self.pending)
+            self.pending = []
+
+    def __enter__(self) -> _Syncer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Wait for a running fsync (its file must stay open); on an error what it covered stays
+        not done (the caller's ``commit(force=True)`` marks everything on success)."""
+        if self.thread is not None:
+            self.thread.shutdown(wait=True)
+
+    def _mark(self, batches: list[tuple[np.ndarray, list[str | None]]]) -> None:
+        for rows, bad in batches:
+            self.done[rows] = [_OK if why is None else _BAD for why in bad]
+        self.done.flush()
+        self.synced = time.monotonic()
 
 
 def row_shape(settings: Preprocess, image_format: str | None) -> tuple[int, ...]:
@@ -409,27 +457,36 @@ def _process_chunk(
     ``target[1]``); return per image None or the reason it was quarantined. Top-level so spawn can
     pickle it. The worker writes its rows itself: shipping every decoded image through a pipe to
     the parent cost as much as a tenth of the decode for 512-px CT slices."""
-    out = np.zeros((len(paths), *row_shape(settings, image_format)), dtype=np.uint8)
+    shape = row_shape(settings, image_format)
+    row_bytes = math.prod(shape)
     reasons: list[str | None] = []
     # windowed CT under fixed scaling: decoded straight to 0..255 and resampled in 8 bits
     ct_uint8 = settings.scaling == "fixed" and (image_format or "").startswith(CT_PREFIX)
-    for i, path in enumerate(paths):
-        try:
-            layout = layouts[i] if layouts is not None else None
-            image = read_image(path, image_format=image_format, ct_uint8=ct_uint8, layout=layout)
-            if float(image.max()) <= float(image.min()):
-                raise ImageError("constant image (all pixels equal)")
-            out[i] = preprocess(image, settings) if image.ndim == 2 else [preprocess(c, settings) for c in image]
-            reasons.append(None)
-        except ImageError as exc:
-            reasons.append(exc.reason)
-        except MemoryError:
-            reasons.append("out of memory while decoding")
-        except Exception as exc:  # one odd file must never stop the stage
-            reasons.append(f"unexpected error ({type(exc).__name__}: {exc})")
     file, offset, rows = target
+    # each row is written as soon as it is decoded (a quarantined one as zeros): no chunk-sized
+    # buffer to fill and copy, a tenth of a 512-px CT slice's decode
     with open(file, "r+b") as images:
-        _write_rows(images, offset, math.prod(out.shape[1:]), rows, out)
+        for i, path in enumerate(paths):
+            row = None
+            try:
+                layout = layouts[i] if layouts is not None else None
+                image = read_image(path, image_format=image_format, ct_uint8=ct_uint8, layout=layout)
+                if float(image.max()) <= float(image.min()):
+                    raise ImageError("constant image (all pixels equal)")
+                row = preprocess(image, settings) if image.ndim == 2 else np.stack([preprocess(c, settings) for c in image])
+                if row.shape != shape:
+                    raise ImageError(f"decoded to shape {row.shape}, the cache holds {shape}")
+                reasons.append(None)
+            except ImageError as exc:
+                reasons.append(exc.reason)
+            except MemoryError:
+                reasons.append("out of memory while decoding")
+            except Exception as exc:  # one odd file must never stop the stage
+                reasons.append(f"unexpected error ({type(exc).__name__}: {exc})")
+            if reasons[-1] is not None:
+                row = np.zeros(shape, dtype=np.uint8)
+            images.seek(offset + int(rows[i]) * row_bytes)
+            images.write(np.ascontiguousarray(row).data)
     return reasons
 
 

@@ -14,8 +14,6 @@ import re
 import struct
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-
 _STRING_VRS = {"UI", "CS", "LO", "SH", "AS"}
 _PLAIN_TEXT = re.compile(rb"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*")  # printable ASCII, no backslash
 _DECIMALS = re.compile(rb"[ ]*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[ ]*")
@@ -49,6 +47,8 @@ class HeaderView:
         try:
             tag, vr = _TAGS[keyword]
         except KeyError:
+            from pydicom.datadict import dictionary_VR, tag_for_keyword  # here: importing volumes needs no pydicom
+
             tag = tag_for_keyword(keyword)
             if tag is None:
                 raise KeyError(f"unknown DICOM keyword {keyword!r}") from None

@@ -272,6 +272,59 @@ def test_bounded_chunks_in_flight(tmp_path, monkeypatch):
     np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths, SETTINGS))
 
 
+def test_a_parallel_build_decodes_on_while_a_sync_runs_and_marks_rows_only_once_synced(tmp_path, monkeypatch):
+    """With workers the images file is synced on a thread: chunks keep being recorded while an fsync
+    is in flight (here each waits for two more), and at every moment the rows marked done are among
+    those written before an fsync that has returned."""
+    import threading
+
+    paths = make_pngs(tmp_path, 24)
+    images_file = tmp_path / "c" / cache_mod.IMAGES_FILE
+    written: set[int] = set()  # rows a worker has finished writing
+    durable: set[int] = set()  # rows written before an fsync that returned
+    recorded = [0]  # rows handed to progress
+    lock = threading.Condition()
+    waits = []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, max_workers, mp_context=None, **process_only):
+            super().__init__(max_workers=max_workers)
+
+    real_chunk, real_fsync = cache_mod._process_chunk, os.fsync
+
+    def chunk(paths, settings, image_format, target, layouts=None):
+        reasons = real_chunk(paths, settings, image_format, target, layouts)
+        with lock:
+            written.update(int(r) for r in target[2])
+        return reasons
+
+    def fsync(fd):
+        if not threading.current_thread().name.startswith("cache-sync"):
+            return real_fsync(fd)  # the reasons log, the final sync
+        assert os.path.samefile(f"/proc/self/fd/{fd}", images_file)
+        with lock:
+            covered, start = set(written), recorded[0]
+            waits.append(lock.wait_for(lambda: recorded[0] >= min(start + 4, 24), timeout=30))
+        real_fsync(fd)
+        with lock:
+            durable.update(covered)
+
+    def progress(n):
+        with lock:
+            recorded[0] += n
+            lock.notify_all()
+            done = set(np.flatnonzero(np.load(tmp_path / "c" / cache_mod.DONE_FILE)).tolist())
+            assert done <= durable
+
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(cache_mod, "_process_chunk", chunk)
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=2, progress=progress) == [None] * 24
+    assert waits and all(waits)  # every background fsync saw two more chunks recorded meanwhile
+    assert np.load(tmp_path / "c" / cache_mod.DONE_FILE).all()
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths, SETTINGS))
+
+
 def test_rows_are_marked_done_only_once_synced(tmp_path, monkeypatch):
     """Between syncs decoded rows are pending: a kill before the next sync loses them (they are
     decoded again); none of them is marked done."""
