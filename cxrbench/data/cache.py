@@ -6,7 +6,6 @@ flushed after every chunk lets a killed build continue where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -100,23 +99,20 @@ def build_cache(
             per_task = max(1, min(chunk_size, math.ceil(todo.size / (4 * workers))))
         tasks = [todo[i : i + per_task] for i in range(0, todo.size, per_task)]
         row_bytes = math.prod(row_shape(settings, image_format))
+        # Rows on disk but not yet synced are marked done only after an fsync that began after they
+        # were written (``_Syncer``), so a kill or a power cut can lose decoded rows, never mark a
+        # row done whose pixels are not durable. With workers the fsync runs on a thread, back to
+        # back: the parent keeps handing out chunks meanwhile (a blocking fsync of a few hundred MB
+        # left the workers idle), and the last one has little left to write.
         with (
             open(out_dir / IMAGES_FILE, "r+b") as images,
             open(out_dir / REASONS_FILE, "a+", encoding="utf-8") as log,
-            contextlib.ExitStack() as stack,
+            _Syncer(images, done, background=workers > 1) as sync,
         ):
             if log.tell():  # end a line a kill may have cut short, so the next one parses
                 log.seek(log.tell() - 1)
                 if log.read(1) != "\n":
                     log.write("\n")
-
-            # Rows on disk but not yet synced; they are marked done only after an fsync that began
-            # after they were written (at most every SYNC_SECONDS and at the end), so a kill or a
-            # power cut can lose decoded rows, never mark a row done whose pixels are not durable.
-            # With workers the fsync runs on a thread, back to back: the parent keeps handing out
-            # chunks meanwhile (a blocking fsync of a few hundred MB left the workers idle), and the
-            # last one has little left to write.
-            sync = stack.enter_context(_Syncer(images, done, background=workers > 1))
 
             def record(rows: np.ndarray, pixels: np.ndarray | None, bad: list[str | None]) -> None:
                 # pixels None: _process_chunk has written the rows itself (zeros come for crashes)
@@ -473,7 +469,11 @@ def _process_chunk(
                 image = read_image(path, image_format=image_format, ct_uint8=ct_uint8, layout=layout)
                 if float(image.max()) <= float(image.min()):
                     raise ImageError("constant image (all pixels equal)")
-                row = preprocess(image, settings) if image.ndim == 2 else np.stack([preprocess(c, settings) for c in image])
+                row = (
+                    preprocess(image, settings)
+                    if image.ndim == 2
+                    else np.stack([preprocess(c, settings) for c in image])
+                )
                 if row.shape != shape:
                     raise ImageError(f"decoded to shape {row.shape}, the cache holds {shape}")
                 reasons.append(None)

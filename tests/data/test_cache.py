@@ -319,7 +319,9 @@ def test_a_parallel_build_decodes_on_while_a_sync_runs_and_marks_rows_only_once_
     monkeypatch.setattr(processes, "ProcessPoolExecutor", Pool)
     monkeypatch.setattr(cache_mod, "_process_chunk", chunk)
     monkeypatch.setattr(os, "fsync", fsync)
-    assert build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=2, progress=progress) == [None] * 24
+    assert (
+        build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=2, chunk_size=2, progress=progress) == [None] * 24
+    )
     assert waits and all(waits)  # every background fsync saw two more chunks recorded meanwhile
     assert np.load(tmp_path / "c" / cache_mod.DONE_FILE).all()
     np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(paths, SETTINGS))
