@@ -21,7 +21,7 @@ from cxrbench.data.adapters import get_adapter
 from cxrbench.data.adapters.base import coerce_options
 from cxrbench.data.cache import IMAGES_FILE, build_cache
 from cxrbench.data.header_cache import HEADERS_FILE, remember_headers
-from cxrbench.data.images import CT_PREFIX, file_stamp
+from cxrbench.data.images import CT_PREFIX, file_stamp, stat_once
 from cxrbench.data.masks import build_masks
 from cxrbench.data.prepared import CACHE_DIR, QUARANTINE, SAMPLES
 from cxrbench.data.samples import LabelPolicy, build_samples, prevalence_table
@@ -178,75 +178,80 @@ def _prepare(
         raise CxrbenchError(f"cxrbench prepare {dataset} needs --root (the folder you unpacked {dataset} into)")
     root = Path(root)
     scan = {"workers": workers} if "workers" in _option_names(adapter.load) and "workers" not in options else {}
-    home = layout.prepared(name)
-    with remember_headers(home / CACHE_DIR / HEADERS_FILE, reuse=not force):  # a CT rerun reads new files only
-        raw = adapter.load(root, **options, **scan)  # the header pass takes prepare's workers (not in the key)
-    samples, summary = build_samples(raw, policy, root=root)
-    if raw.image_format is not None and raw.image_format.startswith(CT_PREFIX):
-        image = replace(image, scaling="fixed")  # windowed HU: the same grey for the same HU everywhere
-    rejected = _rejected(raw)
+    # from here on each image file is stat'ed once: the header pass, the cache and the stage key
+    # share one snapshot (after generate, which may write the files)
+    with stat_once():
+        home = layout.prepared(name)
+        with remember_headers(home / CACHE_DIR / HEADERS_FILE, reuse=not force):  # a CT rerun reads new files only
+            raw = adapter.load(root, **options, **scan)  # the header pass takes prepare's workers (not in the key)
+        samples, summary = build_samples(raw, policy, root=root)
+        if raw.image_format is not None and raw.image_format.startswith(CT_PREFIX):
+            image = replace(image, scaling="fixed")  # windowed HU: the same grey for the same HU everywhere
+        rejected = _rejected(raw)
 
-    names = relative_paths(samples["path"], root)
-    rows_hash = pd.util.hash_pandas_object(samples.assign(path=names), index=False).sum()
-    settings = {
-        "dataset": dataset,
-        "root": _portable(root, layout.root),
-        "options": options,
-        "labels": policy.to_dict(),
-        "image": image.to_dict(),
-    }
-    if name != dataset:  # only then: runs prepared before names existed keep their keys
-        settings["name"] = name
-    stage = Stage(
-        layout,
-        "prepare",
-        home / "manifest.json",
-        settings=settings,
-        inputs=inputs,
-        extra_inputs={
-            "rows": f"{int(rows_hash) & (2**64 - 1):016x}",
-            "files": files_fingerprint(samples["path"].tolist(), names),
-            **({"rejected": _frame_hash(rejected)} if len(rejected) else {}),
-        },
-        seed=policy.seed,
-        what=f"prepared dataset '{name}'",
-        keep=[] if force else [home / CACHE_DIR / IMAGES_FILE],  # build_cache reuses rows of unchanged files
-    )
-    with stage.open(force=force) as todo:
-        if todo:
-            with progress(len(samples), f"decode {dataset}") as advance:
-                reasons = build_cache(
-                    samples["path"].tolist(),
-                    home / CACHE_DIR,
-                    settings=image,
-                    image_format=raw.image_format,
-                    workers=workers,
-                    progress=advance,
-                    layouts=[raw.pixel_layouts.get(p) for p in samples["path"]] if raw.pixel_layouts else None,
+        names = relative_paths(samples["path"], root)
+        rows_hash = pd.util.hash_pandas_object(samples.assign(path=names), index=False).sum()
+        settings = {
+            "dataset": dataset,
+            "root": _portable(root, layout.root),
+            "options": options,
+            "labels": policy.to_dict(),
+            "image": image.to_dict(),
+        }
+        if name != dataset:  # only then: runs prepared before names existed keep their keys
+            settings["name"] = name
+        stage = Stage(
+            layout,
+            "prepare",
+            home / "manifest.json",
+            settings=settings,
+            inputs=inputs,
+            extra_inputs={
+                "rows": f"{int(rows_hash) & (2**64 - 1):016x}",
+                "files": files_fingerprint(samples["path"].tolist(), names),
+                **({"rejected": _frame_hash(rejected)} if len(rejected) else {}),
+            },
+            seed=policy.seed,
+            what=f"prepared dataset '{name}'",
+            keep=[] if force else [home / CACHE_DIR / IMAGES_FILE],  # build_cache reuses rows of unchanged files
+        )
+        with stage.open(force=force) as todo:
+            if todo:
+                with progress(len(samples), f"decode {dataset}") as advance:
+                    reasons = build_cache(
+                        samples["path"].tolist(),
+                        home / CACHE_DIR,
+                        settings=image,
+                        image_format=raw.image_format,
+                        workers=workers,
+                        progress=advance,
+                        layouts=[raw.pixel_layouts.get(p) for p in samples["path"]] if raw.pixel_layouts else None,
+                    )
+                if "mask_rle" in samples:  # segmentation: masks resized like their images, row for row
+                    stage.record(build_masks(samples["mask_rle"].tolist(), home / CACHE_DIR, image))
+                bad = pd.Series([r is not None for r in reasons], index=samples.index)
+                quarantine = samples.loc[bad, ["sample_id", "patient_id", "path"]].assign(
+                    reason=[r for r in reasons if r is not None], step="decode"
                 )
-            if "mask_rle" in samples:  # segmentation: masks resized like their images, row for row
-                stage.record(build_masks(samples["mask_rle"].tolist(), home / CACHE_DIR, image))
-            bad = pd.Series([r is not None for r in reasons], index=samples.index)
-            quarantine = samples.loc[bad, ["sample_id", "patient_id", "path"]].assign(
-                reason=[r for r in reasons if r is not None], step="decode"
-            )
-            quarantine = pd.concat([quarantine, rejected], ignore_index=True) if len(rejected) else quarantine
-            kept = samples.assign(cache_index=range(len(samples)))[~bad.to_numpy()].reset_index(drop=True)
-            if kept.empty:
-                raise CxrbenchError(f"no image of {dataset} under {root} could be decoded (see {home / QUARANTINE})")
-            stage.write_parquet(home / SAMPLES, kept)
-            stage.write_parquet(home / QUARANTINE, quarantine.reset_index(drop=True))
-            stage.record(home / CACHE_DIR / IMAGES_FILE)
-            stage.extra.update(summary)
-            stage.extra.update(
-                images=len(kept),
-                image_format=raw.image_format,
-                patients=int(kept["patient_id"].nunique()),
-                quarantined=len(quarantine),
-                splits={s: int((kept["split"] == s).sum()) for s in ("train", "val", "test")},
-                prevalence=prevalence_table(kept).to_dict(orient="records"),
-            )
-    return stage.manifest
+                quarantine = pd.concat([quarantine, rejected], ignore_index=True) if len(rejected) else quarantine
+                kept = samples.assign(cache_index=range(len(samples)))[~bad.to_numpy()].reset_index(drop=True)
+                if kept.empty:
+                    raise CxrbenchError(
+                        f"no image of {dataset} under {root} could be decoded (see {home / QUARANTINE})"
+                    )
+                stage.write_parquet(home / SAMPLES, kept)
+                stage.write_parquet(home / QUARANTINE, quarantine.reset_index(drop=True))
+                stage.record(home / CACHE_DIR / IMAGES_FILE)
+                stage.extra.update(summary)
+                stage.extra.update(
+                    images=len(kept),
+                    image_format=raw.image_format,
+                    patients=int(kept["patient_id"].nunique()),
+                    quarantined=len(quarantine),
+                    splits={s: int((kept["split"] == s).sum()) for s in ("train", "val", "test")},
+                    prevalence=prevalence_table(kept).to_dict(orient="records"),
+                )
+        return stage.manifest
 
 
 def _rejected(raw) -> pd.DataFrame:

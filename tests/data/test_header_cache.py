@@ -101,3 +101,48 @@ def test_a_redone_ct_prepare_reads_no_header_again_unless_forced(tmp_path: Path,
     assert (run / "prepared/rsna-pe/cache" / HEADERS_FILE).is_file()
     prepare(run, "rsna-pe", root=root, workers=1, force=True)  # --force reads every header again
     assert len(reads) == len(list(root.rglob("*.dcm")))
+
+
+def test_a_ct_prepare_stats_each_slice_file_once_for_its_stamps(tmp_path: Path, monkeypatch, reads) -> None:
+    """The header pass, the image cache and the stage key of one prepare each ask for every slice's
+    stamp; the file is stat'ed for it once (three times before). The next prepare stats afresh and
+    sees a changed file."""
+    import importlib
+    from collections import Counter
+
+    from cxrbench.data import cache, images
+    from cxrbench.data.transforms import Preprocess
+
+    stage = importlib.import_module("cxrbench.stages.prepare")
+    write_ct_phantoms(tmp_path / "ct", n_patients=2, size=16, seed=3)
+    slices = sorted(str(p) for p in (tmp_path / "ct").rglob("*.dcm"))
+    asks, stats, inside = Counter(), Counter(), [False]
+    real_stat, real_stamp = os.stat, images.file_stamp
+
+    def stat(path, *args, **kwargs):
+        if inside[0]:
+            stats[str(path)] += 1
+        return real_stat(path, *args, **kwargs)
+
+    def stamp(path):
+        asks[str(path)] += 1
+        inside[0] = True
+        try:
+            return real_stamp(path)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(os, "stat", stat)
+    for module in (volumes, cache, stage):  # each imported file_stamp by name
+        monkeypatch.setattr(module, "file_stamp", stamp)
+    run = tmp_path / "run"
+    stage.prepare(run, "rsna-pe", root=tmp_path / "ct", image=Preprocess(size=16), workers=0)
+    assert {asks[p] for p in slices} == {3} and {stats[p] for p in slices} == {1}
+    stats.clear()
+    stamp(slices[0])
+    assert stats[slices[0]] == 1  # outside a prepare: stat'ed each time it is asked
+    info = real_stat(slices[0])
+    os.utime(slices[0], ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+    reads.clear()
+    stage.prepare(run, "rsna-pe", root=tmp_path / "ct", image=Preprocess(size=16), workers=0)
+    assert reads == [slices[0]]  # the touched file's header read again, nothing else

@@ -253,6 +253,9 @@ def test_zero_byte_missing_and_random_files(tmp_path):
         read_image(tmp_path / "zero.png")
     with pytest.raises(ImageError, match="file not found"):
         read_image(tmp_path / "nope.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_image(tmp_path / "folder.png")
     (tmp_path / "noise.bin").write_bytes(RNG.integers(0, 256, 500, dtype=np.uint8).tobytes())
     with pytest.raises(ImageError, match="unrecognised image format"):
         read_image(tmp_path / "noise.bin")
