@@ -412,13 +412,28 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 
 def _running(pid: int) -> bool:
+    """Whether process ``pid`` is alive on this host. A zombie is not: a SIGKILLed writer's pid
+    stays taken until its parent reaps it (a container's init may never), and its temporaries and
+    locks must not outlive it for that."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+    except PermissionError:  # someone else's process: alive unless a zombie
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Linux: ``pid`` has exited and waits to be reaped (state Z or X in ``/proc/PID/stat``); False
+    where /proc cannot say."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    end = stat.rfind(b")")  # the state follows the command name, which may hold spaces and ')'
+    return end >= 0 and stat[end + 2 : end + 3] in (b"Z", b"X")
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -584,3 +584,28 @@ def test_a_run_kept_inside_another_is_not_read_as_its_own(tmp_path):
         "prepared/ds/samples.parquet": rundir.file_hash(outer.prepared("ds") / "samples.parquet")
     }
     assert inner.manifests() == [inner.prepared("ds") / "manifest.json"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_writer_not_yet_reaped_counts_as_gone(tmp_path):
+    """A SIGKILLed writer whose parent has not reaped it (a zombie: its pid still answers signal 0)
+    leaves a temporary the next write removes, as for any writer that is gone; a live one keeps it."""
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        target = tmp_path / "plot.png"
+        left = tmp_path / f".plot.png.tmp-{writer.pid}"
+        left.write_bytes(b"half a png")
+        rundir.remove_stale_temporaries(target)
+        assert left.exists()  # its writer is alive
+        os.kill(writer.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not rundir._zombie(writer.pid) and time.monotonic() < deadline:  # killed, not reaped (no wait())
+            time.sleep(0.01)
+        os.kill(writer.pid, 0)  # the pid is still taken ...
+        assert not rundir._running(writer.pid)  # ... by a zombie
+        rundir.remove_stale_temporaries(target)
+        assert not left.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert not rundir._zombie(writer.pid) and not rundir._running(writer.pid)  # reaped: gone from /proc
