@@ -171,16 +171,12 @@ class _Syncer:
             self.running, self.syncing = None, []
         if not self.pending:
             return
-        if force:
-            os.fsync(self.images.fileno())  # every writer's pages of the file, workers' included
-            self._mark(self.pending)
-            self.pending = []
-        elif self.thread is not None:
+        if self.thread is not None and not force:
             if self.running is None:
                 self.syncing, self.pending = self.pending, []
                 self.running = self.thread.submit(os.fsync, self.images.fileno())
-        elif time.monotonic() - self.synced >= SYNC_SECONDS:
-            os.fsync(self.images.fileno())
+        elif force or time.monotonic() - self.synced >= SYNC_SECONDS:
+            os.fsync(self.images.fileno())  # every writer's pages of the file, workers' included
             self._mark(self.pending)
             self.pending = []
 
@@ -433,9 +429,14 @@ def _write_rows(images, offset: int, row_bytes: int, rows: np.ndarray, pixels: n
     parent). Plain writes, not a memmap: written pages stay out of the writer's RSS, so memory
     stays flat however many images the cache holds."""
     for r, image in zip(rows, pixels, strict=True):
-        images.seek(offset + int(r) * row_bytes)
-        images.write(image.tobytes())
+        _write_row(images, offset, row_bytes, r, image)
     images.flush()
+
+
+def _write_row(images, offset: int, row_bytes: int, row, image: np.ndarray) -> None:
+    """Write one image at row ``row`` of the open images file."""
+    images.seek(offset + int(row) * row_bytes)
+    images.write(np.ascontiguousarray(image).data)
 
 
 def _take(layouts: Sequence[PixelLayout | None] | None, rows: np.ndarray) -> list[PixelLayout | None] | None:
@@ -485,8 +486,7 @@ def _process_chunk(
                 reasons.append(f"unexpected error ({type(exc).__name__}: {exc})")
             if reasons[-1] is not None:
                 row = np.zeros(shape, dtype=np.uint8)
-            images.seek(offset + int(rows[i]) * row_bytes)
-            images.write(np.ascontiguousarray(row).data)
+            _write_row(images, offset, row_bytes, rows[i], row)
     return reasons
 
 
