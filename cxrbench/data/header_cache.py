@@ -101,8 +101,9 @@ def load(file: Path, paths: Sequence[str], stamps: Sequence[Stamp]) -> dict[str,
         columns = table.to_pydict()
     except Exception:  # noqa: BLE001 - a damaged or foreign table is ignored and rewritten
         return {}
-    from cxrbench.data.volumes import SliceHeader
+    from cxrbench.data.volumes import Shared, SliceHeader
 
+    one = Shared()  # a series' slices share their UIDs, orientation, size and layout (memory)
     wanted = {p: s for p, s in zip(paths, stamps, strict=True) if s is not None}
     out: dict[str, SliceHeader | str] = {}
     for i, path in enumerate(columns["path"]):
@@ -114,18 +115,18 @@ def load(file: Path, paths: Sequence[str], stamps: Sequence[Stamp]) -> dict[str,
         pixels = columns["pixels"][i]
         out[path] = SliceHeader(
             path=path,
-            series_uid=columns["series_uid"][i],
-            study_uid=columns["study_uid"][i],
+            series_uid=one(columns["series_uid"][i]),
+            study_uid=one(columns["study_uid"][i]),
             sop_uid=columns["sop_uid"][i],
-            patient_id=columns["patient_id"][i],
+            patient_id=one(columns["patient_id"][i]),
             position=_tuple(columns["position"][i]),
-            orientation=_tuple(columns["orientation"][i]),
+            orientation=one(_tuple(columns["orientation"][i])),
             thickness=columns["thickness"][i],
             instance=columns["instance"][i],
-            shape=(columns["rows"][i], columns["cols"][i]),
-            sex=columns["sex"][i],
-            age=columns["age"][i],
-            pixels=PixelLayout(**pixels) if pixels is not None else None,
+            shape=one((columns["rows"][i], columns["cols"][i])),
+            sex=one(columns["sex"][i]),
+            age=one(columns["age"][i]),
+            pixels=one(PixelLayout(**pixels)) if pixels is not None else None,
         )
     return out
 

@@ -551,7 +551,7 @@ _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / ex
 PIXEL_DATA = 0x7FE00010
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PixelLayout:
     """How a native (uncompressed little-endian) one-frame grey slice stores its values and where
     in its file they start: what a second read needs to take them without parsing the file again.

@@ -3,6 +3,7 @@ series checks with their reasons, HU and windowing against hand-computed values.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -283,7 +284,7 @@ def test_a_layout_that_no_longer_fits_the_file_falls_back_to_parsing_it(tmp_path
     layout = read_header(path).pixels
     fmt = ct_format((50, 350))
     want = read_image(path, image_format=fmt)
-    stale = type(layout)(**{**layout.__dict__, "offset": path.stat().st_size - 10})  # past the end
+    stale = dataclasses.replace(layout, offset=path.stat().st_size - 10)  # past the end
     np.testing.assert_array_equal(read_image(path, image_format=fmt, layout=stale), want)
     path.write_bytes(path.read_bytes()[: layout.offset + 100])  # truncated since its header was read
     with pytest.raises(ImageError, match="DICOM"):
@@ -327,7 +328,7 @@ def test_a_decode_from_header_pass_layouts_never_imports_pydicom(tmp_path: Path)
 
     write_ct_phantoms(tmp_path / "ct", n_patients=2, size=24, seed=4)
     raw = load_dataset("rsna-pe", tmp_path / "ct", {"workers": 1})
-    jobs = [(p, raw.pixel_layouts[p].__dict__) for p in raw.frame["path"][:5]]
+    jobs = [(p, dataclasses.asdict(raw.pixel_layouts[p])) for p in raw.frame["path"][:5]]
     script = (
         "import json, sys\n"
         "from cxrbench.data.cache import build_cache\n"
