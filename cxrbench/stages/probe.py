@@ -40,24 +40,17 @@ def features(
 ) -> tuple[Manifest, Path]:
     """Frozen features of every image, cached at ``RUN/features/DATASET/ENCODER.parquet``; with
     ``rows`` (some of the samples, named ``part``) of those only, at ``ENCODER@PART.parquet``: CT
-    attribute probes need one slice a study, not every slice of every series."""
+    attribute probes need one slice a study, not every slice of every series. Features of every
+    image already there (and up to date) serve ``rows`` when theirs were never extracted."""
     layout = layout_of(run)
     if (rows is None) != (part is None):
         raise ValueError("features: rows and part go together")
+    stage, path = _features_stage(layout, prepared, spec, input_size, rows, part)
+    if rows is not None and not force and not stage.manifest_path.exists():
+        every, every_path = _features_stage(layout, prepared, spec, input_size, None, None)
+        if (manifest := every.up_to_date()) is not None:
+            return manifest, every_path
     samples = prepared.samples if rows is None else rows
-    path = layout.features(prepared.name, spec.folder, part)
-    settings = {**spec.settings, "input_size": input_size}
-    if part is not None:  # which rows, by content: another selection is another output
-        settings["rows"] = {"part": part, "samples": json_hash(samples["sample_id"].tolist())}
-    stage = Stage(
-        layout,
-        "features",
-        manifest_path_for(path),
-        settings=settings,
-        inputs=[prepared.manifest, *spec.inputs],
-        extra_inputs=spec.extra_inputs,
-        what=f"features of {spec.folder} on {prepared.name}",
-    )
     with stage.open(force=force) as todo:
         if todo:
             encoder = spec.build(input_size=input_size, seed=0)
@@ -73,6 +66,31 @@ def features(
                 )
             stage.write_parquet(path, features_table(samples["sample_id"].tolist(), feats))
     return stage.manifest, path
+
+
+def _features_stage(
+    layout: RunLayout,
+    prepared: Prepared,
+    spec: EncoderSpec,
+    input_size: int | None,
+    rows: pd.DataFrame | None,
+    part: str | None,
+) -> tuple[Stage, Path]:
+    """The features stage of every image (``rows`` None) or of ``rows``, and its output path."""
+    path = layout.features(prepared.name, spec.folder, part)
+    settings = {**spec.settings, "input_size": input_size}
+    if rows is not None:  # which rows, by content: another selection is another output
+        settings["rows"] = {"part": part, "samples": json_hash(rows["sample_id"].tolist())}
+    stage = Stage(
+        layout,
+        "features",
+        manifest_path_for(path),
+        settings=settings,
+        inputs=[prepared.manifest, *spec.inputs],
+        extra_inputs=spec.extra_inputs,
+        what=f"features of {spec.folder} on {prepared.name}",
+    )
+    return stage, path
 
 
 def probe(

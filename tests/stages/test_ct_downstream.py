@@ -4,6 +4,7 @@ synthetic CXR dataset; one-line errors for missing attributes and bad options.""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -129,24 +130,36 @@ def test_attribute_probes_use_the_middle_slice_of_each_study(run: Path) -> None:
     assert sex["label"].unique().tolist() == ["female"] and sex["y_true"].tolist() == want.tolist()
 
 
-def test_ct_attribute_probes_extract_features_of_their_slices_only(run: Path) -> None:
+def test_ct_attribute_probes_extract_features_of_their_slices_only_when_no_slice_has_any(run: Path) -> None:
     from cxrbench.adapt.features import read_features
 
     folder = run / "features" / CT
-    full_ids, full = read_features(pq.read_table(folder / "random.parquet"))  # the slice probe's
-    ids, feats = read_features(pq.read_table(folder / "random@attribute-slices.parquet"))
+    # after the slice probe (the fixture's order) the attribute probes used its features of every slice
+    assert not list(folder.glob("*@attribute-slices.parquet"))
+    manifest = json.loads((run / "predictions" / f"{CT}+sex" / "random" / "attr.manifest.json").read_text())
+    assert f"features/{CT}/random.parquet" in manifest["inputs"]
+    full_ids, full = read_features(pq.read_table(folder / "random.parquet"))
     preds = pd.read_parquet(run / "predictions" / f"{CT}+sex" / "random" / "attr.parquet")
-    samples = pd.read_parquet(run / "prepared" / CT / "samples.parquet").set_index("sample_id")
-    assert set(preds["sample_id"]) <= set(ids) and len(ids) == samples["study_id"].nunique()
-    by_id = {s: i for i, s in enumerate(full_ids)}
-    np.testing.assert_allclose(feats, full[[by_id[s] for s in ids]], rtol=1e-4, atol=1e-5)
-    # alone (no slice probe, features removed): only the attribute slices are extracted
+    # alone (no slice probe, features removed): only the attribute slices are extracted, same features
     shutil.rmtree(folder)
     shutil.rmtree(run / "predictions" / f"{CT}+sex")
     attribute_probe(run, dataset=CT, encoder="random", target="sex", arch=ARCH, device="cpu", max_iter=50)
     assert sorted(p.name for p in folder.glob("*.parquet")) == ["random@attribute-slices.parquet"]
+    ids, feats = read_features(pq.read_table(folder / "random@attribute-slices.parquet"))
+    samples = pd.read_parquet(run / "prepared" / CT / "samples.parquet").set_index("sample_id")
+    assert set(preds["sample_id"]) <= set(ids) and len(ids) == samples["study_id"].nunique()
+    by_id = {s: i for i, s in enumerate(full_ids)}
+    np.testing.assert_allclose(feats, full[[by_id[s] for s in ids]], rtol=1e-4, atol=1e-5)
     again = pd.read_parquet(run / "predictions" / f"{CT}+sex" / "random" / "attr.parquet")
     pd.testing.assert_frame_equal(again, preds, atol=1e-5)
+    # a slice probe afterwards does not make the attribute probe redo what its own features gave
+    probe(run, dataset=CT, encoder="random", arch=ARCH, fraction=1.0, device="cpu", max_iter=50)
+    assert (folder / "random.parquet").is_file()
+    done = attribute_probe(run, dataset=CT, encoder="random", target="sex", arch=ARCH, device="cpu", max_iter=50)
+    assert (
+        done.key == json.loads((run / "predictions" / f"{CT}+sex" / "random" / "attr.manifest.json").read_text())["key"]
+    )
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "predictions" / f"{CT}+sex" / "random" / "attr.parquet"), again)
 
 
 def test_compare_gives_study_level_deltas_ct_label_efficiency_and_the_bias_table(run: Path) -> None:
