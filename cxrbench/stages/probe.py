@@ -76,8 +76,13 @@ def _features_stage(
     rows: pd.DataFrame | None,
     part: str | None,
 ) -> tuple[Stage, Path]:
-    """The features stage of every image (``rows`` None) or of ``rows``, and its output path."""
-    path = layout.features(prepared.name, spec.folder, part)
+    """The features stage of every image (``rows`` None) or of ``rows``, and its output path: features
+    at another input size than the dataset's own (an external test set of a dataset prepared at
+    another size) are kept beside those at its own (``ENCODER@64px``), not written over them."""
+    name = part
+    if input_size is not None and input_size != int(prepared.manifest.settings["image"]["size"]):
+        name = f"{part}-{input_size}px" if part else f"{input_size}px"
+    path = layout.features(prepared.name, spec.folder, name)
     settings = {**spec.settings, "input_size": input_size}
     if rows is not None:  # which rows, by content: another selection is another output
         settings["rows"] = {"part": part, "samples": json_hash(rows["sample_id"].tolist())}

@@ -257,3 +257,32 @@ def test_names_that_would_shadow_or_escape_are_refused(name: str) -> None:
     with pytest.raises(CxrbenchError, match="--name"):
         check_name(name)
     assert check_name("site-b") == "site-b"
+
+
+def test_a_dataset_probed_itself_and_as_an_external_test_at_another_size_keeps_both_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # site b prepared at 48 px, site a at 32: as site a's external test set its images are encoded
+    # at 32 px, probed on their own at 48; the two were one features file, extracted again each time
+    run = tmp_path / "run"
+    common = ("--workers", "1", "--run", str(run))
+    cli("prepare", "synthetic", "--n-patients", "40", "--size", "32", *common)
+    cli("prepare", "synthetic", "--option", "site=b", "--name", "site-b", "--n-patients", "30", "--size", "48", *common)
+    r = ("--encoder", "random", "--arch", ARCH, "--run", str(run))
+    external = ("probe", "--dataset", "synthetic", "--test-dataset", "site-b", *r)
+    cli(*external)
+    cli("probe", "--dataset", "site-b", *r)
+    folder = run / "features" / "site-b"
+    assert sorted(p.name for p in folder.glob("*.parquet")) == ["random.parquet", "random@32px.parquet"]
+    own = json.loads((folder / "random.manifest.json").read_text())
+    other = json.loads((folder / "random@32px.manifest.json").read_text())
+    assert (own["settings"]["input_size"], other["settings"]["input_size"]) == (48, 32)
+
+    import cxrbench.stages.probe as probe_stage
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features extracted again")
+
+    monkeypatch.setattr(probe_stage, "extract_features", no_extraction)
+    cli(*external)  # both again: each finds its features up to date
+    cli("probe", "--dataset", "site-b", *r)
