@@ -21,6 +21,9 @@ from cxrbench.pretrain.losses.dino import dino_loss, sinkhorn_targets, teacher_t
 
 #: How the teacher's outputs are centred: DINO's EMA of the batch mean, or DINOv2's Sinkhorn-Knopp.
 CENTERINGS = ("ema", "sinkhorn")
+#: What the crops vary besides their box: ``crops`` only flips them (MoCo-CXR's views have no
+#: intensity jitter either); ``radiograph`` adds the package's brightness, contrast, noise and rotation.
+VIEWS = ("crops", "radiograph")
 
 
 class DinoHead(nn.Module):
@@ -70,7 +73,8 @@ class Method(MethodBase):
     position embeddings; backbones that cannot take other sizes see them resized back up). The
     teacher sees only the global crops; its outputs are centred (an EMA of the batch mean, a buffer)
     and sharpened with a temperature warmed up linearly from ``teacher_temp_start`` to
-    ``teacher_temp`` over the first ``teacher_temp_warmup`` of training; its momentum rises from
+    ``teacher_temp`` over the first ``teacher_temp_warmup`` of training (both 0.04 by default, the
+    official code's default; its ViT-S recipe warms up to 0.07); its momentum rises from
     ``momentum`` to 1 along a cosine. The student's last layer is frozen over the first
     ``freeze_last_layer`` of training (the paper's first epoch of 100), which stabilises its start.
     ``centering="sinkhorn"`` replaces the EMA centre by DINOv2's Sinkhorn-Knopp normalisation of the
@@ -79,8 +83,11 @@ class Method(MethodBase):
     ``out_dim`` defaults to 4096 prototypes rather than the paper's 65536 (a 1M- instead of a
     17M-weight last layer, practical on CPU and for datasets of thousands of images).
 
-    The paper's views add colour jitter, blur and solarisation; here the package's radiograph views
-    are used. Its weight-decay schedule (0.04 -> 0.4) and gradient clipping are not applied.
+    The paper's views add colour jitter, blur and solarisation. Here the crops are only flipped by
+    default (``views="crops"``): with the package's brightness, contrast and noise jitter as well
+    (``views="radiograph"``) a random-init teacher's outputs for two views of one phantom radiograph
+    shared a twelfth of their batch-centred direction, too little for the student to predict, and it
+    collapsed to one output for every image (CHANGELOG). Its weight-decay schedule (0.04 -> 0.4) and gradient clipping are not applied.
     Under DDP the views are drawn as for the whole batch, the loss is normalised by the whole batch
     and the centre is updated from the whole batch's teacher outputs, as in one process; BatchNorm
     (ResNets) stays per rank.
@@ -109,12 +116,13 @@ class Method(MethodBase):
         local_min_scale: float = 0.05,
         momentum: float = 0.996,
         student_temp: float = 0.1,
-        teacher_temp: float = 0.07,
+        teacher_temp: float = 0.04,
         teacher_temp_start: float = 0.04,
         teacher_temp_warmup: float = 0.3,
         center_momentum: float = 0.9,
         centering: str = "ema",
         freeze_last_layer: float = 0.01,
+        views: str = "crops",
     ) -> None:
         super().__init__(encoder)
         if min(out_dim, hidden_dim, bottleneck_dim) < 1 or local_crops < 0:
@@ -127,6 +135,8 @@ class Method(MethodBase):
             raise CxrbenchError("dino: freeze_last_layer is a fraction of training, in [0, 1]")
         if not (0 <= momentum <= 1 and 0 <= center_momentum <= 1):
             raise CxrbenchError("dino: momentum and center_momentum must be in [0, 1]")
+        if views not in VIEWS:
+            raise CxrbenchError(f"dino: views {views!r}: choose {' or '.join(VIEWS)}")
         if centering not in CENTERINGS:
             raise CxrbenchError(f"dino: centering {centering!r}: choose {' or '.join(CENTERINGS)}")
         self.centering = centering
@@ -134,8 +144,11 @@ class Method(MethodBase):
         self.base_momentum, self.center_momentum = float(momentum), float(center_momentum)
         self.student_temp, self.teacher_temp = float(student_temp), float(teacher_temp)
         self.teacher_temp_start, self.teacher_temp_warmup = float(teacher_temp_start), float(teacher_temp_warmup)
-        self.global_views = ViewSettings(min_scale=global_min_scale)
-        self.local_views = ViewSettings(min_scale=local_min_scale, max_scale=global_min_scale)
+        plain = (
+            {} if views == "radiograph" else {"max_rotation_deg": 0.0, "brightness": 0.0, "contrast": 0.0, "noise": 0.0}
+        )
+        self.global_views = ViewSettings(min_scale=global_min_scale, **plain)
+        self.local_views = ViewSettings(min_scale=local_min_scale, max_scale=global_min_scale, **plain)
         size = self.global_size = getattr(encoder, "input_size", None)  # None: crops keep the images' size
         self.local_size = local_size or (local_crop_size(size, getattr(encoder, "patch_size", None)) if size else None)
         if self.local_crops and isinstance(encoder, Encoder) and self.local_size:

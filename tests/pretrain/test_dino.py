@@ -73,7 +73,19 @@ def test_last_layer_is_frozen_over_the_first_part_of_training() -> None:
 
 @pytest.mark.parametrize(("update", "temp"), [(0, 0.04), (15, 0.055), (30, 0.07), (70, 0.07), (100, 0.07)])
 def test_teacher_temperature_warms_up_linearly_then_stays(update: int, temp: float) -> None:
-    assert _dino().teacher_temperature(step(total=4, update=update, updates=100)) == pytest.approx(temp)
+    method = _dino(teacher_temp=0.07)  # the ViT-S recipe's warm-up, 0.04 -> 0.07 over 30 % of training
+    assert method.teacher_temperature(step(total=4, update=update, updates=100)) == pytest.approx(temp)
+    assert _dino().teacher_temperature(step(total=4, update=update, updates=100)) == 0.04  # the default
+
+
+def test_crops_are_only_boxed_and_flipped_unless_radiograph_views_are_asked_for() -> None:
+    flat = {"images": torch.full((4, 1, 16, 16), 0.5)}  # any box or flip of it is the same grey
+    big, small = _dino().crops(flat["images"], step(total=4))
+    assert all(torch.allclose(c, torch.full_like(c, 0.5), atol=1e-6) for c in [*big, *small])
+    big, small = _dino(views="radiograph").crops(flat["images"], step(total=4))
+    assert not any(torch.allclose(c, torch.full_like(c, 0.5), atol=1e-3) for c in [*big, *small])  # brightness, noise
+    with pytest.raises(CxrbenchError, match="views 'colour'"):
+        _dino(views="colour")
 
 
 @pytest.mark.parametrize(("update", "want"), [(0, 0.9), (5, 0.95), (10, 1.0)])
