@@ -84,9 +84,11 @@ def current() -> tuple[Path, bool] | None:
 
 
 def _version() -> bytes:
-    import pydicom
+    """This table format's version and the installed pydicom's, from its metadata: importing pydicom
+    for it took 0.4 s of the parent's serial time in a CT prepare whose decode does not need it."""
+    from importlib import metadata
 
-    return f"{VERSION}/pydicom {pydicom.__version__}".encode()
+    return f"{VERSION}/pydicom {metadata.version('pydicom')}".encode()
 
 
 def load(file: Path, paths: Sequence[str], stamps: Sequence[Stamp]) -> dict[str, SliceHeader | str]:

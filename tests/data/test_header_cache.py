@@ -172,3 +172,20 @@ def test_a_ct_prepare_stats_each_slice_file_once_for_its_stamps(tmp_path: Path, 
     reads.clear()
     stage.prepare(run, "rsna-pe", root=tmp_path / "ct", image=Preprocess(size=16), workers=0)
     assert reads == [slices[0]]  # the touched file's header read again, nothing else
+
+
+def test_the_table_is_stamped_with_pydicoms_version_without_importing_it() -> None:
+    # the parent of a CT prepare never needs pydicom (its workers read the headers): 0.4 s serial
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from cxrbench.data.header_cache import _version\n"
+        "stamp = _version().decode()\n"
+        "loaded = any(m.split('.')[0] == 'pydicom' for m in sys.modules)\n"
+        "import pydicom\n"
+        "print(loaded, stamp.endswith('/pydicom ' + pydicom.__version__))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
