@@ -85,9 +85,10 @@ class Method(MethodBase):
 
     The paper's views add colour jitter, blur and solarisation. Here the crops are only flipped by
     default (``views="crops"``): with the package's brightness, contrast and noise jitter as well
-    (``views="radiograph"``) a random-init teacher's outputs for two views of one phantom radiograph
-    shared a twelfth of their batch-centred direction, too little for the student to predict, and it
-    collapsed to one output for every image (CHANGELOG). Its weight-decay schedule (0.04 -> 0.4) and gradient clipping are not applied.
+    (``views="radiograph"``) a random-init teacher's batch-centred outputs for two views of one
+    phantom radiograph agreed at a cosine of 0.03-0.08, too little for the student to predict, and it
+    collapsed to one output for every image (CHANGELOG). The paper's weight-decay schedule
+    (0.04 -> 0.4) and gradient clipping are not applied.
     Under DDP the views are drawn as for the whole batch, the loss is normalised by the whole batch
     and the centre is updated from the whole batch's teacher outputs, as in one process; BatchNorm
     (ResNets) stays per rank.
