@@ -6,10 +6,14 @@ plain ASCII in nearly every real file, and their conversion is then unambiguous:
 that common case itself and hands every other one (non-ASCII text, several values where one is
 expected, a VR other than the standard's, odd number forms) back to pydicom, so the result is
 always what pydicom would return.
+
+``read_dataset`` reads the header itself with pydicom's element parser, without ``dcmread``'s
+file-level machinery, for the standard case (a Part 10 file in a native little-endian syntax).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from typing import Any
@@ -91,3 +95,68 @@ def _fast(raw, vr: str) -> Any:
         text = value.rstrip(b"\x00")
         return int(text) if _INTEGER.fullmatch(text) else _SLOW
     return _SLOW
+
+
+#: Native little-endian transfer syntaxes and whether their VR is implicit.
+_NATIVE_IMPLICIT = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}
+
+
+def read_dataset(path, *, defer_size: int, force: bool):
+    """The file's dataset as ``pydicom.dcmread(path, defer_size=, force=)`` reads it (values of
+    ``defer_size`` bytes or more left unread). A Part 10 file in a native little-endian syntax whose
+    first elements are encoded as it declares is parsed by pydicom's own element generator straight
+    into a ``Dataset`` with its ``file_meta``: what ``dcmread`` does for it, without its file-level
+    checks and ``FileDataset`` (about 0.17 of its 0.3 ms on a CT slice). Anything else (no preamble,
+    compressed, deflated or big-endian syntaxes, a syntax that lies, a parse error) is read by
+    ``dcmread`` itself, so its answer and its errors are pydicom's."""
+    try:
+        ds = _read_native(path, defer_size)
+    except Exception:  # whatever it is, dcmread reads it again and decides
+        ds = None
+    if ds is None:
+        import pydicom
+
+        ds = pydicom.dcmread(path, defer_size=defer_size, force=force)
+    return ds
+
+
+def _read_native(path, defer_size: int):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filereader import data_element_generator
+
+    with open(path, "rb") as fp:
+        if fp.read(132)[128:] != b"DICM":
+            return None
+        start = fp.tell()
+        if not _explicit_vr(fp.read(6)):
+            return None  # file meta not in explicit VR: dcmread's repairs
+        fp.seek(start)
+        meta = {e.tag: e for e in data_element_generator(fp, False, True, stop_when=_past_meta)}
+        syntax = getattr(meta.get(0x00020010), "value", None)
+        if not isinstance(syntax, bytes):
+            return None
+        implicit = _NATIVE_IMPLICIT.get(syntax.rstrip(b"\x00 ").decode("ascii", "replace"))
+        if implicit is None:
+            return None
+        start = fp.tell()
+        first = fp.read(6)
+        if len(first) == 6 and _explicit_vr(first) == implicit:
+            return None  # written otherwise than declared: dcmread's heuristics
+        fp.seek(start)
+        raw = {e.tag: e for e in data_element_generator(fp, implicit, True, defer_size=defer_size)}
+        modified = os.fstat(fp.fileno()).st_mtime
+    ds = Dataset(raw)
+    ds.file_meta = FileMetaDataset(meta)
+    # where a deferred value is read from on access, as dcmread's FileDataset records it
+    ds.filename, ds.buffer, ds.fileobj_type, ds.timestamp = os.fspath(path), None, open, modified
+    return ds
+
+
+def _past_meta(tag, vr, length) -> bool:
+    return tag >> 16 != 2
+
+
+def _explicit_vr(head: bytes) -> bool:
+    """Whether bytes 4..6 of an element are a VR (two capital letters), as pydicom tells explicit
+    from implicit VR."""
+    return len(head) >= 6 and 0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B

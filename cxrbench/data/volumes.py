@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrbench.data.header_values import HeaderView
+from cxrbench.data.header_values import HeaderView, read_dataset
 from cxrbench.data.images import PIXEL_DATA, PixelLayout, file_stamp, pixel_layout
 from cxrbench.errors import CxrbenchError
 
@@ -158,14 +158,12 @@ class Shared(dict):
 def read_header(path: str | Path, shared: Shared | None = None) -> SliceHeader | str:
     """The slice's header, or the reason it cannot be read (a string) -- never an exception.
     ``shared``: where equal field values of other headers are taken from (memory)."""
-    import pydicom
-
     one = shared if shared is not None else Shared()
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = HeaderView(pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=str(path).endswith(".dcm")))
+            ds = HeaderView(read_dataset(path, defer_size=_DEFER_BYTES, force=str(path).endswith(".dcm")))
         series = str(ds.get("SeriesInstanceUID", "") or "")
         if not series:
             return "not a DICOM slice (no SeriesInstanceUID)"

@@ -1,16 +1,20 @@
 """HeaderView against pydicom's own conversion of the same elements, on hand-encoded files in the
-three uncompressed encodings (so neither side's writer shapes the bytes)."""
+three uncompressed encodings (so neither side's writer shapes the bytes); ``read_dataset`` against
+``pydicom.dcmread`` on those files, on pydicom's own test files and on CT phantoms."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
+from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.multival import MultiValue
 
-from cxrbench.data.header_values import _SLOW, HeaderView, _fast
+from cxrbench.data import volumes
+from cxrbench.data.header_values import _SLOW, HeaderView, _fast, _read_native, read_dataset
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -149,3 +153,72 @@ def test_unknown_keyword_is_an_error():
     view = HeaderView(pydicom.dcmread(io.BytesIO(_file(EXPLICIT_LE))))
     with pytest.raises(KeyError, match="NoSuchKeyword"):
         view.get("NoSuchKeyword")
+
+
+def _values(ds) -> dict:
+    """Every top-level value but the pixels, converted by pydicom (deferred ones read on access)."""
+    return {int(tag): _plain(ds[tag].value) for tag in ds.keys() if tag != 0x7FE00010}
+
+
+@pytest.mark.parametrize("defer_size", [4096, 4])
+@pytest.mark.parametrize("syntax", [EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE])
+def test_read_dataset_equals_dcmread(tmp_path, syntax, defer_size):
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(_file(syntax))
+    ds = read_dataset(path, defer_size=defer_size, force=False)
+    reference = pydicom.dcmread(path, defer_size=defer_size)
+    assert _values(ds) == _values(reference)  # defer_size 4: every value read from the file on access
+    assert ds.file_meta.TransferSyntaxUID == reference.file_meta.TransferSyntaxUID == syntax
+    # the native little-endian syntaxes are parsed without dcmread, big endian by it
+    assert (_read_native(path, defer_size) is not None) == (syntax != EXPLICIT_BE)
+
+
+def test_files_dcmread_must_repair_are_left_to_it(tmp_path):
+    lying = tmp_path / "lying.dcm"  # declares explicit VR, written in implicit VR
+    implicit = _file(IMPLICIT_LE)
+    explicit_meta = _file(EXPLICIT_LE, [])
+    lying.write_bytes(explicit_meta + implicit[len(_file(IMPLICIT_LE, [])) :])
+    bare = tmp_path / "bare.dcm"  # no preamble, no file meta
+    bare.write_bytes(b"".join(_element(t, vr, v, little=True, implicit=True) for _, t, vr, v in ELEMENTS))
+    for path in (lying, bare):
+        assert _read_native(path, 4096) is None
+        with pytest.warns(UserWarning) if path is lying else contextlib.nullcontext():
+            reference = pydicom.dcmread(path, force=True)
+        assert _values(read_dataset(path, defer_size=4096, force=True)) == _values(reference)
+        assert len(reference) == len(ELEMENTS)  # every element read, in the encoding found
+
+
+def _headers_both_ways(paths, monkeypatch) -> tuple[list, list]:
+    fast = [volumes.read_header(p) for p in paths]
+    with monkeypatch.context() as m:
+        m.setattr(
+            volumes,
+            "read_dataset",
+            lambda path, *, defer_size, force: pydicom.dcmread(path, defer_size=defer_size, force=force),
+        )
+        slow = [volumes.read_header(p) for p in paths]
+    return fast, slow
+
+
+def test_headers_equal_dcmread_on_pydicoms_test_files(monkeypatch):
+    """pydicom's bundled test files (truncated, bad VRs, no meta, deflated, big endian, compressed,
+    private and undefined-length sequences, charsets): the same header or the same reason."""
+    import pydicom.data
+
+    files = sorted(str(f) for f in (Path(pydicom.data.__file__).parent / "test_files").rglob("*") if f.is_file())
+    assert len(files) > 50
+    fast, slow = _headers_both_ways(files, monkeypatch)
+    assert [f for f, a, b in zip(files, fast, slow, strict=True) if a != b] == []
+    taken = {Path(f).name for f in files if _read_native(f, 4096) is not None}
+    assert {"CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm"} <= taken
+    assert not {"MR_small_bigendian.dcm", "JPEG2000.dcm", "image_dfl.dcm", "no_meta.dcm"} & taken
+
+
+def test_headers_equal_dcmread_on_ct_phantoms(tmp_path, monkeypatch):
+    from cxrbench.data.ct_phantoms import write_ct_phantoms
+
+    write_ct_phantoms(tmp_path, n_patients=2, size=32, seed=0)
+    files = sorted(str(f) for f in tmp_path.rglob("*.dcm"))
+    fast, slow = _headers_both_ways(files, monkeypatch)
+    assert fast == slow and all(not isinstance(h, str) and h.pixels is not None for h in fast)
+    assert all(_read_native(f, 4096) is not None for f in files)
