@@ -283,30 +283,55 @@ HASH_BLOCK = 64 << 20
 _BLOCK_SCHEME = "sha256-blocks-"
 
 
-def output_hash(path: Path, *, block: int | None = None) -> str:
+def output_hash(path: Path, *, block: int | None = None, fresh: bool = False) -> str:
     """The hash a manifest records for an output: ``file_hash`` (SHA-256 of the bytes) up to
     ``block`` bytes (default ``HASH_BLOCK``); past it ``sha256-blocks-N:`` and the SHA-256 of the
     concatenated SHA-256 digests of its N-byte blocks, hashed on up to 8 threads (hashlib and reads
-    release the GIL), so a prepare's multi-GB image cache is hashed by every core, not one."""
+    release the GIL), so a prepare's multi-GB image cache is hashed by every core, not one. Blocks
+    whose digests the writer handed over (``remember_block_digests``) while the file is unchanged
+    since are not read again, unless ``fresh`` (``verify``)."""
     block = block or HASH_BLOCK
-    size = os.path.getsize(path)
+    stat = os.stat(path)
+    size = stat.st_size
     if size <= block:
         return file_hash(path)
     from concurrent.futures import ThreadPoolExecutor
 
-    def digest(start: int) -> bytes:
-        part = hashlib.sha256()
-        with open(path, "rb", buffering=0) as handle:
-            handle.seek(start)
-            left = min(block, size - start)
-            while left > 0 and (data := handle.read(min(left, 1 << 22))):
-                part.update(data)
-                left -= len(data)
-        return part.digest()
-
+    known: dict[int, bytes] = {}
+    remembered = None if fresh else _KNOWN_BLOCKS.get((stat.st_dev, stat.st_ino))
+    if remembered is not None and remembered[0] == (size, stat.st_mtime_ns, block):
+        known = remembered[1]
+    starts = [start for start in range(0, size, block) if start not in known]
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        parts = list(pool.map(digest, range(0, size, block)))
+        hashed = pool.map(lambda start: block_digest(path, start, block), starts)
+        known = {**known, **dict(zip(starts, hashed, strict=True))}
+    parts = [known[start] for start in range(0, size, block)]
     return f"{_BLOCK_SCHEME}{block}:{hashlib.sha256(b''.join(parts)).hexdigest()}"
+
+
+def block_digest(path: Path, start: int, block: int) -> bytes:
+    """SHA-256 of the ``block`` bytes of ``path`` from ``start`` (fewer at its end)."""
+    part = hashlib.sha256()
+    with open(path, "rb", buffering=0) as handle:
+        handle.seek(start)
+        left = block
+        while left > 0 and (data := handle.read(min(left, 1 << 22))):
+            part.update(data)
+            left -= len(data)
+    return part.digest()
+
+
+#: Block digests of files hashed while they were written, by (device, inode): the file's size,
+#: modification time and block size then, and the digests by block start.
+_KNOWN_BLOCKS: dict[tuple[int, int], tuple[tuple[int, int, int], dict[int, bytes]]] = {}
+
+
+def remember_block_digests(path: Path, block: int, digests: dict[int, bytes]) -> None:
+    """Let ``output_hash`` use ``digests`` (``block_digest`` by block start) of ``path``, taken by its
+    writer once those bytes were final, for as long as the file keeps its present size and
+    modification time (a rename keeps them: the key is the inode)."""
+    stat = os.stat(path)
+    _KNOWN_BLOCKS[(stat.st_dev, stat.st_ino)] = ((stat.st_size, stat.st_mtime_ns, block), dict(digests))
 
 
 def output_matches(path: Path, digest: str) -> bool:
@@ -314,7 +339,7 @@ def output_matches(path: Path, digest: str) -> bool:
     in manifests written before block hashing, whatever the file's size)."""
     if digest.startswith(_BLOCK_SCHEME):
         block = digest[len(_BLOCK_SCHEME) :].split(":", 1)[0]
-        return block.isdigit() and int(block) > 0 and output_hash(path, block=int(block)) == digest
+        return block.isdigit() and int(block) > 0 and output_hash(path, block=int(block), fresh=True) == digest
     return file_hash(path) == digest
 
 

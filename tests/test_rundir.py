@@ -609,3 +609,24 @@ def test_a_killed_writer_not_yet_reaped_counts_as_gone(tmp_path):
         writer.kill()
         writer.wait()
     assert not rundir._zombie(writer.pid) and not rundir._running(writer.pid)  # reaped: gone from /proc
+
+
+def test_remembered_block_digests_are_used_only_while_the_file_is_unchanged(tmp_path):
+    import hashlib
+
+    path = tmp_path / "f"
+    data = os.urandom(10_000)
+    path.write_bytes(data)
+    parts = [hashlib.sha256(data[i : i + 3000]).digest() for i in range(0, 10_000, 3000)]
+    expected = "sha256-blocks-3000:" + hashlib.sha256(b"".join(parts)).hexdigest()
+    assert [rundir.block_digest(path, start, 3000) for start in range(0, 10_000, 3000)] == parts
+    # wrong digests handed over for two blocks: output_hash takes them (so it did not read those blocks)
+    rundir.remember_block_digests(path, 3000, {0: b"x" * 32, 6000: parts[2]})
+    taken = "sha256-blocks-3000:" + hashlib.sha256(b"x" * 32 + b"".join(parts[1:])).hexdigest()
+    assert rundir.output_hash(path, block=3000) == taken
+    assert rundir.output_hash(path, block=3000, fresh=True) == expected  # verify's way: every block read
+    assert rundir.output_matches(path, expected) and not rundir.output_matches(path, taken)
+    assert rundir.output_hash(path, block=2000) == rundir.output_hash(path, block=2000, fresh=True)  # other blocks
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1000))  # touched since: the digests are stale
+    assert rundir.output_hash(path, block=3000) == expected

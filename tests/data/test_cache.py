@@ -419,3 +419,43 @@ def test_file_stamp_is_the_size_and_time_of_the_file_or_of_a_nifti_slices_volume
     assert file_stamp(volume) == (123, 2_000_000_000)
     assert file_stamp(f"{volume}#7") == (123, 2_000_000_000)  # slice 7 of the volume
     assert file_stamp(tmp_path / "missing.png") is None
+
+
+def test_block_hasher_hashes_a_block_once_all_its_rows_are_done(tmp_path, monkeypatch):
+    from cxrbench import rundir
+
+    monkeypatch.setattr(rundir, "HASH_BLOCK", 1024)
+    file = tmp_path / "images.npy"
+    file.write_bytes(os.urandom(128 + 50 * 100))  # a 128-byte header, 50 rows of 100 bytes: 6 blocks
+    done = np.zeros(50, np.uint8)
+    with cache_mod._BlockHasher(file, 128, 100, 50) as hasher:
+        hasher.update(done)
+        assert hasher.digests == {}
+        done[:9] = cache_mod._OK  # rows 0-8 end inside block 0 (bytes 128 + 900 > 1024)
+        hasher.update(done)
+        assert list(hasher.digests) == [0]
+        done[9:] = cache_mod._BAD  # quarantined rows are final too
+        done[30] = cache_mod._TODO  # but one row left blocks 3.. waiting (row 30: bytes 3128-3228)
+        hasher.update(done)
+        assert list(hasher.digests) == [0, 1024, 2048]
+        done[30] = cache_mod._OK
+        hasher.update(done)
+    assert list(hasher.digests) == [0, 1024, 2048, 3072, 4096, 5120]
+    assert rundir.output_hash(file) == rundir.output_hash(file, fresh=True)
+    assert rundir._KNOWN_BLOCKS[(file.stat().st_dev, file.stat().st_ino)][1] == {
+        start: rundir.block_digest(file, start, 1024) for start in range(0, 5128, 1024)
+    }
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_build_hands_its_block_digests_to_the_manifest(tmp_path, monkeypatch, workers):
+    from cxrbench import rundir
+
+    monkeypatch.setattr(rundir, "HASH_BLOCK", 1000)  # rows of 256 bytes
+    paths = make_pngs(tmp_path, 12)
+    build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=workers, chunk_size=2)
+    file = tmp_path / "c" / cache_mod.IMAGES_FILE
+    known = rundir._KNOWN_BLOCKS[(file.stat().st_dev, file.stat().st_ino)]
+    assert known[0][2] == 1000 and sorted(known[1]) == list(range(0, file.stat().st_size, 1000))
+    assert known[1] == {start: rundir.block_digest(file, start, 1000) for start in known[1]}
+    assert rundir.output_hash(file) == rundir.output_hash(file, fresh=True)
