@@ -6,8 +6,9 @@ of the labelled patients; paired bootstrap of the mean per-case (per-series) tes
 from the two ``segmentation/*.parquet`` tables. Goal: a significant positive Δ Dice.
 
 ``prepare``: slices/s of the CT decode into the cache (pixel bytes at the offsets the header pass
-found, HU, window, resize) and of the whole ``prepare rsna-pe`` (header pass, series ordering,
-labels, decode, output hashes) with 2 worker processes, against
+found, HU, window, resize, the cache's block hashes taken as its blocks are done) and of the
+whole ``prepare rsna-pe`` (header pass, series ordering, labels, decode, output hashes) with 2
+worker processes, against
 pydicom reading the same files in a plain loop (pixels to HU), in the same run, at the study's
 512 px and at 224 px. Goal: >= 1.7x. Then the same prepare rerun with nothing changed, redone
 with other labels and redone without the 2.5 mm series, each against the first prepare.
@@ -128,13 +129,15 @@ def bench_prepare(args: argparse.Namespace, tmp: Path) -> None:
     from cxrbench.data.transforms import Preprocess
     from cxrbench.stages.prepare import prepare
 
-    root = tmp / "ct"
-    write_ct_phantoms(root, n_patients=args.ct_patients, size=args.ct_side, seed=0)  # the RSNA STR PE layout
+    root = Path(args.ct_root) if args.ct_root else tmp / "ct"
+    if not args.ct_root:
+        write_ct_phantoms(root, n_patients=args.ct_patients, size=args.ct_side, seed=0)  # the RSNA STR PE layout
     raw = load_dataset("synthetic-ct", root, {"workers": 1})
     paths = raw.frame["path"].tolist()
     layouts = [raw.pixel_layouts.get(p) for p in paths]  # what prepare's header pass hands the decode
     n = len(paths)
-    print(f"{n} slices of {args.ct_side}^2 px in {args.ct_patients} series")
+    side = layouts[0].rows if layouts and layouts[0] is not None else args.ct_side
+    print(f"{n} slices of {side}^2 px in {raw.frame['series_id'].nunique()} series")
     for path in paths:  # page cache warm for every contender, the first timed one included
         Path(path).read_bytes()
 
@@ -199,7 +202,10 @@ def bench_prepare(args: argparse.Namespace, tmp: Path) -> None:
         )
         print(f"  -> {size}^2 cache")
         print(f"    decode, 1 process             : {n / one_s:7.1f} slices/s ({one_s:.2f}s)")
-        print(f"    decode, 2 workers             : {n / two_s:7.1f} slices/s ({two_s:.2f}s wall incl. spawn start-up)")
+        print(
+            f"    decode, 2 workers             : {n / two_s:7.1f} slices/s ({two_s:.2f}s wall incl. spawn start-up "
+            "and block hashes)"
+        )
         print(
             f"    whole prepare, 2 workers      : {n / all_s:7.1f} slices/s ({all_s:.2f}s: headers + decode + tables)"
         )
@@ -240,6 +246,10 @@ def main() -> None:
         help="rsna-pe phantom series (100: 2,352 slices; fewer: spawn start-up dominates)",
     )
     parser.add_argument("--ct-side", type=int, default=512, help="phantom slice side (real CT: 512)")
+    parser.add_argument(
+        "--ct-root",
+        help="time these phantoms (an earlier write_ct_phantoms folder, left unchanged) instead of writing new ones",
+    )
     parser.add_argument(
         "--ct-size", type=int, action="append", help="cache side(s), repeatable (default: 512, the study's, and 224)"
     )
