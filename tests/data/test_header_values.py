@@ -222,3 +222,12 @@ def test_headers_equal_dcmread_on_ct_phantoms(tmp_path, monkeypatch):
     fast, slow = _headers_both_ways(files, monkeypatch)
     assert fast == slow and all(not isinstance(h, str) and h.pixels is not None for h in fast)
     assert all(_read_native(f, 4096) is not None for f in files)
+
+
+def test_headers_equal_dcmread_on_real_dicom_files(realdata, monkeypatch):
+    """The real DICOMs beside the clone (a CR, SIIM's chest radiographs, compressed edge cases)."""
+    files = sorted(str(f) for folder in ("dicom_generic", "siim") for f in (realdata / folder).rglob("*.dcm"))
+    if not files:
+        pytest.skip(f"no DICOM files under {realdata}")
+    fast, slow = _headers_both_ways(files, monkeypatch)
+    assert [f for f, a, b in zip(files, fast, slow, strict=True) if a != b] == []
