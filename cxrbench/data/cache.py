@@ -236,14 +236,16 @@ class _BlockHasher:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        """On success wait for the digests and hand them over; on an error drop them."""
+        """On success wait for the digests and hand over those taken (a block that could not be read
+        is left to ``output_hash``, which says why); on an error drop them."""
         if self.thread is None:
             return
         self.thread.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
-        if exc_type is None and self.digests:
+        taken = {start: f.result() for start, f in self.digests.items() if exc_type is None and not f.exception()}
+        if taken:
             from cxrbench.rundir import remember_block_digests
 
-            remember_block_digests(self.file, self.block, {start: f.result() for start, f in self.digests.items()})
+            remember_block_digests(self.file, self.block, taken)
 
 
 def row_shape(settings: Preprocess, image_format: str | None) -> tuple[int, ...]:

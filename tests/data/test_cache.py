@@ -459,3 +459,25 @@ def test_a_build_hands_its_block_digests_to_the_manifest(tmp_path, monkeypatch, 
     assert known[0][2] == 1000 and sorted(known[1]) == list(range(0, file.stat().st_size, 1000))
     assert known[1] == {start: rundir.block_digest(file, start, 1000) for start in known[1]}
     assert rundir.output_hash(file) == rundir.output_hash(file, fresh=True)
+
+
+def test_a_block_the_hasher_could_not_read_is_left_to_output_hash(tmp_path, monkeypatch):
+    from cxrbench import rundir
+
+    monkeypatch.setattr(rundir, "HASH_BLOCK", 1024)
+    real = rundir.block_digest
+
+    def flaky(path, start, block):
+        if start == 1024:
+            raise OSError("read error")
+        return real(path, start, block)
+
+    file = tmp_path / "images.npy"
+    file.write_bytes(os.urandom(128 + 50 * 100))
+    with monkeypatch.context() as m:
+        m.setattr(rundir, "block_digest", flaky)
+        with cache_mod._BlockHasher(file, 128, 100, 50) as hasher:
+            hasher.update(np.full(50, cache_mod._OK, np.uint8))
+    known = rundir._KNOWN_BLOCKS[(file.stat().st_dev, file.stat().st_ino)][1]
+    assert sorted(known) == [0, 2048, 3072, 4096, 5120]
+    assert rundir.output_hash(file) == rundir.output_hash(file, fresh=True)
