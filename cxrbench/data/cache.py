@@ -241,7 +241,9 @@ class _BlockHasher:
         if self.thread is None:
             return
         self.thread.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
-        taken = {start: f.result() for start, f in self.digests.items() if exc_type is None and not f.exception()}
+        if exc_type is not None:
+            return
+        taken = {start: f.result() for start, f in self.digests.items() if not f.exception()}
         if taken:
             from cxrbench.rundir import remember_block_digests
 
