@@ -126,28 +126,44 @@ def test_file_hash_matches_hashlib(tmp_path):
 def test_output_hash_is_plain_sha256_up_to_a_block_and_a_hash_of_block_hashes_past_it(tmp_path):
     import hashlib
 
+    import blake3
+
     data = os.urandom(10_000)
     (tmp_path / "f").write_bytes(data)
     assert rundir.output_hash(tmp_path / "f", block=10_000) == hashlib.sha256(data).hexdigest()
-    parts = [hashlib.sha256(data[i : i + 3000]).digest() for i in range(0, 10_000, 3000)]  # the last block short
-    expected = "sha256-blocks-3000:" + hashlib.sha256(b"".join(parts)).hexdigest()
+    parts = [blake3.blake3(data[i : i + 3000]).digest() for i in range(0, 10_000, 3000)]  # the last block short
+    expected = "blake3-blocks-3000:" + blake3.blake3(b"".join(parts)).hexdigest()
     assert rundir.output_hash(tmp_path / "f", block=3000) == expected
+    # the scheme of manifests written before BLAKE3: SHA-256 throughout
+    parts = [hashlib.sha256(data[i : i + 3000]).digest() for i in range(0, 10_000, 3000)]
+    older = "sha256-blocks-3000:" + hashlib.sha256(b"".join(parts)).hexdigest()
+    assert rundir.output_hash(tmp_path / "f", block=3000, scheme="sha256-blocks-") == older
 
 
 def test_output_matches_block_hashes_and_older_plain_ones(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(os.urandom(10_000))
     plain, blocks = rundir.file_hash(path), rundir.output_hash(path, block=3000)
-    assert rundir.output_matches(path, plain) and rundir.output_matches(path, blocks)
+    older = rundir.output_hash(path, block=3000, scheme="sha256-blocks-")  # an earlier manifest's
+    assert blocks.startswith("blake3-blocks-3000:") and older.startswith("sha256-blocks-3000:")
+    assert all(rundir.output_matches(path, digest) for digest in (plain, blocks, older))
     other = plain[:-1] + ("1" if plain[-1] == "0" else "0")  # one hex digit changed (random bytes: it may be 0)
-    for bad in ("sha256-blocks-0:" + blocks.split(":")[1], "sha256-blocks-x:" + blocks.split(":")[1], other):
-        assert not rundir.output_matches(path, bad)
+    bad = [
+        f"{scheme}{n}:{digest.split(':')[1]}"
+        for scheme in rundir._SCHEMES
+        for n in ("0", "x")
+        for digest in (blocks, older)
+    ]
+    # a digest read under the other scheme
+    bad += ["sha256-blocks-3000:" + blocks.split(":")[1], "blake3-blocks-3000:" + older.split(":")[1], other]
+    for digest in bad:
+        assert not rundir.output_matches(path, digest)
     with open(path, "r+b") as handle:  # one byte changed inside the third block
         handle.seek(7000)
         byte = handle.read(1)
         handle.seek(7000)
         handle.write(bytes([byte[0] ^ 1]))
-    assert not rundir.output_matches(path, plain) and not rundir.output_matches(path, blocks)
+    assert not any(rundir.output_matches(path, digest) for digest in (plain, blocks, older))
 
 
 def test_a_large_output_gets_a_block_hash_that_verify_and_export_check(tmp_path, monkeypatch):
@@ -161,7 +177,7 @@ def test_a_large_output_gets_a_block_hash_that_verify_and_export_check(tmp_path,
         stage.write_parquet(out, pd.DataFrame({"v": range(1000)}))
     assert out.stat().st_size > 512
     recorded = Manifest.read(tmp_path / "evaluation" / "demo" / "manifest.json").outputs["evaluation/demo/out.parquet"]
-    assert recorded == rundir.output_hash(out, block=512) and recorded.startswith("sha256-blocks-512:")
+    assert recorded == rundir.output_hash(out, block=512) and recorded.startswith("blake3-blocks-512:")
     assert [f.problem for f in verify(tmp_path)] == [None]
     bundle = _Bundle(tmp_path / "bundle")
     bundle.copy(rundir.RunLayout(tmp_path), "evaluation/demo/out.parquet", recorded)
@@ -612,17 +628,21 @@ def test_a_killed_writer_not_yet_reaped_counts_as_gone(tmp_path):
 
 
 def test_remembered_block_digests_are_used_only_while_the_file_is_unchanged(tmp_path):
-    import hashlib
+    import blake3
 
     path = tmp_path / "f"
     data = os.urandom(10_000)
     path.write_bytes(data)
-    parts = [hashlib.sha256(data[i : i + 3000]).digest() for i in range(0, 10_000, 3000)]
-    expected = "sha256-blocks-3000:" + hashlib.sha256(b"".join(parts)).hexdigest()
+    parts = [blake3.blake3(data[i : i + 3000]).digest() for i in range(0, 10_000, 3000)]
+    expected = "blake3-blocks-3000:" + blake3.blake3(b"".join(parts)).hexdigest()
     assert [rundir.block_digest(path, start, 3000) for start in range(0, 10_000, 3000)] == parts
     # wrong digests handed over for two blocks: output_hash takes them (so it did not read those blocks)
     rundir.remember_block_digests(path, 3000, {0: b"x" * 32, 6000: parts[2]})
-    taken = "sha256-blocks-3000:" + hashlib.sha256(b"x" * 32 + b"".join(parts[1:])).hexdigest()
+    taken = "blake3-blocks-3000:" + blake3.blake3(b"x" * 32 + b"".join(parts[1:])).hexdigest()
+    # remembered digests are BLAKE3 ones: an older scheme's hash reads every block
+    assert rundir.output_hash(path, block=3000, scheme="sha256-blocks-") == rundir.output_hash(
+        path, block=3000, scheme="sha256-blocks-", fresh=True
+    )
     assert rundir.output_hash(path, block=3000) == taken
     assert rundir.output_hash(path, block=3000, fresh=True) == expected  # verify's way: every block read
     assert rundir.output_matches(path, expected) and not rundir.output_matches(path, taken)
