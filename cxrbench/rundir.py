@@ -592,9 +592,11 @@ def stale_inputs(manifest: Manifest, current: Mapping[str, str]) -> list[str]:
     return [rel for rel, digest in manifest.inputs.items() if rel in current and current[rel] != digest]
 
 
-def stage_key(stage: str, settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
-    """Hash of the stage name, its settings, its inputs' content hashes and the cxrbench version."""
-    return json_hash({"stage": stage, "settings": settings, "inputs": inputs, "version": __version__})
+def stage_key(stage: str, settings: Mapping[str, Any], inputs: Mapping[str, str], seed: int | None = None) -> str:
+    """Hash of the stage name, its settings, its inputs' content hashes, its seed and the cxrbench
+    version: a stage rerun with another seed (``pretrain --seed 1`` into the same encoder) is not up
+    to date, and two seeds' outputs never share a key."""
+    return json_hash({"stage": stage, "settings": settings, "inputs": inputs, "seed": seed, "version": __version__})
 
 
 def input_hashes(*manifests: Manifest) -> dict[str, str]:
@@ -660,7 +662,7 @@ class Stage:
         self.inputs = {**input_hashes(*inputs), **dict(extra_inputs or {})}
         self.seed = seed
         self.what = what or f"{name} output {self.relative(self.manifest_path.parent)}"
-        self.key = stage_key(name, self.settings, self.inputs)
+        self.key = stage_key(name, self.settings, self.inputs, seed)
         # outputs that check their own validity (the image cache: its image settings, each row's
         # file size and time, its done-mask) and are worth keeping when the stage is redone
         self.keep = {self.relative(path) for path in keep}

@@ -221,6 +221,8 @@ def test_stage_key_depends_on_settings_inputs_and_version(monkeypatch):
     assert base != rundir.stage_key("probe", {"a": 1, "b": 3}, {"x.parquet": "h1"})
     assert base != rundir.stage_key("probe", {"a": 1, "b": 2}, {"x.parquet": "h2"})
     assert base != rundir.stage_key("finetune", {"a": 1, "b": 2}, {"x.parquet": "h1"})
+    seeded = {rundir.stage_key("probe", {"a": 1, "b": 2}, {"x.parquet": "h1"}, seed) for seed in (None, 0, 1)}
+    assert len(seeded) == 3 and base in seeded
     monkeypatch.setattr(rundir, "__version__", "999.0")
     assert base != rundir.stage_key("probe", {"a": 1, "b": 2}, {"x.parquet": "h1"})
 
@@ -274,6 +276,18 @@ def test_stage_skips_when_up_to_date_and_says_so(tmp_path, capsys, monkeypatch):
     assert "up to date" in capsys.readouterr().err
     assert (tmp_path / "demo" / "manifest.json").read_text() == first
     assert pd.read_parquet(tmp_path / "demo" / "out.parquet")["v"].tolist() == [1]
+
+
+def test_another_seed_redoes_the_stage(tmp_path):
+    """``pretrain --seed 1`` into the encoder that seed 0 made was reported up to date, keeping seed 0's."""
+    _run_stage(tmp_path)
+    stage = Stage(tmp_path, "demo", tmp_path / "demo" / "manifest.json", settings={"k": 1}, seed=4)
+    with stage.open() as todo:
+        assert todo
+        stage.write_parquet(tmp_path / "demo" / "out.parquet", pd.DataFrame({"v": [2]}))
+    assert Manifest.read(tmp_path / "demo" / "manifest.json").seed == 4
+    _, did = _run_stage(tmp_path)  # seed 3 again: redone, not taken from seed 4's manifest
+    assert did == 1
 
 
 def test_force_redoes_an_up_to_date_stage(tmp_path):

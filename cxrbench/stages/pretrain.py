@@ -140,7 +140,9 @@ def pretrain(
         elif not texts:
             method = method_cls(encoder, **options, **({"channels": prepared.channels} if shape else {}))
         rows = train_rows["cache_index"].to_numpy(dtype=np.int64)
-        steps = method.phases() * config.epochs * (len(rows) // max(min(config.batch_size, len(rows)), 1))
+        batch = max(min(config.batch_size, len(rows)), 1)
+        per_epoch = len(rows) // batch if method.drop_last else -(-len(rows) // batch)  # as the loader batches
+        steps = method.phases() * config.epochs * per_epoch
         bar = progress(steps, f"pretrain {name}") if dist.is_main else None
         with bar if bar is not None else contextlib.nullcontext(lambda n=1: None) as advance:
             return pretrain_loop(
