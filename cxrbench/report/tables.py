@@ -279,6 +279,42 @@ def footnote(
     )
 
 
+def seeds_table(pooled: pd.DataFrame, *, baseline: str) -> pd.DataFrame:
+    """The human table of ``compare_over_seeds`` rows (with a ``dataset`` column): one row per dataset x
+    encoder x adaptation x fraction, macro-mean AUC over its seeds against ``baseline``'s."""
+    require_columns(pooled, ["dataset", "encoder", "adaptation", "fraction", "seeds", "auc", "delta"], name="pooled")
+    rows = []
+    for r in pooled.itertuples(index=False):
+        delta = fmt_ci(r.delta, r.delta_ci_low, r.delta_ci_high)
+        rows.append(
+            {
+                "dataset": r.dataset,
+                "encoder": r.encoder,
+                "adaptation": r.adaptation,
+                "fraction": _fmt_fraction(r.fraction),
+                "seeds": str(int(r.seeds)),
+                "mean AUC [95% CI]": fmt_ci(r.auc, r.auc_ci_low, r.auc_ci_high),
+                f"{baseline} mean AUC": fmt_num(r.baseline_auc),
+                "Δ AUC [95% CI]": delta + (MARKER if bool(r.significant) else ""),
+                "p": fmt_num(r.p_value),
+                "p adjusted": fmt_num(r.p_adjusted),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def seeds_footnote(*, n_boot: int, seed: int, correction: str, alpha: float, cluster: str) -> str:
+    """The footnote of ``seeds_table``: what is averaged and what the CI covers."""
+    unit = "images" if cluster in ("", "none", "image") else cluster
+    return (
+        f"Macro-mean test AUC averaged over the seeds each model ran with (its label subsets), against the "
+        f"baseline's twin models of the same seeds. CI and p from {n_boot} paired bootstrap replicates of the test "
+        f"set (resampled by {unit}; seed {seed}), each replicate averaged over the seeds: they cover the test "
+        f"sample, with the seeds held fixed. p-values adjusted over these rows ({_CORRECTIONS.get(correction, correction)}); {MARKER} marks "
+        f"differences significant at alpha = {float(alpha):g}."
+    )
+
+
 # --------------------------------------------------------------------------- rendering
 
 

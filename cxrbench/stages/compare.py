@@ -42,6 +42,7 @@ def compare(
     from cxrbench.report.tables import dataset_table, footnote, render, summary_table
     from cxrbench.stages.segment_results import compare_segmentation_outputs, segmentation_files
     from cxrbench.stats.engine import compare as compare_dataset
+    from cxrbench.stats.engine import compare_over_seeds
 
     layout = layout_of(run)
     metrics, metrics_manifest = load_metrics(layout)
@@ -73,6 +74,7 @@ def compare(
         if todo:
             note = footnote(test=test, n_boot=n_boot, seed=seed, correction=correction, alpha=alpha, cluster=cluster)
             comparisons: dict[str, pd.DataFrame] = {}
+            over_seeds: list[pd.DataFrame] = []  # each dataset's models that ran with several seeds
             plot_jobs: list = []
             loaded = (
                 load_predictions(files, check=True, hashes=[hashes[layout.relative(p)] for p in files]) if files else {}
@@ -101,6 +103,18 @@ def compare(
                         "its AUCs and ROC curves are reported, with no differences to test"
                     )
                 comparisons[dataset] = table
+                pooled = compare_over_seeds(
+                    checked,
+                    baseline=baseline,
+                    n_boot=n_boot,
+                    seed=seed,
+                    cluster=cluster,
+                    correction=correction,
+                    alpha=alpha,
+                    cache=layout.replicates(dataset),
+                )
+                if not pooled.empty:
+                    over_seeds.append(pooled.assign(dataset=dataset))
                 stage.write_parquet(home / f"{group_stem(dataset)}.parquet", table)
                 human = dataset_table(table, metrics[metrics["dataset"] == dataset], dataset=dataset, baseline=baseline)
                 caption = f"{dataset}: AUC [95% CI] and difference vs {baseline}"
@@ -148,7 +162,27 @@ def compare(
                     "(add another encoder's predictions, then evaluate and compare again)"
                 )
             _write_external_view(stage, home, files, loaded, n_boot=n_boot, seed=seed, cluster=cluster)
+            if over_seeds:
+                _write_seeds_view(
+                    stage, home, over_seeds, baseline=baseline, n_boot=n_boot, seed=seed, cluster=cluster,
+                    correction=correction, alpha=alpha,
+                )  # fmt: skip
     return stage.manifest
+
+
+def _write_seeds_view(stage: Stage, home: Path, parts: list[pd.DataFrame], *, baseline: str, **options) -> None:
+    """``comparisons/seeds.*``: the mean over seeds (label subsets) of every model that ran with several,
+    against the baseline's same seeds (``compare_over_seeds``; adjusted per dataset)."""
+    from cxrbench.report.tables import render, seeds_footnote, seeds_table
+    from cxrbench.stats.engine import SEEDS_COLUMNS
+
+    pooled = pd.concat(parts, ignore_index=True)[["dataset", *SEEDS_COLUMNS]]
+    stage.write_parquet(home / "seeds.parquet", pooled)
+    human = seeds_table(pooled, baseline=baseline)
+    caption = f"Mean over seeds (label subsets): macro-mean AUC [95% CI] and difference vs {baseline}"
+    note = seeds_footnote(**options)
+    for fmt in FORMATS:
+        stage.write_text(home / f"seeds.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
 
 
 def _write_external_view(stage: Stage, home: Path, files, loaded, *, n_boot: int, seed: int, cluster: str) -> None:

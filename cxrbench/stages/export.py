@@ -444,6 +444,15 @@ def _page(
                 figures=figures,
             )
         )
+    if bundle.has("comparisons/seeds.html"):  # models run with several seeds: their mean over seeds
+        sections.append(
+            site.Section(
+                title="Mean over seeds",
+                table_html=bundle.read("comparisons/seeds.html"),
+                note="Each model's macro-mean AUC averaged over the seeds (label subsets) it ran with.",
+                downloads=_downloads(bundle, "comparisons/seeds"),
+            )
+        )
     others = [
         _figure(bundle, rel.removesuffix(".png"), Path(rel).stem)
         for rel in sorted(bundle.files)

@@ -567,6 +567,17 @@ def _metric_reps(cell: _Cell, dropped: np.ndarray) -> tuple[dict[str, float], di
     return point, reps
 
 
+def _model_macro(run: _Run, model: tuple) -> tuple[float, np.ndarray, list[str]]:
+    """``_macro`` of one model's test AUCs over the labels with both classes in test."""
+    return _macro(
+        {
+            label: (run.cells[(model, label)].point["auc"], run.cells[(model, label)].reps["auc"])
+            for label in run.labels
+            if label not in run.degenerate
+        }
+    )
+
+
 def _macro(per_label: dict[str, tuple[float, np.ndarray]]) -> tuple[float, np.ndarray, list[str]]:
     """Return the macro mean, its per-replicate means (NaN where any label dropped) and the labels used."""
     used = [lab for lab, (v, _) in per_label.items() if not np.isnan(v)]
@@ -690,8 +701,6 @@ def compare(
         if twin not in present:
             warnings.append(f"{_name(model)}: no baseline model {_name(twin)}; skipped")
             continue
-        per_label: dict[str, tuple[float, np.ndarray]] = {}
-        base_label: dict[str, tuple[float, np.ndarray]] = {}
         for label in run.labels:
             y = run.label_y[label]
             row = dict(zip(MODEL_KEYS, model, strict=True))
@@ -716,10 +725,8 @@ def compare(
                 dlo, dhi = percentile_ci(diff, ci=ci)
                 row.update(delta_ci_low=dlo, delta_ci_high=dhi, p_value=bootstrap_pvalue(diff))
             rows.append(row)
-            per_label[label] = (a.point["auc"], ra)
-            base_label[label] = (b.point["auc"], rb)
-        value, reps, used = _macro(per_label)
-        base_value, base_reps, _ = _macro(base_label)
+        value, reps, used = _model_macro(run, model)
+        base_value, base_reps, _ = _model_macro(run, twin)
         row = dict(zip(MODEL_KEYS, model, strict=True))
         row.update(
             label=MEAN,
@@ -747,3 +754,76 @@ def compare(
         out.loc[fam, "p_adjusted"] = adjust_pvalues(out.loc[fam, "p_value"].to_numpy(), method=correction)
     out["significant"] = (out["p_adjusted"] < alpha).astype(bool)
     return out.astype({"n_pos": "int64", "n_neg": "int64"}), warnings
+
+
+SEEDS_COLUMNS = [
+    "encoder", "adaptation", "fraction", "seeds", "label", "auc", "auc_ci_low", "auc_ci_high", "baseline_auc",
+    "delta", "delta_ci_low", "delta_ci_high", "p_value", "p_adjusted", "significant",
+]  # fmt: skip
+
+
+def compare_over_seeds(
+    preds: pd.DataFrame | CheckedPredictions,
+    *,
+    baseline: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    cluster: Literal["image", "patient"] = "image",
+    correction: Literal["bh", "holm", "none"] = "bh",
+    alpha: float = 0.05,
+    ci: float = 0.95,
+    device: str | None = None,
+    cache: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Macro-mean test AUC of every encoder x adaptation x fraction that ran with several seeds
+    (label subsets of a label-efficiency run), averaged over those seeds, against the baseline's
+    twins (same adaptation, fraction and seed) averaged over the same seeds.
+
+    One test can be lucky in which few patients it labels; the mean over subsets is what a
+    label-efficiency claim is about. Its CI and p-value come from the same paired bootstrap
+    replicates as ``compare`` (each replicate's macro means averaged over the seeds, so the test set
+    is resampled and the seeds are held fixed); ``p_adjusted`` corrects these rows as one family.
+    Groups with fewer than two seeds that have twins get no row (an empty frame when none has)."""
+    if correction not in METHODS:
+        raise CxrbenchError(f"correction must be one of {', '.join(METHODS)}; got {correction!r}")
+    run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=False, cache=cache)
+    present = set(run.models)
+    groups: dict[tuple, list[tuple[tuple, tuple]]] = {}
+    for model in run.models:
+        twin = (baseline, *model[1:])
+        if model[0] != baseline and twin in present:
+            groups.setdefault(model[:3], []).append((model, twin))
+    testable = {
+        label
+        for label in run.labels
+        if label not in run.degenerate
+        and min(int(run.label_y[label].sum()), int((~run.label_y[label]).sum())) >= MIN_TEST_CASES
+    }
+    rows = []
+    for (encoder, adaptation, fraction), pairs in groups.items():
+        if len(pairs) < 2:
+            continue
+        ours = [_model_macro(run, model) for model, _ in pairs]
+        theirs = [_model_macro(run, twin) for _, twin in pairs]
+        if not all(used for *_, used in ours + theirs):
+            continue
+        reps = np.mean(np.vstack([r for _, r, _ in ours]), axis=0)
+        base_reps = np.mean(np.vstack([r for _, r, _ in theirs]), axis=0)
+        value = float(np.mean([v for v, _, _ in ours]))
+        base_value = float(np.mean([v for v, _, _ in theirs]))
+        lo, hi = percentile_ci(reps, ci=ci)
+        row = {
+            "encoder": encoder, "adaptation": adaptation, "fraction": fraction, "seeds": len(pairs), "label": MEAN,
+            "auc": value, "auc_ci_low": lo, "auc_ci_high": hi, "baseline_auc": base_value, "delta": value - base_value,
+        }  # fmt: skip
+        if any(testable.intersection(used) for *_, used in ours):
+            diff = reps - base_reps
+            dlo, dhi = percentile_ci(diff, ci=ci)
+            row.update(delta_ci_low=dlo, delta_ci_high=dhi, p_value=bootstrap_pvalue(diff))
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=SEEDS_COLUMNS)
+    for col in SEEDS_COLUMNS[5:-1]:
+        out[col] = out[col].astype(float)
+    out["p_adjusted"] = adjust_pvalues(out["p_value"].to_numpy(), method=correction) if len(out) else np.nan
+    out["significant"] = (out["p_adjusted"] < alpha).astype(bool)
+    return out.astype({"seeds": "int64"})

@@ -29,6 +29,7 @@ encoders = ["random", "simclr"]
 baseline = "random"
 adaptations = ["probe"]
 fractions = [0.5, 1.0]
+seeds = [0, 1]
 arch = "resnet10t"
 [suites.tiny.prepare.synthetic]
 n_patients = 80
@@ -58,7 +59,7 @@ CHROMIUM_FLAGS = (
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(run, config) of the tiny suite run to the end: 2 encoders x 2 label fractions, probe only."""
+    """(run, config) of the tiny suite run to the end: 2 encoders x 2 label fractions x 2 seeds, probe only."""
     import torch
 
     home = tmp_path_factory.mktemp("export")
@@ -196,7 +197,7 @@ def test_export_with_predictions_copies_them(finished, tmp_path: Path) -> None:
     cli(*_export_args(finished, out), "--predictions")
     copied = sorted(p.relative_to(out).as_posix() for p in (out / "predictions").rglob("*.parquet"))
     assert copied == sorted(p.relative_to(run).as_posix() for p in (run / "predictions").rglob("*.parquet"))
-    assert len(copied) == 4
+    assert len(copied) == 8
     for rel in copied:
         assert (out / rel).read_bytes() == (run / rel).read_bytes()
 
@@ -399,35 +400,51 @@ def test_tables_show_the_parquet_numbers(rendered, finished) -> None:
     assert all(t["visible"] for t in tables.values())
     table = tables["synthetic: AUC [95% CI] and difference vs random"]
     head = table["head"]
-    assert head[:4] == ["encoder", "adaptation", "fraction", "statistic"] and head[-1] == "mean"
-    rows = {tuple(r[:4]): dict(zip(head[4:], r[4:], strict=True)) for r in table["rows"]}
+    assert head[:5] == ["encoder", "adaptation", "fraction", "seed", "statistic"] and head[-1] == "mean"
+    rows = {tuple(r[:5]): dict(zip(head[5:], r[5:], strict=True)) for r in table["rows"]}
 
     comparison = pd.read_parquet(run / "comparisons/synthetic.parquet")
-    assert len(comparison) == 2 * 6  # simclr at two fractions x (5 findings + mean)
+    assert len(comparison) == 2 * 2 * 6  # simclr at two fractions x two seeds x (5 findings + mean)
     for rec in comparison.itertuples():
-        key = (rec.encoder, rec.adaptation, f"{rec.fraction:g}")
+        key = (rec.encoder, rec.adaptation, f"{rec.fraction:g}", str(rec.seed))
         assert rows[(*key, "AUC [CI]")][rec.label] == _cell(rec.auc, rec.auc_ci_low, rec.auc_ci_high)
         delta = _cell(rec.delta, rec.delta_ci_low, rec.delta_ci_high, rec.significant)
         assert rows[(*key, "Δ AUC [CI]")][rec.label] == delta
     metrics = pd.read_parquet(run / "evaluation/metrics.parquet")
     base = metrics[(metrics["encoder"] == "random") & (metrics["metric"] == "auc")]
-    assert len(base) == 12
+    assert len(base) == 24
     for rec in base.itertuples():
-        key = ("random", rec.adaptation, f"{rec.fraction:g}", "AUC [CI]")
+        key = ("random", rec.adaptation, f"{rec.fraction:g}", str(rec.seed), "AUC [CI]")
         assert rows[key][rec.label] == _cell(rec.value, rec.ci_low, rec.ci_high)
 
     summary = tables["Maximum improvement over random"]
     assert summary["head"] == ["dataset", "random AUC (probe)", "best (probe)", "max Δ AUC (probe)"]
     full = comparison[(comparison["label"] == "mean") & (comparison["fraction"] == 1.0)]
     best = full.loc[full["delta"].idxmax()]
-    base_full = base[(base["label"] == "mean") & (base["fraction"] == 1.0)].iloc[0]
+    base_full = base[(base["label"] == "mean") & (base["fraction"] == 1.0) & (base["seed"] == best["seed"])].iloc[0]
     expected = [
         "synthetic",
         _cell(base_full["value"], base_full["ci_low"], base_full["ci_high"]),
-        best["encoder"],
+        f"{best['encoder']} (seed {best['seed']})",
         _cell(best["delta"], best["delta_ci_low"], best["delta_ci_high"], best["significant"]),
     ]
     assert summary["rows"] == [expected]
+
+    # the mean over the two seeds of each fraction
+    seeds = tables["Mean over seeds (label subsets): macro-mean AUC [95% CI] and difference vs random"]
+    pooled = pd.read_parquet(run / "comparisons/seeds.parquet")
+    assert len(pooled) == 2 and set(pooled["seeds"]) == {2}
+    for rec in pooled.itertuples():
+        per_seed = (
+            full
+            if rec.fraction == 1.0
+            else comparison[(comparison["label"] == "mean") & (comparison["fraction"] == rec.fraction)]
+        )
+        assert abs(rec.delta - per_seed["delta"].mean()) < 1e-12
+        row = next(r for r in seeds["rows"] if r[3] == f"{rec.fraction:g}")
+        assert row[:3] == ["synthetic", "simclr", "probe"] and row[4] == "2"
+        assert row[5] == _cell(rec.auc, rec.auc_ci_low, rec.auc_ci_high)
+        assert row[7] == _cell(rec.delta, rec.delta_ci_low, rec.delta_ci_high, rec.significant)
     assert shown["scripts"] == 1 and shown["title"] == "cxrbench suite tiny"
 
 

@@ -12,7 +12,13 @@ from tests.stages.conftest import cli
 
 
 def _write(
-    run: Path, encoder: str, scores: np.ndarray, y: np.ndarray, patients: np.ndarray, dataset: str = "external"
+    run: Path,
+    encoder: str,
+    scores: np.ndarray,
+    y: np.ndarray,
+    patients: np.ndarray,
+    dataset: str = "external",
+    name: str = "probe",
 ) -> None:
     n = len(y)
     frame = pd.DataFrame(
@@ -25,8 +31,8 @@ def _write(
             "y_score": np.concatenate([scores, scores]),
         }
     )
-    path = run / "predictions" / dataset / encoder / "probe.parquet"
-    path.parent.mkdir(parents=True)
+    path = run / "predictions" / dataset / encoder / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path)
 
 
@@ -118,3 +124,45 @@ def test_predictions_are_read_and_checked_once_per_process(tmp_path: Path, monke
     frame.to_parquet(path)
     evaluate_stage.evaluate(run, n_boot=20)
     assert calls == {"read": 4, "validate": 2}
+
+
+def test_models_with_several_seeds_get_a_mean_over_seeds_table(tmp_path: Path) -> None:
+    """Label-efficiency runs (``probe-f0.10-s0``, ``-s1``, ...) get ``comparisons/seeds.*``: each
+    encoder's macro AUC averaged over its seeds against the baseline's same seeds."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 200)
+    patients = np.array([f"p{i}" for i in range(200)])
+    run = tmp_path / "run"
+    deltas = []
+    for seed in range(3):
+        base, mine = y + rng.normal(0, 2.0, 200), y + rng.normal(0, 1.0, 200)
+        for encoder, scores in (("imagenet", base), ("mine", mine)):
+            _write(run, encoder, scores, y, patients, dataset="ext", name=f"probe-f0.10-s{seed}")
+        deltas.append(roc_auc_score(y, mine) - roc_auc_score(y, base))
+    cli("evaluate", "--n-boot", "200", "--run", str(run))
+    cli("compare", "--baseline", "imagenet", "--n-boot", "200", "--no-plots", "--run", str(run))
+    per_seed = pd.read_parquet(run / "comparisons/ext.parquet")
+    assert sorted(per_seed.loc[per_seed["label"] == "mean", "seed"]) == [0, 1, 2]
+    pooled = pd.read_parquet(run / "comparisons/seeds.parquet")
+    assert len(pooled) == 1
+    row = pooled.iloc[0]
+    assert (row["dataset"], row["encoder"], row["adaptation"], row["seeds"]) == ("ext", "mine", "probe", 3)
+    assert abs(row["fraction"] - 0.1) < 1e-12
+    assert abs(row["delta"] - np.mean(deltas)) < 1e-12
+    assert row["delta_ci_low"] < row["delta"] < row["delta_ci_high"] and row["significant"]
+    text = (run / "comparisons/seeds.md").read_text()
+    assert "Mean over seeds" in text and f"{np.mean(deltas):.3f}" in text
+    for fmt in ("csv", "tex", "html"):
+        assert (run / "comparisons" / f"seeds.{fmt}").is_file()
+
+
+def test_no_mean_over_seeds_table_without_repeated_seeds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 100)
+    patients = np.array([f"p{i}" for i in range(100)])
+    run = tmp_path / "run"
+    _write(run, "imagenet", y + rng.normal(0, 2.0, 100), y, patients)
+    _write(run, "mine", y + rng.normal(0, 1.0, 100), y, patients)
+    cli("evaluate", "--n-boot", "50", "--run", str(run))
+    cli("compare", "--baseline", "imagenet", "--n-boot", "50", "--no-plots", "--run", str(run))
+    assert not list((run / "comparisons").glob("seeds.*"))

@@ -417,3 +417,94 @@ def test_bootstrap_threads_do_not_change_a_bit(monkeypatch):
         results.append((evaluate(df, n_boot=300, seed=2), compare(df, baseline="imagenet", n_boot=300, seed=2)))
     for a, b in zip(*results, strict=True):
         _same(a, b)
+
+
+def _seeded(n=80, labels=("a", "b"), seeds=(0, 1, 2), effects=None, rng_seed=5):
+    """One test/val set; each (encoder, fraction, seed) its own scores (``effects``: the score shift
+    given to positives)."""
+    rng = np.random.default_rng(rng_seed)
+    effects = effects or {"random": 0.3, "ssl": 0.9}
+    frames = []
+    for split, m in (("test", n), ("val", 30)):
+        ids = [f"{split}{i}" for i in range(m)]
+        for lab in labels:
+            y = (rng.random(m) < 0.4).astype(float)
+            y[:2] = [0.0, 1.0]
+            for fraction, fraction_seeds in ((0.1, seeds), (1.0, (0,))):
+                for seed in fraction_seeds:
+                    for enc, effect in effects.items():
+                        score = np.round(y * effect + rng.normal(size=m), 2)
+                        frames.append(
+                            pd.DataFrame(
+                                dict(encoder=enc, adaptation="probe", fraction=fraction, seed=seed, sample_id=ids,
+                                     patient_id=ids, split=split, label=lab, y_true=y, y_score=score)
+                            )
+                        )  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_compare_over_seeds_matches_sklearn_on_the_same_resamples():
+    from cxrbench.stats.engine import SEEDS_COLUMNS, compare_over_seeds
+
+    df = _seeded()
+    out = compare_over_seeds(df, baseline="random", n_boot=60, seed=3)
+    assert list(out.columns) == SEEDS_COLUMNS
+    # only the 10 % group has several seeds; fraction 1.0 ran with one
+    assert len(out) == 1 and out.iloc[0][["encoder", "fraction", "seeds", "label"]].tolist() == ["ssl", 0.1, 3, "mean"]
+    row = out.iloc[0]
+    counts = bootstrap_counts(80, n_boot=60, seed=3)
+
+    def macro(enc, seed, idx=None):
+        aucs = []
+        for lab in ("a", "b"):
+            g = df[(df.encoder == enc) & (df.fraction == 0.1) & (df.seed == seed) & (df.label == lab)]
+            g = g[g.split == "test"]
+            y, s = g.y_true.to_numpy(), g.y_score.to_numpy()
+            if idx is not None:
+                y, s = y[idx], s[idx]
+            aucs.append(roc_auc_score(y, s) if np.unique(y).size == 2 else np.nan)
+        return np.mean(aucs)
+
+    assert row.auc == pytest.approx(np.mean([macro("ssl", k) for k in (0, 1, 2)]), abs=1e-12)
+    assert row.baseline_auc == pytest.approx(np.mean([macro("random", k) for k in (0, 1, 2)]), abs=1e-12)
+    diffs = []
+    for c in counts:
+        idx = np.repeat(np.arange(80), c)
+        diffs.append(np.mean([macro("ssl", k, idx) - macro("random", k, idx) for k in (0, 1, 2)]))
+    assert (row.delta_ci_low, row.delta_ci_high) == pytest.approx(percentile_ci(diffs), abs=1e-12)
+    assert row.p_value == pytest.approx(bootstrap_pvalue(diffs), abs=1e-12)
+    assert row.p_adjusted == row.p_value and bool(row.significant) == (row.p_value < 0.05)
+    # each seed's own comparison: the pooled delta is the mean of theirs
+    per_seed, _ = compare(df, baseline="random", n_boot=60, seed=3)
+    deltas = per_seed[(per_seed.label == "mean") & (per_seed.fraction == 0.1)].delta
+    assert len(deltas) == 3 and row.delta == pytest.approx(deltas.mean(), abs=1e-12)
+
+
+def test_compare_over_seeds_of_one_repeated_seed_equals_its_comparison_and_bh_spans_the_rows():
+    from statsmodels.stats.multitest import multipletests
+
+    from cxrbench.stats.engine import compare_over_seeds
+
+    df = _seeded(seeds=(0,), effects={"random": 0.3, "ssl": 1.5, "other": 0.35})
+    again = df[df.fraction == 0.1].assign(seed=1)  # the same predictions under a second seed
+    df = pd.concat([df, again], ignore_index=True)
+    pooled = compare_over_seeds(df, baseline="random", n_boot=80)
+    single, _ = compare(df[df.seed == 0], baseline="random", n_boot=80)
+    single = single[(single.label == "mean") & (single.fraction == 0.1)].set_index("encoder")
+    pooled = pooled.set_index("encoder")
+    assert sorted(pooled.index) == ["other", "ssl"] and set(pooled.seeds) == {2}
+    for enc in ("ssl", "other"):
+        for col in ("auc", "auc_ci_low", "auc_ci_high", "delta", "delta_ci_low", "delta_ci_high", "p_value"):
+            assert pooled.loc[enc, col] == pytest.approx(single.loc[enc, col], abs=1e-12), (enc, col)
+    expected = multipletests(pooled.p_value.to_numpy(), method="fdr_bh")[1]
+    np.testing.assert_allclose(pooled.p_adjusted.to_numpy(), expected, atol=1e-12)
+    assert pooled.loc["ssl", "significant"] and pooled.loc["ssl", "delta"] > 0.1
+
+
+def test_compare_over_seeds_is_empty_without_repeated_seeds():
+    from cxrbench.stats.engine import SEEDS_COLUMNS, compare_over_seeds
+
+    out = compare_over_seeds(make(), baseline="imagenet", n_boot=20)
+    assert out.empty and list(out.columns) == SEEDS_COLUMNS
+    with pytest.raises(CxrbenchError, match="correction"):
+        compare_over_seeds(make(), baseline="imagenet", correction="nope")
