@@ -528,7 +528,8 @@ def _readme(suite: Suite, *, predictions: bool) -> str:
         f"Results of the cxrbench suite '{suite.name}' (cxrbench {__version__}).",
         "",
         "index.html             the whole suite in a browser (works offline; open it from this folder)",
-        "comparisons/           per-dataset significance tables (.parquet, .csv, .md, .tex, .html) and summary.*",
+        "comparisons/           per-dataset significance tables (.parquet, .csv, .md, .tex, .html), summary.*, and seeds.*"
+        " (the mean over seeds, when models ran with several)",
         "comparisons/plots/     forest, ROC and label-efficiency plots (.png, .pdf)",
         "evaluation/            metrics.parquet (+ .csv): every metric with its bootstrap CI",
         *(["predictions/           each encoder's val and test predictions"] if predictions else []),

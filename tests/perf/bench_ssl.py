@@ -97,9 +97,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # compared with random init of that ViT, in a run of its own (``RUN-ARCH`` beside the run)
     "mae": {"arch": "vit_small_patch8_224"},
     # DINO's 8 local crops (5-40 % of the image) mostly miss the phantoms' findings (a nodule, an
-    # effusion at a base, a pneumothorax at an apex), and predicting the teacher's view of the whole
-    # image from them taught features that ignore the findings: +0.032 at 10 % labels with them,
-    # +0.064 (p 0.016) with the two global crops only (session 9)
+    # effusion at a base, a pneumothorax at an apex): -0.053 at 10 % labels with them, +0.003 (n.s.)
+    # with the two global crops only (five label subsets, session 10)
     "dino": {"options": {"local_crops": 0}},
 }
 
