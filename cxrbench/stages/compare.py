@@ -84,17 +84,11 @@ def compare(
                 if baseline not in set(preds["encoder"].unique()):
                     info(f"[yellow]skipping {dataset}: no predictions of baseline '{baseline}'[/]")
                     continue
-                table, notes = compare_dataset(
-                    checked,
-                    baseline=baseline,
-                    n_boot=n_boot,
-                    seed=seed,
-                    cluster=cluster,
-                    test=test,
-                    correction=correction,
-                    alpha=alpha,
+                options = dict(
+                    baseline=baseline, n_boot=n_boot, seed=seed, cluster=cluster, correction=correction, alpha=alpha,
                     cache=layout.replicates(dataset),
-                )
+                )  # fmt: skip
+                table, notes = compare_dataset(checked, test=test, **options)
                 for message in notes:
                     info(f"[yellow]warning:[/] {dataset}: {message}")
                 if table.empty:
@@ -103,16 +97,7 @@ def compare(
                         "its AUCs and ROC curves are reported, with no differences to test"
                     )
                 comparisons[dataset] = table
-                pooled = compare_over_seeds(
-                    checked,
-                    baseline=baseline,
-                    n_boot=n_boot,
-                    seed=seed,
-                    cluster=cluster,
-                    correction=correction,
-                    alpha=alpha,
-                    cache=layout.replicates(dataset),
-                )
+                pooled = compare_over_seeds(checked, **options)  # models run with several seeds
                 if not pooled.empty:
                     over_seeds.append(pooled.assign(dataset=dataset))
                 stage.write_parquet(home / f"{group_stem(dataset)}.parquet", table)
