@@ -132,6 +132,7 @@ class Decoder(nn.Module):
             )
         self.compress = nn.Conv2d(in_dim, code_dim, kernel_size=1)
         self.quantizer = VectorQuantizer(codes, code_dim, beta=beta) if quantize else None
+        self._warned = False
         self.expand = nn.Sequential(
             nn.Conv2d(code_dim, width, kernel_size=3, padding=1), *[_Residual(width) for _ in range(blocks)], nn.ReLU()
         )
@@ -147,6 +148,15 @@ class Decoder(nn.Module):
         z = self.compress(token_grid(tokens))
         if self.quantizer is None:
             return z, z.new_zeros(z.shape[0], dtype=torch.float32)
+        if z.shape[-2:] == (1, 1) and not self._warned:
+            from cxrbench.console import info
+
+            self._warned = True  # once: the bench on 32-px phantoms found such a code worse than none
+            info(
+                f"[yellow]warning:[/] the encoder's token map is 1 x 1 at this input size, so the vector-quantised "
+                f"code passes one of {self.quantizer.codebook.num_embeddings} codes per image to the decoder; "
+                "larger images or --option quantize=false keep more of each image"
+            )
         return self.quantizer(z)
 
     def reconstruct(self, encoder: nn.Module, x: torch.Tensor) -> Decoded:

@@ -101,3 +101,19 @@ def test_token_grid_keeps_the_row_major_patch_layout() -> None:
     patches = torch.arange(2 * 9 * 3, dtype=torch.float).view(2, 9, 3)
     grid = token_grid(torch.cat([torch.zeros(2, 2, 3), patches], dim=1))  # two prefix tokens dropped
     torch.testing.assert_close(grid[:, :, 2, 0], patches[:, 6])
+
+
+def test_a_one_code_map_is_warned_about_once(capsys, monkeypatch) -> None:
+    """A 1 x 1 token map (resnet10t at 32 px) gives the quantised code one of ``codes`` values per image."""
+    monkeypatch.delenv("CXRBENCH_QUIET", raising=False)
+    torch.manual_seed(0)
+    decoder = Decoder(6, steps=2, width=16, code_dim=4, quantize=True, codes=8)
+    for _ in range(2):
+        decoder(torch.randn(2, 1 + 1, 6), (4, 4))  # a class token and one patch: a 1 x 1 map
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "one of 8 codes per image" in err and "quantize=false" in err
+    for quantize, grid in ((True, 2), (False, 1)):  # a 2 x 2 map, or a continuous code: nothing to say
+        Decoder(6, steps=1, width=16, code_dim=4, quantize=quantize, codes=8)(
+            torch.randn(2, 1 + grid * grid, 6), (4, 4)
+        )
+    assert "warning" not in capsys.readouterr().err
