@@ -306,11 +306,12 @@ def seeds_table(pooled: pd.DataFrame, *, baseline: str) -> pd.DataFrame:
 def seeds_footnote(*, n_boot: int, seed: int, correction: str, alpha: float, cluster: str) -> str:
     """The footnote of ``seeds_table``: what is averaged and what the CI covers."""
     unit = "images" if cluster in ("", "none", "image") else cluster
+    adjusted = _CORRECTIONS.get(correction, correction)
     return (
         f"Macro-mean test AUC averaged over the seeds each model ran with (its label subsets), against the "
         f"baseline's twin models of the same seeds. CI and p from {n_boot} paired bootstrap replicates of the test "
         f"set (resampled by {unit}; seed {seed}), each replicate averaged over the seeds: they cover the test "
-        f"sample, with the seeds held fixed. p-values adjusted over these rows ({_CORRECTIONS.get(correction, correction)}); {MARKER} marks "
+        f"sample, with the seeds held fixed. p-values adjusted over these rows ({adjusted}); {MARKER} marks "
         f"differences significant at alpha = {float(alpha):g}."
     )
 
