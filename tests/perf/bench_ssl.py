@@ -77,7 +77,7 @@ QUICK = Budget(
     quick=True,
 )
 
-#: Per-method departures from the budget (keys of ``Budget``: epochs, batch_size, lr, options).
+#: Per-method departures from the budget (keys of ``Budget``: arch, size, epochs, batch_size, lr, options).
 #: Methods not listed, such as ones added later, get the default budget.
 SETTINGS: dict[str, dict[str, Any]] = {
     # MoCo v2's 65536-key queue and 0.999 momentum suit 200 ImageNet epochs; in a 60-step budget the
@@ -101,6 +101,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # with the two global crops only; and its paper's lr (5e-4 x 64/256) suits 100 ImageNet epochs,
     # not 240 steps: at 1e-3, as the other SSL methods get, +0.023 (p 0.002; five subsets, session 10)
     "dino": {"lr": 1e-3, "options": {"local_crops": 0}},
+    # at 32 px resnet10t's token map is 1 x 1, so the chest CT study's vector-quantised code is one of
+    # 512 codes per image: masked -0.053 at 10 % labels (-0.012 with a continuous code); at 64 px
+    # with a continuous code +0.044 (p 0.002; with the quantiser +0.002). Its own run, at 64 px
+    "masked": {"size": 64, "options": {"quantize": False}},
 }
 
 
@@ -113,11 +117,11 @@ def image_methods() -> list[str]:
 
 
 def settings_for(method: str, budget: Budget) -> Budget:
-    """The budget of one method: the default with its ``SETTINGS`` entry (arch, epochs, batch_size,
-    lr, options) applied; quick runs take only its arch, lr and options."""
+    """The budget of one method: the default with its ``SETTINGS`` entry (arch, size, epochs,
+    batch_size, lr, options) applied; quick runs take only its arch, size, lr and options."""
     own = dict(SETTINGS.get(method, {}))
     if budget.quick:
-        own = {k: v for k, v in own.items() if k in ("arch", "lr", "options")}
+        own = {k: v for k, v in own.items() if k in ("arch", "size", "lr", "options")}
     return replace(budget, **own)
 
 
@@ -154,31 +158,36 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
     """Every stage of the benchmark in ``run`` (reused where up to date); returns the macro-mean rows of
     the comparisons (``mean``), each method's images/s (``speeds``) and pretrain seconds (``seconds``).
 
-    Methods on the budget's architecture share ``run`` and its ``random`` baseline; a method with an
-    architecture of its own (``SETTINGS``) is compared with random init of that one in the run
-    ``RUN-ARCH`` beside it (BH then adjusts over that comparison's rows)."""
+    Methods on the budget's architecture and image size share ``run`` and its ``random`` baseline; a
+    method with an architecture or size of its own (``SETTINGS``) is compared with random init of that
+    architecture on phantoms of that size in a run beside it (``RUN-ARCH``, ``RUN-ARCH-SIZEpx``; BH
+    then adjusts over that comparison's rows)."""
     import pandas as pd
 
-    groups: dict[str, list[str]] = {}
+    groups: dict[tuple[str, int], list[str]] = {}
     for method in methods:
-        groups.setdefault(settings_for(method, budget).arch, []).append(method)
+        own = settings_for(method, budget)
+        groups.setdefault((own.arch, own.size), []).append(method)
     parts = [
-        _run_group(run if arch == budget.arch else _arch_run(run, arch), group, replace(budget, arch=arch), device)
-        for arch, group in groups.items()
+        _run_group(_group_run(run, budget, arch, size), group, replace(budget, arch=arch, size=size), device)
+        for (arch, size), group in groups.items()
     ]
     return {
         "mean": pd.concat([part["mean"] for part in parts], ignore_index=True),
         "speeds": {k: v for part in parts for k, v in part["speeds"].items()},
         "seconds": {k: v for part in parts for k, v in part["seconds"].items()},
         "failed": {k: v for part in parts for k, v in part["failed"].items()},
-        "arch": {m: arch for arch, group in groups.items() for m in group},
+        "arch": {m: arch for (arch, _), group in groups.items() for m in group},
     }
 
 
-def _arch_run(run: Path, arch: str) -> Path:
-    """The run of the methods on architecture ``arch``: a run directory of its own beside ``run``
-    (``RUN-ARCH``), with its own prepared phantoms and ``random`` baseline."""
-    return run.with_name(f"{run.name}-{arch}")
+def _group_run(run: Path, budget: Budget, arch: str, size: int) -> Path:
+    """The run of the methods on architecture ``arch`` at ``size`` px: ``run`` for the budget's own,
+    else a run directory beside it (``RUN-ARCH``, plus ``-SIZEpx`` for another image size) with its
+    own prepared phantoms and ``random`` baseline."""
+    if (arch, size) == (budget.arch, budget.size):
+        return run
+    return run.with_name(f"{run.name}-{arch}" + ("" if size == budget.size else f"-{size}px"))
 
 
 def _run_group(run: Path, methods: list[str], budget: Budget, device: str | None) -> dict[str, Any]:
@@ -320,7 +329,7 @@ def describe(budget: Budget, methods: list[str]) -> str:
         if own != budget:
             changed = {
                 k: getattr(own, k)
-                for k in ("arch", "epochs", "batch_size", "lr", "options")
+                for k in ("arch", "size", "epochs", "batch_size", "lr", "options")
                 if getattr(own, k) != getattr(budget, k)
             }
             lines.append(f"  {method}: {changed}")
@@ -386,6 +395,7 @@ def test_bench_quick(tmp_path, one_torch_thread, monkeypatch) -> None:
     """The quick budget on two methods: every stage runs and the table has their rows; a method that
     cannot run at the budget (here: an unknown option) is reported and the others still compared."""
     monkeypatch.setitem(SETTINGS, "flip", {"options": {"no_such_option": 1}})
+    monkeypatch.setitem(SETTINGS, "rotation", {"size": 40})  # a size of its own: a run beside, at 40 px
     methods = ["rotation", "flip", "medaug", "mae", "supervised"]
     result = run_bench(tmp_path / "run", methods, QUICK)
     mean = result["mean"]
@@ -397,6 +407,7 @@ def test_bench_quick(tmp_path, one_torch_thread, monkeypatch) -> None:
     # mae ran on its ViT against random init of that ViT, in a run of its own
     assert result["arch"]["mae"] == SETTINGS["mae"]["arch"] != result["arch"]["rotation"]
     assert (tmp_path / f"run-{SETTINGS['mae']['arch']}" / "comparisons").is_dir()
+    assert (tmp_path / f"run-{QUICK.arch}-40px" / "comparisons").is_dir() and result["arch"]["rotation"] == QUICK.arch
     table = format_table(mean, result["speeds"], methods, result["arch"])
     assert table.count("| flip |") == len(FRACTIONS) and "| rotation | 10% |" in table
     mae_row = next(line for line in table.splitlines() if line.startswith("| mae | 100%"))
