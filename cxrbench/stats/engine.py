@@ -567,6 +567,17 @@ def _metric_reps(cell: _Cell, dropped: np.ndarray) -> tuple[dict[str, float], di
     return point, reps
 
 
+def _testable_labels(run: _Run) -> set[str]:
+    """The labels with both classes in test and at least ``MIN_TEST_CASES`` of each: those whose
+    differences get a CI and a p-value."""
+    return {
+        label
+        for label in run.labels
+        if label not in run.degenerate
+        and min(int(run.label_y[label].sum()), int((~run.label_y[label]).sum())) >= MIN_TEST_CASES
+    }
+
+
 def _model_macro(run: _Run, model: tuple) -> tuple[float, np.ndarray, list[str]]:
     """``_macro`` of one model's test AUCs over the labels with both classes in test."""
     return _macro(
@@ -692,6 +703,7 @@ def compare(
     run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=False, cache=cache)
     warnings = run.texts(thresholds=False)
     present = set(run.models)
+    testable = _testable_labels(run)
     rows: list[dict[str, Any]] = []
     untested: dict[str, str] = {}  # label -> its test counts, when too few for a test
     for model in run.models:
@@ -716,7 +728,7 @@ def compare(
                 auc=a.point["auc"], auc_ci_low=lo, auc_ci_high=hi, baseline_auc=b.point["auc"],
                 delta=a.point["auc"] - b.point["auc"],
             )  # fmt: skip
-            if min(row["n_pos"], row["n_neg"]) < MIN_TEST_CASES:
+            if label not in testable:
                 untested[label] = f"{row['n_pos']} positive(s) and {row['n_neg']} negative(s)"
             elif test == "delong":
                 res = delong_test(y, a.score, b.score, ci=ci)
@@ -793,12 +805,7 @@ def compare_over_seeds(
         twin = (baseline, *model[1:])
         if model[0] != baseline and twin in present:
             groups.setdefault(model[:3], []).append((model, twin))
-    testable = {
-        label
-        for label in run.labels
-        if label not in run.degenerate
-        and min(int(run.label_y[label].sum()), int((~run.label_y[label]).sum())) >= MIN_TEST_CASES
-    }
+    testable = _testable_labels(run)
     rows = []
     for (encoder, adaptation, fraction), pairs in groups.items():
         if len(pairs) < 2:
