@@ -77,6 +77,9 @@ QUICK = Budget(
     quick=True,
 )
 
+#: The budget fields ``--set`` may change.
+SETTABLE = ("n_patients", "split", "seeds", "size", "arch", "epochs", "batch_size", "lr", "n_boot")
+
 #: Per-method departures from the budget (keys of ``Budget``: arch, size, epochs, batch_size, lr, options).
 #: Methods not listed, such as ones added later, get the default budget.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -131,17 +134,7 @@ def with_changes(budget: Budget, sets: list[str], options: list[str]) -> Budget:
     changes: dict[str, Any] = {}
     for item in sets:
         key, sep, value = item.partition("=")
-        if not sep or key not in {
-            "n_patients",
-            "split",
-            "seeds",
-            "size",
-            "arch",
-            "epochs",
-            "batch_size",
-            "lr",
-            "n_boot",
-        }:
+        if not sep or key not in SETTABLE:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a budget field")
         changes[key] = value if key in ("arch", "split") else (float(value) if key == "lr" else int(value))
     for item in options:
