@@ -798,18 +798,15 @@ def compare_over_seeds(
     Groups with fewer than two seeds that have twins get no row (an empty frame when none has)."""
     if correction not in METHODS:
         raise CxrbenchError(f"correction must be one of {', '.join(METHODS)}; got {correction!r}")
+    if not isinstance(preds, CheckedPredictions):
+        preds = validate_predictions(preds)
+    groups = _seed_groups(preds.table.models, baseline)
+    if not groups:  # the common case: no second bootstrap pass, no replicates read again
+        return _seeds_frame([], correction=correction, alpha=alpha)
     run = _run(preds, n_boot=n_boot, seed=seed, cluster=cluster, ci=ci, device=device, thresholds=False, cache=cache)
-    present = set(run.models)
-    groups: dict[tuple, list[tuple[tuple, tuple]]] = {}
-    for model in run.models:
-        twin = (baseline, *model[1:])
-        if model[0] != baseline and twin in present:
-            groups.setdefault(model[:3], []).append((model, twin))
     testable = _testable_labels(run)
     rows = []
     for (encoder, adaptation, fraction), pairs in groups.items():
-        if len(pairs) < 2:
-            continue
         ours = [_model_macro(run, model) for model, _ in pairs]
         theirs = [_model_macro(run, twin) for _, twin in pairs]
         if not all(used for *_, used in ours + theirs):
@@ -828,6 +825,23 @@ def compare_over_seeds(
             dlo, dhi = percentile_ci(diff, ci=ci)
             row.update(delta_ci_low=dlo, delta_ci_high=dhi, p_value=bootstrap_pvalue(diff))
         rows.append(row)
+    return _seeds_frame(rows, correction=correction, alpha=alpha)
+
+
+def _seed_groups(models: list[tuple], baseline: str) -> dict[tuple, list[tuple[tuple, tuple]]]:
+    """(model, baseline twin) pairs by encoder x adaptation x fraction, for the groups with two or
+    more seeds that have twins."""
+    present = set(models)
+    groups: dict[tuple, list[tuple[tuple, tuple]]] = {}
+    for model in models:
+        twin = (baseline, *model[1:])
+        if model[0] != baseline and twin in present:
+            groups.setdefault(model[:3], []).append((model, twin))
+    return {key: pairs for key, pairs in groups.items() if len(pairs) >= 2}
+
+
+def _seeds_frame(rows: list[dict[str, Any]], *, correction: str, alpha: float) -> pd.DataFrame:
+    """``compare_over_seeds``'s rows as a typed frame, adjusted over its rows."""
     out = pd.DataFrame(rows, columns=SEEDS_COLUMNS)
     for col in SEEDS_COLUMNS[5:-1]:
         out[col] = out[col].astype(float)

@@ -501,10 +501,16 @@ def test_compare_over_seeds_of_one_repeated_seed_equals_its_comparison_and_bh_sp
     assert pooled.loc["ssl", "significant"] and pooled.loc["ssl", "delta"] > 0.1
 
 
-def test_compare_over_seeds_is_empty_without_repeated_seeds():
+def test_compare_over_seeds_is_empty_without_repeated_seeds(monkeypatch):
+    from cxrbench.stats import engine
     from cxrbench.stats.engine import SEEDS_COLUMNS, compare_over_seeds
 
-    out = compare_over_seeds(make(), baseline="imagenet", n_boot=20)
+    def no_bootstrap(*args, **kwargs):
+        raise AssertionError("no model has two seeds: nothing to bootstrap again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "_run", no_bootstrap)
+        out = compare_over_seeds(make(), baseline="imagenet", n_boot=20)
     assert out.empty and list(out.columns) == SEEDS_COLUMNS
     with pytest.raises(CxrbenchError, match="correction"):
         compare_over_seeds(make(), baseline="imagenet", correction="nope")
