@@ -75,6 +75,11 @@ def safe_name(name: str, *, readable: str | None = None) -> str:
     return f"{base}-{hashlib.sha256(str(name).encode()).hexdigest()[:8]}"
 
 
+#: The tables ``compare`` writes beside the per-dataset ones (``comparisons/NAME.*``): a dataset whose
+#: table would take one of these names is refused (``cxrbench.stages.evaluate.prediction_files``).
+COMPARISON_VIEWS = ("summary", "seeds", "external", "bias")
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Every path of a run directory; no other module joins a run path.

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from cxrbench.adapt.predictions import COLUMNS, group_name, parse_adaptation, split_external
+from cxrbench.adapt.predictions import COLUMNS, group_name, group_stem, parse_adaptation, split_external
 from cxrbench.console import info
 from cxrbench.errors import CxrbenchError
 from cxrbench.rundir import (
+    COMPARISON_VIEWS,
     Manifest,
     RunLayout,
     Stage,
@@ -42,6 +43,7 @@ def prediction_files(run: RunLayout | Path, *, root: Path | None = None) -> list
     layout = layout_of(run)
     found, current = [], None
     for path in sorted((root or layout.predictions_root).glob("*/*/*.parquet")):
+        _check_table_name(layout, path)
         sidecar = manifest_path_for(path)
         if sidecar.exists():
             manifest = Manifest.read(sidecar)
@@ -60,6 +62,17 @@ def prediction_files(run: RunLayout | Path, *, root: Path | None = None) -> list
                 raise CxrbenchError(f"{layout.relative(path)} was made from an older {changed[0]}; rerun `{rerun}`")
         found.append(path)
     return found
+
+
+def _check_table_name(layout: RunLayout, path: Path) -> None:
+    """A one-line error when ``path``'s dataset would get a comparisons table named like one of
+    compare's own views (``COMPARISON_VIEWS``): a folder of outside predictions named ``seeds``."""
+    stem = group_stem(group_name(path.parent.parent.name, split_external(path.stem)[1]))
+    if stem in COMPARISON_VIEWS:
+        raise CxrbenchError(
+            f"{layout.relative(path)}: a dataset named {stem!r} would overwrite compare's own "
+            f"comparisons/{stem}.* table ({', '.join(COMPARISON_VIEWS)} are taken); rename its folder"
+        )
 
 
 #: image→report recall@1/5/10 (``cxrbench.adapt.retrieval``), where the run has encoders with a text tower

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from tests.stages.conftest import cli
@@ -17,7 +18,7 @@ def _write(
     scores: np.ndarray,
     y: np.ndarray,
     patients: np.ndarray,
-    dataset: str = "external",
+    dataset: str = "outside",
     name: str = "probe",
 ) -> None:
     n = len(y)
@@ -51,12 +52,12 @@ def test_external_predictions_are_evaluated_and_compared(tmp_path: Path) -> None
     metrics = pd.read_parquet(run / "evaluation/metrics.parquet")
     auc = metrics[(metrics["metric"] == "auc") & (metrics["label"] == "effusion")].set_index("encoder")
     assert abs(auc.loc["mine", "value"] - roc_auc_score(y, good)) < 1e-12
-    table = pd.read_parquet(run / "comparisons/external.parquet")
+    table = pd.read_parquet(run / "comparisons/outside.parquet")
     row = table[table["label"] == "effusion"].iloc[0]
     assert row["encoder"] == "mine"
     assert abs(row["delta"] - (roc_auc_score(y, good) - roc_auc_score(y, weak))) < 1e-12
     assert row["delta_ci_low"] > 0 and row["significant"]
-    assert "mine" in (run / "comparisons/external.md").read_text()
+    assert "mine" in (run / "comparisons/outside.md").read_text()
 
 
 def test_compare_with_only_the_baseline_reports_its_aucs_and_roc_curves(tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ def test_predictions_are_read_and_checked_once_per_process(tmp_path: Path, monke
     compare(run, baseline="imagenet", n_boot=20, plots=False)
     assert calls == {"read": 2, "validate": 1}
     # a changed file is read again
-    path = run / "predictions/external/mine/probe.parquet"
+    path = run / "predictions/outside/mine/probe.parquet"
     frame = pd.read_parquet(path)
     frame["y_score"] = frame["y_score"] + 1.0
     frame.to_parquet(path)
@@ -166,3 +167,19 @@ def test_no_mean_over_seeds_table_without_repeated_seeds(tmp_path: Path) -> None
     cli("evaluate", "--n-boot", "50", "--run", str(run))
     cli("compare", "--baseline", "imagenet", "--n-boot", "50", "--no-plots", "--run", str(run))
     assert not list((run / "comparisons").glob("seeds.*"))
+
+
+def test_a_dataset_named_like_a_comparisons_view_is_refused(tmp_path: Path, capsys) -> None:
+    """Outside predictions in ``predictions/seeds/`` would overwrite compare's ``seeds.*`` table."""
+    from cxrbench.cli import main
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 40)
+    run = tmp_path / "run"
+    _write(run, "imagenet", y + rng.normal(0, 1.0, 40), y, np.array([f"p{i}" for i in range(40)]), dataset="seeds")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--n-boot", "20", "--run", str(run)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "predictions/seeds/imagenet/probe.parquet" in err and "'seeds'" in err and "rename" in err
+    assert not (run / "evaluation" / "metrics.parquet").exists()

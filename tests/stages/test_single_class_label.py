@@ -30,7 +30,7 @@ def _labels(rng: np.random.Generator, n: int = 120) -> pd.DataFrame:
 
 
 def _write(run: Path, encoder: str, labels: pd.DataFrame, noise: float, rng: np.random.Generator) -> None:
-    path = run / "predictions/external" / encoder / "probe.parquet"
+    path = run / "predictions/outside" / encoder / "probe.parquet"
     path.parent.mkdir(parents=True)
     labels.assign(y_score=labels["y_true"] + rng.normal(0, noise, len(labels))).to_parquet(path)
 
@@ -46,5 +46,5 @@ def test_compare_with_plots_skips_the_roc_of_a_single_class_label(tmp_path: Path
     cli("evaluate", "--n-boot", "50", "--run", str(run))
     cli("compare", "--baseline", "imagenet", "--n-boot", "50", "--run", str(run))
     plots = sorted(p.name for p in (run / "comparisons/plots").glob("*.png"))
-    assert "external-roc-effusion.png" in plots and "external-roc-nodule.png" not in plots
-    assert "mine" in (run / "comparisons/external.md").read_text()
+    assert "outside-roc-effusion.png" in plots and "outside-roc-nodule.png" not in plots
+    assert "mine" in (run / "comparisons/outside.md").read_text()

@@ -29,7 +29,7 @@ def _fails(capsys: pytest.CaptureFixture, *args: str) -> str:
     return err[0]
 
 
-def _predictions(run: Path, encoder: str, labels: list[str], *, dataset: str = "external", seed: int = 0) -> Path:
+def _predictions(run: Path, encoder: str, labels: list[str], *, dataset: str = "outside", seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     n = 120
     y = rng.integers(0, 2, n).astype(float)
@@ -68,7 +68,7 @@ def test_labels_from_outside_files_never_write_or_delete_outside_the_run(tmp_pat
     plots = run / "comparisons" / "plots"
     assert all(p.parent == plots for p in plots.rglob("*") if p.is_file())  # a label with '/' makes no folder
     names = {p.name for p in plots.iterdir()}
-    assert "external-roc-ok.png" in names and len([n for n in names if n.startswith("external-roc-")]) == 6
+    assert "outside-roc-ok.png" in names and len([n for n in names if n.startswith("outside-roc-")]) == 6
 
 
 def test_pretrain_names_are_folder_safe_and_do_not_hide_built_in_encoders(phantom_run: Path, capsys) -> None:
@@ -102,7 +102,7 @@ def test_a_truncated_cache_or_predictions_file_is_a_one_line_error(run_copy: Pat
 def test_an_outside_file_that_is_not_parquet_is_named(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     _predictions(run, "base", ["ok"])
-    bad = run / "predictions/external/mine/probe.parquet"
+    bad = run / "predictions/outside/mine/probe.parquet"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"PAR1 not really")
     assert f"{bad}: not a readable Parquet file" in _fails(capsys, "evaluate", "--run", str(run))
