@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,7 @@ def run_bench(run: Path, methods: list[str], budget: Budget, *, device: str | No
         "seconds": {k: v for part in parts for k, v in part["seconds"].items()},
         "failed": {k: v for part in parts for k, v in part["failed"].items()},
         "arch": {m: arch for (arch, _), group in groups.items() for m in group},
+        "size": {m: size for (_, size), group in groups.items() for m in group},
     }
 
 
@@ -240,22 +242,26 @@ def _run_group(run: Path, methods: list[str], budget: Budget, device: str | None
                 )  # fmt: skip
     evaluate(layout, n_boot=budget.n_boot)
     compare(layout, baseline=BASELINE, n_boot=budget.n_boot, plots=False)
-    mean = bench_rows(layout.comparisons, safe_name(DATASET))
+    mean = bench_rows(layout.comparisons, safe_name(DATASET), encoders.values())
     mean["encoder"] = mean["encoder"].map({e: m for m, e in encoders.items()}).fillna(mean["encoder"])
     speeds = {m: images_per_second(layout.training_log("pretrain", encoders[m])) for m in methods}
     return {"mean": mean, "speeds": speeds, "seconds": timings, "failed": failed}
 
 
-def bench_rows(comparisons: Path, stem: str):
-    """One macro-mean row per encoder and fraction: the mean over seeds (``seeds.parquet``) where a
-    fraction ran with several, else the single comparison; with ``seed_deltas`` (each seed's Δ, for
-    the spread) and ``p_adjusted`` / ``significant`` recomputed by BH over exactly these rows."""
+def bench_rows(comparisons: Path, stem: str, encoders: Collection[str]):
+    """One macro-mean row per encoder of ``encoders`` and fraction: the mean over seeds
+    (``seeds.parquet``) where a fraction ran with several, else the single comparison; with
+    ``seed_deltas`` (each seed's Δ, for the spread) and ``p_adjusted`` / ``significant`` recomputed by
+    BH over exactly these rows. Other encoders in the run (left by an earlier bench with other
+    settings, e.g. a method since moved to a run of its own) are neither shown nor adjusted over."""
     import pandas as pd
 
     from cxrbench.stats.multiplicity import adjust_pvalues
 
     single = pd.read_parquet(comparisons / f"{stem}.parquet")
-    single = single[single["label"] == "mean"].assign(fraction=lambda t: t["fraction"].astype(float).fillna(1.0))
+    single = single[(single["label"] == "mean") & single["encoder"].isin(list(encoders))].assign(
+        fraction=lambda t: t["fraction"].astype(float).fillna(1.0)
+    )
     seeds_file = comparisons / "seeds.parquet"
     pooled = pd.read_parquet(seeds_file) if seeds_file.exists() else pd.DataFrame(columns=["encoder", "fraction"])
     pooled = pooled.assign(fraction=pooled["fraction"].astype(float).fillna(1.0))
@@ -279,9 +285,15 @@ def images_per_second(log: Path) -> float:
     return float(statistics.median(rates[1:] if len(rates) > 1 else rates))
 
 
-def format_table(mean, speeds: dict[str, float], methods: list[str], arch: dict[str, str] | None = None) -> str:
+def format_table(
+    mean,
+    speeds: dict[str, float],
+    methods: list[str],
+    arch: dict[str, str] | None = None,
+    size: dict[str, int] | None = None,
+) -> str:
     """The benchmark's table (Markdown): one row per method and label fraction; the speed ratio only
-    for methods on the reference's (``supervised``) architecture."""
+    for methods on the reference's (``supervised``) architecture and image size."""
     rows = [
         "| method | labels | AUC | random AUC | Δ vs random [95% CI] | p | p (BH) | significant | Δ per seed | img/s "
         "| vs supervised |",
@@ -296,7 +308,7 @@ def format_table(mean, speeds: dict[str, float], methods: list[str], arch: dict[
                 continue
             r = hit.iloc[0]
             speed = f"{speeds[method]:.0f}" if fraction == FRACTIONS[0] and method in speeds else ""
-            same = arch is None or arch.get(method) == arch.get("supervised")
+            same = all(d is None or d.get(method) == d.get("supervised") for d in (arch, size))
             ratio = f"{speeds[method] / reference:.0%}" if reference and speed and same else ""
             deltas = r["seed_deltas"]
             seeds = f"{min(deltas):+.3f} … {max(deltas):+.3f} ({len(deltas)})" if len(deltas) > 1 else ""
@@ -377,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         run = args.run or Path(tmp) / "run"
         started = time.perf_counter()
         result = run_bench(run, methods, budget, device=args.device)
-        print(format_table(result["mean"], result["speeds"], methods, result["arch"]))
+        print(format_table(result["mean"], result["speeds"], methods, result["arch"], result["size"]))
         print("pretrain seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in result["seconds"].items()))
         for method, message in result["failed"].items():
             print(f"{method}: not run at this budget: {message}")
@@ -401,10 +413,11 @@ def test_bench_quick(tmp_path, one_torch_thread, monkeypatch) -> None:
     assert result["arch"]["mae"] == SETTINGS["mae"]["arch"] != result["arch"]["rotation"]
     assert (tmp_path / f"run-{SETTINGS['mae']['arch']}" / "comparisons").is_dir()
     assert (tmp_path / f"run-{QUICK.arch}-40px" / "comparisons").is_dir() and result["arch"]["rotation"] == QUICK.arch
-    table = format_table(mean, result["speeds"], methods, result["arch"])
+    table = format_table(mean, result["speeds"], methods, result["arch"], result["size"])
     assert table.count("| flip |") == len(FRACTIONS) and "| rotation | 10% |" in table
-    mae_row = next(line for line in table.splitlines() if line.startswith("| mae | 100%"))
-    assert mae_row.endswith("|  |")  # no speed ratio against a reference of another architecture
+    for other in ("mae", "rotation"):  # no speed ratio against a reference of another architecture or size
+        row = next(line for line in table.splitlines() if line.startswith(f"| {other} | 100%"))
+        assert row.endswith("|  |"), row
 
 
 if __name__ == "__main__":
