@@ -112,6 +112,9 @@ def test_values_match_pydicom(syntax, public_only):
         assert type(got) is type(expected) or isinstance(got, type(expected).__mro__[-2]), keyword
     assert view.get("PatientWeight", "none") == "none"
     assert 0x00280010 in view and 0x7FE00010 not in view
+    # the file meta is read the same way (the pixel layout asks it for the transfer syntax)
+    assert view.file_meta.get("TransferSyntaxUID") == reference.file_meta.TransferSyntaxUID == syntax
+    assert view.file_meta.get("MediaStorageSOPClassUID", "none") == "none"
 
 
 def test_plain_values_take_the_fast_path():
