@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 _STRING_VRS = {"UI", "CS", "LO", "SH", "AS"}
@@ -30,13 +31,31 @@ class HeaderView:
     (DS), integer (IS) and unsigned short (US) elements as pydicom would convert them."""
 
     def __init__(self, ds) -> None:
-        self.ds = ds
+        self._ds: Any = ds
+        self._build: Callable[[], Any] | None = None
         meta = getattr(ds, "file_meta", None)  # read the same way: pydicom's get costs ~0.02 ms a value
         self.file_meta = HeaderView(meta) if meta is not None else None
         # the dataset's elements by tag, as read: pydicom's own store, looked up without its Tag()
         # conversions (a third of the header pass); its public API where a version lacks it
         raw = getattr(ds, "_dict", None)
         self._raw = raw if isinstance(raw, dict) else None
+
+    @classmethod
+    def of_elements(cls, raw: dict, meta: dict | None, build: Callable[[], Any]) -> HeaderView:
+        """A view of elements as pydicom's parser yields them (by tag; ``meta``: the file meta's),
+        whose pydicom dataset ``build()`` makes only when a value needs pydicom's own rules: most
+        slices never do, and making it is a tenth of a header read."""
+        view = cls.__new__(cls)
+        view._ds, view._build, view._raw = None, build, raw
+        view.file_meta = None if meta is None else cls.of_elements(meta, None, lambda: view.ds.file_meta)
+        return view
+
+    @property
+    def ds(self) -> Any:
+        """The pydicom dataset (made on first use for a view ``of_elements``)."""
+        if self._ds is None and self._build is not None:
+            self._ds = self._build()
+        return self._ds
 
     def __contains__(self, tag: int) -> bool:
         return tag in self._raw if self._raw is not None else tag in self.ds
@@ -102,6 +121,18 @@ def _fast(raw, vr: str) -> Any:
 _NATIVE_IMPLICIT = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}
 
 
+def read_view(path, *, defer_size: int, force: bool) -> HeaderView:
+    """``HeaderView(read_dataset(path, ...))``, where the standard case's pydicom dataset is only
+    made if a value needs it (``HeaderView.of_elements``)."""
+    try:
+        parts = _read_native_elements(path, defer_size)
+    except Exception:  # whatever it is, dcmread reads it again and decides
+        parts = None
+    if parts is None:
+        return HeaderView(read_dataset(path, defer_size=defer_size, force=force))
+    return HeaderView.of_elements(parts[0], parts[1], lambda: _dataset(*parts))
+
+
 def read_dataset(path, *, defer_size: int, force: bool):
     """The file's dataset as ``pydicom.dcmread(path, defer_size=, force=)`` reads it (values of
     ``defer_size`` bytes or more left unread). A Part 10 file in a native little-endian syntax whose
@@ -122,7 +153,13 @@ def read_dataset(path, *, defer_size: int, force: bool):
 
 
 def _read_native(path, defer_size: int):
-    from pydicom.dataset import Dataset, FileMetaDataset
+    """The dataset of a standard file (see ``read_dataset``), or None where ``dcmread`` must read it."""
+    parts = _read_native_elements(path, defer_size)
+    return None if parts is None else _dataset(*parts)
+
+
+def _read_native_elements(path, defer_size: int) -> tuple[dict, dict, str, float] | None:
+    """The raw elements of a standard file and of its file meta, its path and modification time."""
     from pydicom.filereader import data_element_generator
 
     with open(path, "rb") as fp:
@@ -146,10 +183,17 @@ def _read_native(path, defer_size: int):
         fp.seek(start)
         raw = {e.tag: e for e in data_element_generator(fp, implicit, True, defer_size=defer_size)}
         modified = os.fstat(fp.fileno()).st_mtime
+    return raw, meta, os.fspath(path), modified
+
+
+def _dataset(raw: dict, meta: dict, path: str, modified: float):
+    """The pydicom dataset of elements read by ``_read_native_elements``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
     ds = Dataset(raw)
     ds.file_meta = FileMetaDataset(meta)
     # where a deferred value is read from on access, as dcmread's FileDataset records it
-    ds.filename, ds.buffer, ds.fileobj_type, ds.timestamp = os.fspath(path), None, open, modified
+    ds.filename, ds.buffer, ds.fileobj_type, ds.timestamp = path, None, open, modified
     return ds
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrbench.data.header_values import HeaderView, read_dataset
+from cxrbench.data.header_values import HeaderView, read_view
 from cxrbench.data.images import PIXEL_DATA, PixelLayout, file_stamp, pixel_layout
 from cxrbench.errors import CxrbenchError
 
@@ -163,7 +163,7 @@ def read_header(path: str | Path, shared: Shared | None = None) -> SliceHeader |
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = HeaderView(read_dataset(path, defer_size=_DEFER_BYTES, force=str(path).endswith(".dcm")))
+            ds = read_view(path, defer_size=_DEFER_BYTES, force=str(path).endswith(".dcm"))
         series = str(ds.get("SeriesInstanceUID", "") or "")
         if not series:
             return "not a DICOM slice (no SeriesInstanceUID)"

@@ -14,7 +14,7 @@ import pytest
 from pydicom.multival import MultiValue
 
 from cxrbench.data import volumes
-from cxrbench.data.header_values import _SLOW, HeaderView, _fast, _read_native, read_dataset
+from cxrbench.data.header_values import _SLOW, HeaderView, _fast, _read_native, read_dataset, read_view
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -196,8 +196,8 @@ def _headers_both_ways(paths, monkeypatch) -> tuple[list, list]:
     with monkeypatch.context() as m:
         m.setattr(
             volumes,
-            "read_dataset",
-            lambda path, *, defer_size, force: pydicom.dcmread(path, defer_size=defer_size, force=force),
+            "read_view",
+            lambda path, *, defer_size, force: HeaderView(pydicom.dcmread(path, defer_size=defer_size, force=force)),
         )
         slow = [volumes.read_header(p) for p in paths]
     return fast, slow
@@ -234,3 +234,15 @@ def test_headers_equal_dcmread_on_real_dicom_files(realdata, monkeypatch):
         pytest.skip(f"no DICOM files under {realdata}")
     fast, slow = _headers_both_ways(files, monkeypatch)
     assert [f for f, a, b in zip(files, fast, slow, strict=True) if a != b] == []
+
+
+def test_read_view_makes_the_pydicom_dataset_only_when_a_value_needs_it(tmp_path):
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(_file(EXPLICIT_LE))
+    reference = pydicom.dcmread(path)
+    view = read_view(path, defer_size=4096, force=False)
+    assert view.get("Rows") == reference.Rows and view.file_meta.get("TransferSyntaxUID") == EXPLICIT_LE
+    assert view._ds is None and view.file_meta._ds is None  # plain values: no dataset made
+    assert _plain(view.get("ImageType")) == _plain(reference.ImageType)  # pydicom's rules: made now
+    assert view._ds is not None and view.ds.filename == str(path)
+    assert view.file_meta.ds is view.ds.file_meta
