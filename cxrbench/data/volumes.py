@@ -253,8 +253,20 @@ def _read_all(
     from cxrbench.processes import worker_pool
 
     with worker_pool(workers) as pool:  # prepare's shared pool: the decode reuses its processes
-        for part, result in zip(chunks, pool.map(_read_headers, chunks), strict=True):
-            out.extend(result)
+        futures = [pool.submit(_read_headers, part) for part in chunks]
+        # until a worker has finished a chunk (new workers spend ~0.25 s starting: spawn, imports),
+        # read chunks from the far end here, each taken back from the queue before it is read
+        here: dict[int, list[SliceHeader | str]] = {}
+        last = len(chunks) - 1
+        while last > workers and not any(f.done() for f in futures[:workers]) and futures[last].cancel():
+            here[last] = _read_headers(chunks[last])
+            progress(len(chunks[last]))
+            last -= 1
+        for i, (part, future) in enumerate(zip(chunks, futures, strict=True)):
+            if i in here:
+                out.extend(here[i])
+                continue
+            out.extend(future.result())
             progress(len(part))
     return out
 

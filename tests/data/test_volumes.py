@@ -345,3 +345,17 @@ def test_a_decode_from_header_pass_layouts_never_imports_pydicom(tmp_path: Path)
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_parallel_header_pass_equals_the_serial_one_in_order(tmp_path: Path) -> None:
+    """Two workers and small chunks: while the workers start, this process reads chunks from the far
+    end itself; every header still lands at its file's place (a bad file's reason too)."""
+    write_ct_phantoms(tmp_path, n_patients=2, size=16, seed=3)
+    files = sorted((tmp_path / "train").rglob("*.dcm"))
+    random.Random(1).shuffle(files)
+    (tmp_path / "bad.dcm").write_bytes(b"not a dicom file")
+    files.insert(len(files) // 2, tmp_path / "bad.dcm")
+    serial = read_headers(files, workers=0)
+    parallel = read_headers(files, workers=2, chunk=2, progress=lambda n: None)
+    assert len(files) >= 12 and parallel == serial
+    assert isinstance(serial[len(files) // 2], str) and all(not isinstance(h, str) for h in serial[:3])
