@@ -40,8 +40,11 @@ def slice_path(volume: str | Path, index: int) -> str:
 
 def split_slice(path: str | Path) -> tuple[str, int | None]:
     """``(volume file, slice index)`` of a ``VOLUME#K`` path; ``(path, None)`` for any other path."""
-    match = _SLICE.match(str(path))
-    return (match["file"], int(match["index"])) if match else (str(path), None)
+    text = str(path)
+    if "#" not in text:  # nearly every path: no regex (a prepare asks three times per file)
+        return text, None
+    match = _SLICE.match(text)
+    return (match["file"], int(match["index"])) if match else (text, None)
 
 
 def is_nifti(path: str | Path) -> bool:
