@@ -141,7 +141,13 @@ def bench_prepare(args: argparse.Namespace, tmp: Path) -> None:
     for path in paths:  # page cache warm for every contender, the first timed one included
         Path(path).read_bytes()
 
+    def settle() -> None:
+        """Before each timing: the page cache's dirty pages written out, so no contender pays for
+        the writeback of the one before it (each writes gigabytes)."""
+        os.sync()
+
     def plain() -> float:
+        settle()
         start = time.perf_counter()
         plain_read(paths)
         return time.perf_counter() - start
@@ -154,12 +160,14 @@ def bench_prepare(args: argparse.Namespace, tmp: Path) -> None:
 
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(plain_read, [[paths[0]], [paths[1]]]))  # started and imported
+            settle()
             start = time.perf_counter()
             list(pool.map(plain_read, [paths[0::2], paths[1::2]]))
             return time.perf_counter() - start
 
     def cache(workers: int, size: int) -> float:
         out = tmp / f"cache-{workers}"
+        settle()
         start = time.perf_counter()
         reasons = build_cache(
             paths,
@@ -181,6 +189,7 @@ def bench_prepare(args: argparse.Namespace, tmp: Path) -> None:
         run = tmp / "prepare-run"
         times = []
         for options in (None, None, {"labels": ["negative_exam_for_pe"]}, {"max_thickness": 2.0}):
+            settle()
             start = time.perf_counter()
             prepare(run, "rsna-pe", root=root, options=options, image=Preprocess(size=size), workers=2)
             times.append(time.perf_counter() - start)
@@ -192,6 +201,7 @@ def bench_prepare(args: argparse.Namespace, tmp: Path) -> None:
         floor for any prepare that keeps its cache durable, which the plain loop does not write."""
         block = np.random.default_rng(0).integers(0, 256, 64 << 20, dtype=np.uint8).tobytes()
         file = tmp / "disk-floor"
+        settle()
         start = time.perf_counter()
         with open(file, "wb") as out:
             for at in range(0, nbytes, len(block)):
@@ -220,6 +230,7 @@ def bench_prepare(args: argparse.Namespace, tmp: Path) -> None:
         )
         times = []
         for command in commands:
+            settle()
             start = time.perf_counter()
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             times.append(time.perf_counter() - start)
