@@ -9,12 +9,15 @@ import pandas as pd
 from cxrbench.adapt.predictions import group_stem
 from cxrbench.console import info
 from cxrbench.errors import CxrbenchError
-from cxrbench.rundir import Manifest, RunLayout, Stage, file_hash, layout_of, safe_name
+from cxrbench.rundir import COMPARISON_VIEWS, Manifest, RunLayout, Stage, file_hash, layout_of, safe_name
 from cxrbench.stages.evaluate import load_metrics, load_predictions, prediction_files
 
 FORMATS = ("md", "csv", "tex", "html")
 TESTS = ("bootstrap", "delong")
 CORRECTIONS = ("bh", "holm", "none")
+
+#: The stems of compare's own tables beside the per-dataset ones (no dataset may take them).
+SUMMARY, SEEDS, EXTERNAL, BIAS = COMPARISON_VIEWS
 
 
 def compare(
@@ -135,10 +138,10 @@ def compare(
             improvements = {k: v for k, v in comparisons.items() if attribute_of(k) is None}  # not attributes
             if any(len(table) for table in improvements.values()):
                 summary = summary_table(improvements, metrics, baseline=baseline)
-                stage.write_parquet(home / "summary.parquet", summary)
+                stage.write_parquet(home / f"{SUMMARY}.parquet", summary)
                 for fmt in FORMATS:
                     stage.write_text(
-                        home / f"summary.{fmt}",
+                        home / f"{SUMMARY}.{fmt}",
                         render(summary, fmt=fmt, caption=f"Maximum improvement over {baseline}", footnote=note),
                     )
             elif improvements:  # a "maximum improvement" table would be empty
@@ -162,12 +165,12 @@ def _write_seeds_view(stage: Stage, home: Path, parts: list[pd.DataFrame], *, ba
     from cxrbench.stats.engine import SEEDS_COLUMNS
 
     pooled = pd.concat(parts, ignore_index=True)[["dataset", *SEEDS_COLUMNS]]
-    stage.write_parquet(home / "seeds.parquet", pooled)
+    stage.write_parquet(home / f"{SEEDS}.parquet", pooled)
     human = seeds_table(pooled, baseline=baseline)
     caption = f"Mean over seeds (label subsets): macro-mean AUC [95% CI] and difference vs {baseline}"
     note = seeds_footnote(**options)
     for fmt in FORMATS:
-        stage.write_text(home / f"seeds.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
+        stage.write_text(home / f"{SEEDS}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
 
 
 def _write_external_view(stage: Stage, home: Path, files, loaded, *, n_boot: int, seed: int, cluster: str) -> None:
@@ -179,7 +182,7 @@ def _write_external_view(stage: Stage, home: Path, files, loaded, *, n_boot: int
     view = internal_vs_external(files, loaded, n_boot=n_boot, seed=seed, cluster=cluster)
     if view.empty:
         return
-    stage.write_parquet(home / "external.parquet", view)
+    stage.write_parquet(home / f"{EXTERNAL}.parquet", view)
     human = external_human(view)
     caption = "Internal vs external: mean AUC over shared labels [95% CI] on the training dataset's test split and on the external one"
     note = (
@@ -188,7 +191,7 @@ def _write_external_view(stage: Stage, home: Path, files, loaded, *, n_boot: int
         "its CI from the two sets resampled independently."
     )
     for fmt in FORMATS:
-        stage.write_text(home / f"external.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
+        stage.write_text(home / f"{EXTERNAL}.{fmt}", render(human, fmt=fmt, caption=caption, footnote=note))
 
 
 def _bias(stage: Stage, loaded: dict, comparisons: dict, metrics: pd.DataFrame, *, baseline: str, **options) -> None:
@@ -212,11 +215,11 @@ def _bias(stage: Stage, loaded: dict, comparisons: dict, metrics: pd.DataFrame, 
         return
     table = bias_table(tables, metrics)
     note = bias_footnote(n_boot=options["n_boot"], seed=options["seed"], alpha=options["alpha"])
-    stage.write_parquet(stage.layout.comparisons / "bias.parquet", table)
+    stage.write_parquet(stage.layout.comparisons / f"{BIAS}.parquet", table)
     for fmt in FORMATS:
         caption = f"Attribute probes (bias table): AUC [95% CI] and difference vs {REFERENCE} (no pretraining)"
         stage.write_text(
-            stage.layout.comparisons / f"bias.{fmt}", render(table, fmt=fmt, caption=caption, footnote=note)
+            stage.layout.comparisons / f"{BIAS}.{fmt}", render(table, fmt=fmt, caption=caption, footnote=note)
         )
 
 
