@@ -7,7 +7,8 @@ that common case itself and hands every other one (non-ASCII text, several value
 expected, a VR other than the standard's, odd number forms) back to pydicom, so the result is
 always what pydicom would return.
 
-``read_dataset`` reads the header itself with pydicom's element parser, without ``dcmread``'s
+``read_view`` takes a standard file's elements from ``dicom_scan`` (no pydicom at all);
+``read_dataset`` reads a file's header with pydicom's element parser, without ``dcmread``'s
 file-level machinery, for the standard case (a Part 10 file in a native little-endian syntax).
 """
 
@@ -19,11 +20,38 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from cxrbench.data.dicom_scan import NATIVE_IMPLICIT, explicit_vr, scan
+
 _STRING_VRS = {"UI", "CS", "LO", "SH", "AS"}
 _PLAIN_TEXT = re.compile(rb"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*")  # printable ASCII, no backslash
 _DECIMALS = re.compile(rb"[ ]*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[ ]*")
 _INTEGER = re.compile(rb"[ ]*[+-]?\d{1,11}[ ]*")
-_TAGS: dict[str, tuple[int, str]] = {}
+#: Keyword -> (tag, VR) from the standard's data dictionary, for the keywords the CT header pass and
+#: the pixel layout ask every slice (others are looked up in pydicom's dictionary on first use):
+#: reading a standard file's header then imports no pydicom at all (0.14 s a worker process).
+_TAGS: dict[str, tuple[int, str]] = {
+    "TransferSyntaxUID": (0x00020010, "UI"),
+    "SOPInstanceUID": (0x00080018, "UI"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "PatientID": (0x00100020, "LO"),
+    "PatientSex": (0x00100040, "CS"),
+    "PatientAge": (0x00101010, "AS"),
+    "SliceThickness": (0x00180050, "DS"),
+    "InstanceNumber": (0x00200013, "IS"),
+    "ImagePositionPatient": (0x00200032, "DS"),
+    "ImageOrientationPatient": (0x00200037, "DS"),
+    "SamplesPerPixel": (0x00280002, "US"),
+    "PhotometricInterpretation": (0x00280004, "CS"),
+    "NumberOfFrames": (0x00280008, "IS"),
+    "Rows": (0x00280010, "US"),
+    "Columns": (0x00280011, "US"),
+    "BitsAllocated": (0x00280100, "US"),
+    "BitsStored": (0x00280101, "US"),
+    "PixelRepresentation": (0x00280103, "US"),
+    "RescaleIntercept": (0x00281052, "DS"),
+    "RescaleSlope": (0x00281053, "DS"),
+}
 
 
 class HeaderView:
@@ -117,22 +145,18 @@ def _fast(raw, vr: str) -> Any:
     return _SLOW
 
 
-#: Native little-endian transfer syntaxes and whether their VR is implicit.
-_NATIVE_IMPLICIT = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}
-
-
 def read_view(path, *, defer_size: int, force: bool) -> HeaderView:
-    """A ``HeaderView`` of the file's dataset as ``read_dataset`` reads it, where the standard case's
-    pydicom dataset is only made if a value needs it (``HeaderView.of_elements``)."""
+    """A ``HeaderView`` of the file's dataset as ``read_dataset`` reads it. A standard file's elements
+    come from ``dicom_scan.scan`` (no pydicom) and its pydicom dataset is only made if a value needs
+    pydicom's rules (``HeaderView.of_elements``); any other file is read by ``read_dataset``."""
     try:
-        parts = _read_native_elements(path, defer_size)
-    except Exception:  # whatever it is, dcmread reads it again and decides
+        parts = scan(path, defer_size)
+    except Exception:  # whatever it is, pydicom reads the file again and decides
         parts = None
     if parts is None:
-        import pydicom
-
-        return HeaderView(pydicom.dcmread(path, defer_size=defer_size, force=force))
-    return HeaderView.of_elements(parts[0], parts[1], lambda: _dataset(*parts))
+        return HeaderView(read_dataset(path, defer_size=defer_size, force=force))
+    raw, meta, _ = parts
+    return HeaderView.of_elements(raw, meta, lambda: read_dataset(path, defer_size=defer_size, force=force))
 
 
 def read_dataset(path, *, defer_size: int, force: bool):
@@ -143,7 +167,15 @@ def read_dataset(path, *, defer_size: int, force: bool):
     checks and ``FileDataset`` (about 0.17 of its 0.3 ms on a CT slice). Anything else (no preamble,
     compressed, deflated or big-endian syntaxes, a syntax that lies, a parse error) is read by
     ``dcmread`` itself, so its answer and its errors are pydicom's."""
-    return read_view(path, defer_size=defer_size, force=force).ds
+    try:
+        ds = _read_native(path, defer_size)
+    except Exception:  # whatever it is, dcmread reads it again and decides
+        ds = None
+    if ds is None:
+        import pydicom
+
+        ds = pydicom.dcmread(path, defer_size=defer_size, force=force)
+    return ds
 
 
 def _read_native(path, defer_size: int):
@@ -160,19 +192,19 @@ def _read_native_elements(path, defer_size: int) -> tuple[dict, dict, str, float
         if fp.read(132)[128:] != b"DICM":
             return None
         start = fp.tell()
-        if not _explicit_vr(fp.read(6)):
+        if not explicit_vr(fp.read(6)):
             return None  # file meta not in explicit VR: dcmread's repairs
         fp.seek(start)
         meta = {e.tag: e for e in data_element_generator(fp, False, True, stop_when=_past_meta)}
         syntax = getattr(meta.get(0x00020010), "value", None)
         if not isinstance(syntax, bytes):
             return None
-        implicit = _NATIVE_IMPLICIT.get(syntax.rstrip(b"\x00 ").decode("ascii", "replace"))
+        implicit = NATIVE_IMPLICIT.get(syntax.rstrip(b"\x00 ").decode("ascii", "replace"))
         if implicit is None:
             return None
         start = fp.tell()
         first = fp.read(6)
-        if len(first) == 6 and _explicit_vr(first) == implicit:
+        if len(first) == 6 and explicit_vr(first) == implicit:
             return None  # written otherwise than declared: dcmread's heuristics
         fp.seek(start)
         raw = {e.tag: e for e in data_element_generator(fp, implicit, True, defer_size=defer_size)}
@@ -193,9 +225,3 @@ def _dataset(raw: dict, meta: dict, path: str, modified: float):
 
 def _past_meta(tag, vr, length) -> bool:
     return tag >> 16 != 2
-
-
-def _explicit_vr(head: bytes) -> bool:
-    """Whether bytes 4..6 of an element are a VR (two capital letters), as pydicom tells explicit
-    from implicit VR."""
-    return len(head) >= 6 and 0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B
