@@ -19,6 +19,7 @@ from typing import NamedTuple
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 #: Every VR pydicom reads as explicit (the standard's).
 _VRS = _LONG_VRS | frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
+_VR_NAMES = {code: code.decode() for code in _VRS}
 #: VRs whose empty value pydicom keeps as ``b""`` (text VRs but DS and IS, and SQ); others: None.
 _EMPTY_BYTES = frozenset("AE AS CS DA DT LO LT PN SH SQ ST TM UC UI UR UT".split())
 #: Native little-endian transfer syntaxes and whether their VR is implicit.
@@ -32,6 +33,7 @@ _DEPTH = 16  # nested sequences deeper than this are pydicom's to read
 _TAG_LENGTH = struct.Struct("<HHL")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<L")
+_new = tuple.__new__  # an Element without NamedTuple's argument handling (a fifth of the scan)
 
 
 class Element(NamedTuple):
@@ -111,12 +113,12 @@ def _header(reader: _Reader, at: int, implicit: bool) -> tuple[int, str | None, 
     tag = group << 16 | elem
     if vr in _LONG_VRS:
         buf, i = reader.take(at + 8, 4)
-        return tag, vr.decode(), _LONG.unpack_from(buf, i)[0], 12
+        return tag, _VR_NAMES[vr], _LONG.unpack_from(buf, i)[0], 12
     if vr not in _VRS:
         if tag >> 16 == 0xFFFE:  # items and delimiters carry no VR
             return tag, None, _TAG_LENGTH.unpack_from(buf, i)[2], 8
         raise _Decline  # an unknown VR, or a switch to implicit VR: pydicom's guesses
-    return tag, vr.decode(), length, 8
+    return tag, _VR_NAMES[vr], length, 8
 
 
 def _elements(
@@ -126,12 +128,27 @@ def _elements(
     they end."""
     out: dict[int, Element] = {}
     size = reader.size
+    defer = size if defer_size is None else defer_size  # no value in the file is longer than it
     while size - at >= 8:  # pydicom stops, as here, with fewer than 8 bytes left
-        if meta:
-            buf, i = reader.take(at, 2)
-            if buf[i : i + 2] != b"\x02\x00":
-                break  # the dataset's first element, in whatever encoding
-        tag, vr, length, header = _header(reader, at, implicit)
+        buf, i = reader.buf, at - reader.base
+        if 0 <= i and i + 12 <= len(buf) and not meta and implicit:
+            group, elem, length = _TAG_LENGTH.unpack_from(buf, i)  # the common cases, inline
+            tag, vr, header = group << 16 | elem, None, 8
+        elif 0 <= i and i + 12 <= len(buf) and not meta:
+            group, elem, code, length = _TAG_VR_SHORT.unpack_from(buf, i)
+            vr = _VR_NAMES.get(code)
+            if vr is None or group == 0xFFFE:
+                tag, vr, length, header = _header(reader, at, implicit)  # its errors
+            else:
+                tag, header = group << 16 | elem, 8
+                if code in _LONG_VRS:
+                    length, header = _LONG.unpack_from(buf, i + 8)[0], 12
+        else:
+            if meta:
+                buf, i = reader.take(at, 2)
+                if buf[i : i + 2] != b"\x02\x00":
+                    break  # the dataset's first element, in whatever encoding
+            tag, vr, length, header = _header(reader, at, implicit)
         if tag >> 16 == 0xFFFE:
             raise _Decline  # an item or delimiter outside a sequence
         tell = at + header
@@ -139,19 +156,21 @@ def _elements(
             if tag == _PIXEL_DATA or not (vr is None or vr in ("SQ", "UN")):
                 raise _Decline  # encapsulated pixels, or an undefined-length value pydicom searches
             at = _skip_sequence(reader, tell, implicit, 1)
-            out[tag] = Element(tag, "SQ" if vr == "UN" else vr, length, None, tell, implicit, True, True)
+            out[tag] = _new(Element, (tag, "SQ" if vr == "UN" else vr, length, None, tell, implicit, True, True))
             continue
         at = tell + length
-        if defer_size is not None and length > defer_size and tag != _CHARSET:
+        if length > defer and tag != _CHARSET:
             if at > size:
                 raise _Decline  # a value past the end of the file
             value = None
         elif length:
-            buf, i = reader.take(tell, length)
+            buf, i = reader.buf, tell - reader.base
+            if i < 0 or i + length > len(buf):
+                buf, i = reader.take(tell, length)
             value = buf[i : i + length]
         else:
             value = b"" if vr in _EMPTY_BYTES else None
-        out[tag] = Element(tag, vr, length, value, tell, implicit, True)
+        out[tag] = _new(Element, (tag, vr, length, value, tell, implicit, True, False))
     if not meta and at != size:
         raise _Decline  # trailing bytes that are no element
     return out, at

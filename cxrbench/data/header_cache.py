@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from cxrbench.data.images import PixelLayout
 
-if TYPE_CHECKING:  # volumes imports pydicom: only when headers are read
+if TYPE_CHECKING:  # volumes: only needed when headers are read
     from cxrbench.data.volumes import SliceHeader
 
 HEADERS_FILE = "headers.parquet"
