@@ -6,6 +6,7 @@ flushed after every chunk lets a killed build continue where it stopped.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -414,12 +415,40 @@ def _copy_rows(
     row_bytes: int,
 ) -> dict[int, str]:
     """Copy the old cache's ``old_rows`` (pixels) to ``new_rows`` of the new files with their done
-    ``states`` and ``reasons``, durably (synced before anything is marked done); return the reasons."""
-    old_images = np.load(out_dir / IMAGES_FILE, mmap_mode="r")
-    with open(files[IMAGES_FILE], "r+b") as images:
-        for start in range(0, len(new_rows), 256):
-            part = slice(start, start + 256)
-            _write_rows(images, offset, row_bytes, new_rows[part], np.asarray(old_images[old_rows[part]]))
+    ``states`` and ``reasons``, durably (synced before anything is marked done); return the reasons.
+
+    Rows consecutive in both caches (a redone prepare keeps whole series) are copied as one range,
+    inside the kernel where it can (``os.copy_file_range``), and synced on a thread as the copy goes
+    on: no pixels pass through this process, and the last sync has little left to write."""
+    source = out_dir / IMAGES_FILE
+    old_offset = _npy_header(source)[1]
+    # runs of rows consecutive on both sides: (new row, old row, count)
+    breaks = np.flatnonzero((np.diff(new_rows) != 1) | (np.diff(old_rows) != 1)) + 1
+    starts = np.concatenate([[0], breaks]).astype(np.int64)
+    counts = np.diff(np.concatenate([starts, [len(new_rows)]]))
+    with (
+        open(source, "rb") as src,
+        open(files[IMAGES_FILE], "r+b") as images,
+        ThreadPoolExecutor(1, thread_name_prefix="cache-copy-sync") as syncer,
+    ):
+        running = None
+        since_sync = 0
+        for first, count in zip(starts.tolist(), counts.tolist(), strict=True):
+            nbytes = count * row_bytes
+            _copy_range(
+                src,
+                old_offset + int(old_rows[first]) * row_bytes,
+                images,
+                offset + int(new_rows[first]) * row_bytes,
+                nbytes,
+            )
+            since_sync += nbytes
+            if since_sync >= _COPY_SYNC_BYTES and (running is None or running.done()):
+                if running is not None:
+                    running.result()
+                running, since_sync = syncer.submit(os.fsync, images.fileno()), 0
+        if running is not None:
+            running.result()
         os.fsync(images.fileno())
     with open(files[REASONS_FILE], "w", encoding="utf-8") as log:
         log.writelines(json.dumps({"row": row, "reason": why}) + "\n" for row, why in sorted(reasons.items()))
@@ -428,6 +457,36 @@ def _copy_rows(
     done[new_rows] = states
     done.flush()
     return reasons
+
+
+#: A redone prepare's row copy starts a sync on a thread after about this many bytes.
+_COPY_SYNC_BYTES = 256 << 20
+
+
+def _copy_range(src, src_at: int, dst, dst_at: int, nbytes: int) -> None:
+    """Copy ``nbytes`` from offset ``src_at`` of the open file ``src`` to ``dst_at`` of ``dst``: in the
+    kernel where the platform and file system allow, else through a reused buffer."""
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < nbytes:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), nbytes - done, src_at + done, dst_at + done)
+                if n == 0:
+                    break  # the source ends early: the loop below says so
+                done += n
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTSUP):
+                raise
+    buffer = memoryview(bytearray(min(nbytes - done, 8 << 20))) if done < nbytes else None
+    while done < nbytes:
+        src.seek(src_at + done)
+        n = src.readinto(buffer[: min(len(buffer), nbytes - done)])
+        if not n:
+            raise OSError(f"{src.name}: ends before the rows it should hold")
+        dst.seek(dst_at + done)
+        dst.write(buffer[:n])
+        done += n
+    dst.flush()
 
 
 def _create_array(file: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -449,15 +508,20 @@ def _open_array(file: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
     return arr
 
 
-def _data_offset(file: Path, shape: tuple[int, ...]) -> int:
-    """Return where the uint8 data of the .npy ``file`` starts, after checking its shape."""
+def _npy_header(file: Path) -> tuple[tuple, int]:
+    """The .npy ``file``'s header (shape, fortran order, dtype) and where its data starts."""
     with open(file, "rb") as fh:
         version = np.lib.format.read_magic(fh)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        header = read(fh)  # (shape, fortran_order, dtype)
-        if tuple(header[0]) != shape or header[1] or header[2] != np.uint8:
-            raise ValueError(f"{file} holds {header[0]} {header[2]}, expected {shape} uint8")
-        return fh.tell()
+        return read(fh), fh.tell()
+
+
+def _data_offset(file: Path, shape: tuple[int, ...]) -> int:
+    """Return where the uint8 data of the .npy ``file`` starts, after checking its shape."""
+    header, offset = _npy_header(file)
+    if tuple(header[0]) != shape or header[1] or header[2] != np.uint8:
+        raise ValueError(f"{file} holds {header[0]} {header[2]}, expected {shape} uint8")
+    return offset
 
 
 def _read_reasons(file: Path, done: np.ndarray) -> dict[int, str]:

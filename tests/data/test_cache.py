@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing
 import os
 import subprocess
@@ -159,6 +160,35 @@ def test_other_paths_reuse_the_rows_of_files_already_decoded(tmp_path, monkeypat
     assert build_cache(order, tmp_path / "c", settings=SETTINGS, workers=0) == reasons and decoded == []
 
 
+@pytest.mark.parametrize("kernel", ["whole", "partial", "unsupported"])
+def test_kept_rows_are_copied_a_run_at_a_time(tmp_path, monkeypatch, kernel):
+    """Rows consecutive in both caches are one copy, by the kernel (which may copy less than asked
+    per call) or, where it cannot, through a buffer: the same pixels either way."""
+    if kernel != "unsupported" and not hasattr(os, "copy_file_range"):
+        pytest.skip("no os.copy_file_range on this platform")
+    paths = make_pngs(tmp_path, 12)
+    build_cache(paths[:10], tmp_path / "c", settings=SETTINGS, workers=0)
+    real, calls = getattr(os, "copy_file_range", None), []
+
+    def copy_file_range(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        if kernel == "unsupported":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst, min(count, 100) if kernel == "partial" else count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range, raising=False)
+    decoded = _counting(monkeypatch)
+    order = [*paths[2:6], paths[11], *paths[7:10], paths[0]]  # kept runs 2-5, 7-9 and 0; one new file
+    assert build_cache(order, tmp_path / "c", settings=SETTINGS, workers=0) == [None] * 9
+    assert decoded == [paths[11]]
+    np.testing.assert_array_equal(open_cache(tmp_path / "c"), serial_reference(order, SETTINGS))
+    row = 16 * 16
+    if kernel == "whole":
+        assert calls == [4 * row, 3 * row, row]
+    elif kernel == "partial":
+        assert sum(c == 4 * row for c in calls) == 1 and len(calls) > 8  # asked again for the rest
+
+
 def test_a_changed_file_is_decoded_again(tmp_path, monkeypatch):
     paths = make_pngs(tmp_path, 4)
     build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=0)
@@ -177,15 +207,15 @@ def test_a_changed_file_is_decoded_again(tmp_path, monkeypatch):
 def test_a_crash_while_copying_rows_leaves_the_old_cache_usable(tmp_path, monkeypatch):
     paths = make_pngs(tmp_path, 5)
     build_cache(paths[:4], tmp_path / "c", settings=SETTINGS, workers=0)
-    real_write = cache_mod._write_rows
+    real_copy = cache_mod._copy_range
 
     def dies(*args, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_mod, "_write_rows", dies)
+    monkeypatch.setattr(cache_mod, "_copy_range", dies)
     with pytest.raises(KeyboardInterrupt):
         build_cache(paths[1:], tmp_path / "c", settings=SETTINGS, workers=0)
-    monkeypatch.setattr(cache_mod, "_write_rows", real_write)
+    monkeypatch.setattr(cache_mod, "_copy_range", real_copy)
     assert list((tmp_path / "c").glob("*.next"))  # the cut-short copy
     decoded = _counting(monkeypatch)
     assert build_cache(paths[:4], tmp_path / "c", settings=SETTINGS, workers=0) == [None] * 4 and decoded == []
