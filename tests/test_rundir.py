@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -639,6 +640,19 @@ def test_a_killed_writer_not_yet_reaped_counts_as_gone(tmp_path):
         writer.kill()
         writer.wait()
     assert not rundir._zombie(writer.pid) and not rundir._running(writer.pid)  # reaped: gone from /proc
+
+
+def test_block_digest_of_any_range_equals_hashing_its_bytes(tmp_path):
+    """Blocks at any offset, the last one short, one past the end: the digest of exactly those bytes."""
+    import blake3
+
+    path = tmp_path / "f"
+    data = os.urandom(3 * 4096 + 777)
+    path.write_bytes(data)
+    for start, block in [(0, 4096), (4096, 8192), (5000, 4096), (3 * 4096, 4096), (12_000, 10_000), (len(data), 64)]:
+        assert rundir.block_digest(path, start, block) == blake3.blake3(data[start : start + block]).digest()
+        expected = hashlib.sha256(data[start : start + block]).digest()
+        assert rundir.block_digest(path, start, block, scheme="sha256-blocks-") == expected
 
 
 def test_remembered_block_digests_are_used_only_while_the_file_is_unchanged(tmp_path):
