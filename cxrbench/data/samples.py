@@ -213,7 +213,7 @@ def _sample_ids(frame: pd.DataFrame, root_prefix: str) -> list[str]:
     given = frame["sample_id"] if "sample_id" in frame else pd.Series(None, index=frame.index)
     return [
         str(sid) if not pd.isna(sid) else _relative(str(path), root_prefix)
-        for sid, path in zip(given, frame["path"], strict=True)
+        for sid, path in zip(given.tolist(), frame["path"].tolist(), strict=True)  # lists: fast to iterate
     ]
 
 
@@ -226,4 +226,4 @@ def _optional(frame: pd.DataFrame, column: str, kind: type) -> object:
     if column not in frame:
         return None
     # Series.where(notna, None) turns None back into NaN, which str() made the text "nan"
-    return np.array([None if pd.isna(v) else kind(v) for v in frame[column]], dtype=object)
+    return np.array([None if pd.isna(v) else kind(v) for v in frame[column].tolist()], dtype=object)

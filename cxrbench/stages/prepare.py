@@ -120,7 +120,7 @@ def relative_paths(paths: pd.Series, root: Path) -> list[str]:
     copied elsewhere keeps its stage keys; other paths stay absolute."""
     prefixes = tuple(dict.fromkeys(str(r).rstrip("/") + "/" for r in (Path(root).resolve(), Path(root).absolute())))
     out = []
-    for path in paths.astype(str):
+    for path in paths.astype(str).tolist():
         for prefix in prefixes:
             if path.startswith(prefix):
                 path = path[len(prefix) :]
@@ -225,7 +225,9 @@ def _prepare(
                         image_format=raw.image_format,
                         workers=workers,
                         progress=advance,
-                        layouts=[raw.pixel_layouts.get(p) for p in samples["path"]] if raw.pixel_layouts else None,
+                        layouts=[raw.pixel_layouts.get(p) for p in samples["path"].tolist()]
+                        if raw.pixel_layouts
+                        else None,
                     )
                 if "mask_rle" in samples:  # segmentation: masks resized like their images, row for row
                     stage.record(build_masks(samples["mask_rle"].tolist(), home / CACHE_DIR, image))
