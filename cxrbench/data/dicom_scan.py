@@ -50,8 +50,9 @@ class Element(NamedTuple):
     is_undefined_length: bool = False
 
 
-class _Decline(Exception):
-    """The file is not one ``scan`` reads as pydicom would: pydicom reads it."""
+class Unusual(Exception):
+    """A native Part 10 file whose elements ``scan`` does not read as pydicom would (a value cut
+    short, an unknown VR, ...): pydicom's own element generator reads it."""
 
 
 class _Reader:
@@ -66,40 +67,38 @@ class _Reader:
         start = at - self.base
         if start < 0 or start + n > len(self.buf):
             if at + n > self.size:
-                raise _Decline  # cut short: pydicom keeps what it finds
+                raise Unusual  # cut short: pydicom keeps what it finds
             self.fp.seek(at)
             self.base, self.buf, start = at, self.fp.read(max(n, _HEAD)), 0
             if n > len(self.buf):
-                raise _Decline
+                raise Unusual
         return self.buf, start
 
 
 def scan(path, defer_size: int | None) -> tuple[dict[int, Element], dict[int, Element], float] | None:
     """The dataset's and the file meta's top-level elements by tag, and the file's modification
     time, as pydicom reads them with ``defer_size`` (values longer than it left unread, but the
-    character set); None unless the file is Part 10 with an explicit-VR meta and a native
-    little-endian syntax that its first element agrees with, and every element is plain."""
+    character set). None unless the file is Part 10 with an explicit-VR meta and a native
+    little-endian syntax that its first element agrees with (then only ``dcmread`` reads it);
+    ``Unusual`` when it is, but an element is not plain (then pydicom's element generator can)."""
     with open(path, "rb", buffering=0) as fp:
         stat = os.fstat(fp.fileno())
         reader = _Reader(fp, stat.st_size)
         head = reader.buf
         if head[128:132] != b"DICM" or not explicit_vr(head[132:138]):
             return None
-        try:
-            meta, at = _elements(reader, 132, implicit=False, defer_size=None, meta=True)
-            syntax = getattr(meta.get(_SYNTAX), "value", None)
-            if not isinstance(syntax, bytes):
-                return None
-            implicit = NATIVE_IMPLICIT.get(syntax.rstrip(b"\x00 ").decode("ascii", "replace"))
-            if implicit is None:
-                return None
-            if at + 6 <= stat.st_size:
-                buf, i = reader.take(at, 6)
-                if explicit_vr(buf[i : i + 6]) == implicit:
-                    return None  # written otherwise than declared: dcmread's heuristics
-            raw, _ = _elements(reader, at, implicit=implicit, defer_size=defer_size)
-        except _Decline:
+        meta, at = _elements(reader, 132, implicit=False, defer_size=None, meta=True)
+        syntax = getattr(meta.get(_SYNTAX), "value", None)
+        if not isinstance(syntax, bytes):
             return None
+        implicit = NATIVE_IMPLICIT.get(syntax.rstrip(b"\x00 ").decode("ascii", "replace"))
+        if implicit is None:
+            return None
+        if at + 6 <= stat.st_size:
+            buf, i = reader.take(at, 6)
+            if explicit_vr(buf[i : i + 6]) == implicit:
+                return None  # written otherwise than declared: dcmread's heuristics
+        raw, _ = _elements(reader, at, implicit=implicit, defer_size=defer_size)
     return raw, meta, stat.st_mtime
 
 
@@ -117,7 +116,7 @@ def _header(reader: _Reader, at: int, implicit: bool) -> tuple[int, str | None, 
     if vr not in _VRS:
         if tag >> 16 == 0xFFFE:  # items and delimiters carry no VR
             return tag, None, _TAG_LENGTH.unpack_from(buf, i)[2], 8
-        raise _Decline  # an unknown VR, or a switch to implicit VR: pydicom's guesses
+        raise Unusual  # an unknown VR, or a switch to implicit VR: pydicom's guesses
     return tag, _VR_NAMES[vr], length, 8
 
 
@@ -150,18 +149,18 @@ def _elements(
                     break  # the dataset's first element, in whatever encoding
             tag, vr, length, header = _header(reader, at, implicit)
         if tag >> 16 == 0xFFFE:
-            raise _Decline  # an item or delimiter outside a sequence
+            raise Unusual  # an item or delimiter outside a sequence
         tell = at + header
         if length == _UNDEFINED:
             if tag == _PIXEL_DATA or not (vr is None or vr in ("SQ", "UN")):
-                raise _Decline  # encapsulated pixels, or an undefined-length value pydicom searches
+                raise Unusual  # encapsulated pixels, or an undefined-length value pydicom searches
             at = _skip_sequence(reader, tell, implicit, 1)
             out[tag] = _new(Element, (tag, "SQ" if vr == "UN" else vr, length, None, tell, implicit, True, True))
             continue
         at = tell + length
         if length > defer and tag != _CHARSET:
             if at > size:
-                raise _Decline  # a value past the end of the file
+                raise Unusual  # a value past the end of the file
             value = None
         elif length:
             buf, i = reader.buf, tell - reader.base
@@ -172,14 +171,14 @@ def _elements(
             value = b"" if vr in _EMPTY_BYTES else None
         out[tag] = _new(Element, (tag, vr, length, value, tell, implicit, True, False))
     if not meta and at != size:
-        raise _Decline  # trailing bytes that are no element
+        raise Unusual  # trailing bytes that are no element
     return out, at
 
 
 def _skip_sequence(reader: _Reader, at: int, implicit: bool, depth: int) -> int:
     """Past the sequence delimiter of the undefined-length sequence whose items start at ``at``."""
     if depth > _DEPTH:
-        raise _Decline
+        raise Unusual
     while True:
         buf, i = reader.take(at, 8)
         group, elem, length = _TAG_LENGTH.unpack_from(buf, i)
@@ -187,7 +186,7 @@ def _skip_sequence(reader: _Reader, at: int, implicit: bool, depth: int) -> int:
         if tag == _SEQUENCE_END:
             return at
         if tag != _ITEM:
-            raise _Decline
+            raise Unusual
         at = _skip_item(reader, at, implicit, depth) if length == _UNDEFINED else at + length
 
 
@@ -199,10 +198,10 @@ def _skip_item(reader: _Reader, at: int, implicit: bool, depth: int) -> int:
         if tag == _ITEM_END:
             return at
         if tag >> 16 == 0xFFFE:
-            raise _Decline
+            raise Unusual
         if length == _UNDEFINED:
             if not (vr is None or vr in ("SQ", "UN")):
-                raise _Decline
+                raise Unusual
             at = _skip_sequence(reader, at, implicit, depth + 1)
         else:
             at += length

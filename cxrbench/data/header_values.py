@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from cxrbench.data.dicom_scan import NATIVE_IMPLICIT, explicit_vr, scan
+from cxrbench.data.dicom_scan import NATIVE_IMPLICIT, Unusual, explicit_vr, scan
 
 _STRING_VRS = {"UI", "CS", "LO", "SH", "AS"}
 _PLAIN_TEXT = re.compile(rb"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*")  # printable ASCII, no backslash
@@ -151,10 +151,14 @@ def read_view(path, *, defer_size: int, force: bool) -> HeaderView:
     pydicom's rules (``HeaderView.of_elements``); any other file is read by ``read_dataset``."""
     try:
         parts = scan(path, defer_size)
-    except Exception:  # whatever it is, pydicom reads the file again and decides
-        parts = None
-    if parts is None:
+    except Unusual:  # a standard file pydicom's element generator reads
         return HeaderView(read_dataset(path, defer_size=defer_size, force=force))
+    except Exception:  # whatever it is, dcmread reads the file again and decides
+        parts = None
+    if parts is None:  # no preamble, another syntax, ...: dcmread's (pydicom's native path declines them too)
+        import pydicom
+
+        return HeaderView(pydicom.dcmread(path, defer_size=defer_size, force=force))
     raw, meta, _ = parts
     return HeaderView.of_elements(raw, meta, lambda: read_dataset(path, defer_size=defer_size, force=force))
 
