@@ -44,6 +44,8 @@ CACHE_VERSION = 2  # 2: per-row file stamps (caches of 1 start over)
 #: An in-process build syncs decoded rows to disk (and only then marks them done) at most this often;
 #: a parallel one syncs on a thread, back to back.
 SYNC_SECONDS = 2.0
+#: A redone prepare's copy of kept rows starts a sync on a thread after about this many bytes.
+_COPY_SYNC_BYTES = 256 << 20
 _TODO, _OK, _BAD = 0, 1, 2
 
 
@@ -457,10 +459,6 @@ def _copy_rows(
     done[new_rows] = states
     done.flush()
     return reasons
-
-
-#: A redone prepare's row copy starts a sync on a thread after about this many bytes.
-_COPY_SYNC_BYTES = 256 << 20
 
 
 def _copy_range(src, src_at: int, dst, dst_at: int, nbytes: int) -> None:

@@ -4,9 +4,10 @@ pydicom: what the CT header pass takes from each of a dataset's million slices.
 Importing pydicom costs each worker process 0.14 s and its element generator ~2 µs an element, more
 than the header pass's own work. ``scan`` yields, for the files it accepts, the raw elements
 ``pydicom.filereader.data_element_generator`` yields (same tags, VRs, lengths, value bytes, value
-offsets and deferred values); anything it does not expect (another syntax, an unknown VR, a value
-cut short, an undefined length other than a sequence of items) it declines with None, and pydicom
-reads that file as before.
+offsets and deferred values). A file that is not a native Part 10 one it declines with None (then
+only ``dcmread`` reads it); in one that is, an element it does not expect (an unknown VR, a value
+cut short, an undefined length other than a sequence of items) raises ``Unusual`` (then pydicom's
+element generator reads it).
 """
 
 from __future__ import annotations

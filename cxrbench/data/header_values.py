@@ -70,7 +70,8 @@ class HeaderView:
 
     @classmethod
     def of_elements(cls, raw: dict, meta: dict | None, build: Callable[[], Any]) -> HeaderView:
-        """A view of elements as pydicom's parser yields them (by tag; ``meta``: the file meta's),
+        """A view of raw elements as pydicom's parser (or ``dicom_scan``, the same) yields them (by
+        tag; ``meta``: the file meta's),
         whose pydicom dataset ``build()`` makes only when a value needs pydicom's own rules: most
         slices never do, and making it is a tenth of a header read."""
         view = cls.__new__(cls)
