@@ -71,9 +71,8 @@ class HeaderView:
     @classmethod
     def of_elements(cls, raw: dict, meta: dict | None, build: Callable[[], Any]) -> HeaderView:
         """A view of raw elements as pydicom's parser (or ``dicom_scan``, the same) yields them (by
-        tag; ``meta``: the file meta's),
-        whose pydicom dataset ``build()`` makes only when a value needs pydicom's own rules: most
-        slices never do, and making it is a tenth of a header read."""
+        tag; ``meta``: the file meta's), whose pydicom dataset ``build()`` makes only when a value
+        needs pydicom's own rules: most slices never do, and making it is a tenth of a header read."""
         view = cls.__new__(cls)
         view._ds, view._build, view._raw = None, build, raw
         view.file_meta = None if meta is None else cls.of_elements(meta, None, lambda: view.ds.file_meta)
