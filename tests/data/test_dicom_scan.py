@@ -228,3 +228,52 @@ def test_each_file_is_read_by_one_parser_only(monkeypatch):
         view = header_values.read_view(folder / name, defer_size=4096, force=True)
         view.get("Rows")
         assert used == expected, name
+
+
+def test_damaged_files_read_as_dcmread_reads_them(tmp_path):
+    """Seeded random damage (bytes changed, cut out, inserted; files cut short) to standard files with
+    and without sequences: where the scan takes the damaged file, its header is the one the
+    ``dcmread`` path reads; where it leaves it to pydicom's generator, both read the same header or
+    both give a reason."""
+    import random
+    import warnings
+
+    rng = random.Random(12)
+    folder = Path(pydicom.data.__file__).parent / "test_files"
+    sources = [(folder / n).read_bytes() for n in ("CT_small.dcm", "MR_small_implicit.dcm", "reportsi.dcm")]
+    path = tmp_path / "damaged.dcm"
+    taken = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for case in range(300):
+            data = bytearray(rng.choice(sources))
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(128, min(len(data), 3000))
+                what = rng.random()
+                if what < 0.6:
+                    data[at] = rng.randrange(256)
+                elif what < 0.8:
+                    del data[at : at + rng.randint(1, 8)]
+                else:
+                    data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            if rng.random() < 0.2:
+                data = data[: rng.randrange(132, len(data))]
+            path.write_bytes(bytes(data))
+            try:
+                took = _scan(path, 4096) is not None
+            except Unusual:
+                took = False
+            fast = volumes.read_header(path)
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(
+                    volumes,
+                    "read_view",
+                    lambda p, *, defer_size, force: HeaderView(pydicom.dcmread(p, defer_size=defer_size, force=force)),
+                )
+                slow = volumes.read_header(path)
+            if took:
+                taken += 1
+                assert fast == slow, case
+            else:
+                assert fast == slow or (isinstance(fast, str) and isinstance(slow, str)), case
+    assert taken > 30
