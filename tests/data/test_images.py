@@ -93,6 +93,18 @@ def test_tiff_16bit_exact(tmp_path):
 
 
 # ------------------------------------------------------------------ DICOM
+def test_float_tiff_with_nan_or_inf_is_refused_and_a_finite_one_read(tmp_path):
+    image = np.linspace(0, 1, 40 * 40, dtype=np.float32).reshape(40, 40)
+    Image.fromarray(image, mode="F").save(tmp_path / "ok.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "ok.tif"), image)
+    for bad in (np.nan, np.inf):
+        broken = image.copy()
+        broken[3, 5] = bad
+        Image.fromarray(broken, mode="F").save(tmp_path / "bad.tif")
+        with pytest.raises(ImageError, match="non-finite"):
+            read_image(tmp_path / "bad.tif")
+
+
 def test_dicom_monochrome2_plain(tmp_path):
     arr = RNG.integers(0, 4096, (8, 6), dtype=np.uint16)
     got = read_image(write_dicom(tmp_path / "a.dcm", arr))
