@@ -152,13 +152,10 @@ def save(file: Path, paths: Sequence[str], headers: Sequence[SliceHeader | str],
         columns[name] = [getattr(h, name) if h is not None else None for h in read]
     columns["rows"] = [h.shape[0] if h is not None else None for h in read]
     columns["cols"] = [h.shape[1] if h is not None else None for h in read]
-    as_dicts: dict[PixelLayout, dict] = {}  # a series' slices share one layout object (Shared)
-    columns["pixels"] = [
-        as_dicts.get(h.pixels) or as_dicts.setdefault(h.pixels, _shallow(h.pixels))
-        if h is not None and h.pixels is not None
-        else None
-        for h in read
-    ]
+    # each distinct layout made a dict once: a series' slices share one (``Shared``)
+    as_dicts = {h.pixels: None for h in read if h is not None and h.pixels is not None}
+    as_dicts = {layout: _shallow(layout) for layout in as_dicts}
+    columns["pixels"] = [as_dicts[h.pixels] if h is not None and h.pixels is not None else None for h in read]
     table = pa.Table.from_pydict(columns, schema=_SCHEMA.with_metadata({_META: _version()}))
     from cxrbench.rundir import write_parquet
 

@@ -9,8 +9,9 @@ from the two ``segmentation/*.parquet`` tables. Goal: a significant positive Δ 
 found, HU, window, resize, the cache's block hashes taken as its blocks are done) and of the
 whole ``prepare rsna-pe`` (header pass, series ordering, labels, decode, output hashes) with 2
 worker processes, against pydicom reading the same files in a plain loop (pixels to HU), timed in
-turn with them in the same run, at the study's 512 px and at 224 px. Goal: >= 1.7x. Then the same prepare rerun with nothing changed, redone
-with other labels and redone without the 2.5 mm series, each against the first prepare.
+turn with them in the same run, at the study's 512 px and at 224 px. Goal: >= 1.7x. Then the same
+prepare rerun with nothing changed, redone with other labels and redone without the 2.5 mm series,
+each against the first prepare.
 
 Run as a script: ``python tests/perf/bench_ct.py [--part seg|prepare|all]``.
 """
