@@ -63,7 +63,21 @@ def _new_pool(workers: int):
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_pool_worker, initargs=(os.getpid(),))
+
+
+#: Thread pools of the numeric libraries, one thread each in a pool worker: the workers are the
+#: parallelism. OpenBLAS otherwise starts a thread per core when numpy is imported, which spin
+#: ~0.1 s of CPU each, taken from the workers beside them.
+_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _pool_worker(parent: int) -> None:
+    """Initializer of the spawn pools: ``die_with_parent``, and single-threaded numeric libraries
+    (read when first imported, which a spawn worker has not done yet; values the user set stay)."""
+    for name in _ONE_THREAD:
+        os.environ.setdefault(name, "1")
+    die_with_parent(parent)
 
 
 @contextlib.contextmanager

@@ -64,3 +64,14 @@ def test_ct_prepare_starts_one_pool_for_headers_and_decode(tmp_path: Path, monke
     manifest = prepare(tmp_path / "run", "rsna-pe", root=root, image=Preprocess(size=32), workers=2)
     assert manifest.complete and manifest.extra["quarantined"] == 0
     assert made == [2]
+
+
+def test_pool_workers_run_numeric_libraries_on_one_thread_unless_the_user_said(monkeypatch) -> None:
+    """The workers are the parallelism: OpenBLAS's per-core threads (which spin ~0.1 s of CPU each
+    when numpy is imported) would take cores from the workers beside them."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with processes.worker_pool(2) as pool:
+        assert pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "1"
+        assert pool.submit(os.getenv, "OMP_NUM_THREADS").result() == "3"
+    assert os.getenv("OPENBLAS_NUM_THREADS") is None  # the parent's own libraries keep their threads
