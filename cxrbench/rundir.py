@@ -300,6 +300,14 @@ def _new_digest(scheme: str):
     return blake3.blake3()
 
 
+def new_block_digest(data=b""):
+    """A hasher of the block scheme new manifests record, fed ``data``: what a writer that hashes
+    its own blocks (``remember_block_digests``) takes each block's digest with."""
+    digest = _new_digest(_BLOCK_SCHEME)
+    digest.update(data)
+    return digest
+
+
 def output_hash(path: Path, *, block: int | None = None, fresh: bool = False, scheme: str = _BLOCK_SCHEME) -> str:
     """The hash a manifest records for an output: ``file_hash`` (SHA-256 of the bytes) up to
     ``block`` bytes (default ``HASH_BLOCK``); past it ``blake3-blocks-N:`` and the BLAKE3 of the

@@ -1,7 +1,9 @@
 """The image cache: every image decoded and preprocessed once into one uint8 memmap.
 
 Built in chunks by parallel worker processes with bounded memory, and resumable: a done-mask
-flushed after every chunk lets a killed build continue where it stopped.
+flushed after every chunk lets a killed build continue where it stopped. A fresh parallel build of
+a large cache goes a hash block a chunk: the workers write the rows directly and hash them on the
+way (``cache_rows``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrbench.data.cache_rows import ALIGN, Block, BlockDigest, BlockDone, RowWriter, plan_blocks
 from cxrbench.data.images import (
     CT_PREFIX,
     ImageError,
@@ -97,11 +100,8 @@ def build_cache(
         progress(int(np.count_nonzero(done)))
     todo = np.flatnonzero(done == _TODO)
     if todo.size:
-        per_task = chunk_size
-        if workers > 1:  # small jobs: about 4 chunks per worker, so none sits idle at the end
-            per_task = max(1, min(chunk_size, math.ceil(todo.size / (4 * workers))))
-        tasks = [todo[i : i + per_task] for i in range(0, todo.size, per_task)]
         row_bytes = math.prod(row_shape(settings, image_format))
+        tasks = _plan(todo, len(paths), out_dir / IMAGES_FILE, offset, row_bytes, workers, chunk_size)
         # Rows on disk but not yet synced are marked done only after an fsync that began after they
         # were written (``_Syncer``), so a kill or a power cut can lose decoded rows, never mark a
         # row done whose pixels are not durable. With workers the fsync runs on a thread, back to
@@ -119,8 +119,11 @@ def build_cache(
                 if log.read(1) != "\n":
                     log.write("\n")
 
-            def record(rows: np.ndarray, pixels: np.ndarray | None, bad: list[str | None]) -> None:
+            def record(rows: np.ndarray, pixels: np.ndarray | None, bad: list[str | None] | BlockDone) -> None:
                 # pixels None: _process_chunk has written the rows itself (zeros come for crashes)
+                if isinstance(bad, BlockDone):
+                    hasher.offer(bad)
+                    bad = bad.reasons
                 if pixels is not None:
                     _write_rows(images, offset, row_bytes, rows, pixels)
                 lines = [
@@ -141,7 +144,7 @@ def build_cache(
 
             target = (str(out_dir / IMAGES_FILE), offset)
             if workers <= 1:
-                for rows in tasks:
+                for rows, _ in tasks:
                     chunk = [paths[r] for r in rows]
                     record(
                         rows, None, _process_chunk(chunk, settings, image_format, (*target, rows), _take(layouts, rows))
@@ -150,6 +153,26 @@ def build_cache(
                 _run_parallel(tasks, paths, settings, image_format, workers, record, target, layouts)
             sync.commit(force=True)
     return [reasons.get(i) for i in range(len(paths))]
+
+
+def _plan(
+    todo: np.ndarray, n_rows: int, file: Path, offset: int, row_bytes: int, workers: int, chunk_size: int
+) -> list[tuple[np.ndarray, Block | None]]:
+    """The build's tasks, ``(rows, Block or None)``: a fresh parallel build of a file of several hash
+    blocks goes a block a task (``cache_rows.plan_blocks``: written directly, hashed by the
+    worker); otherwise chunks of at most ``chunk_size`` rows, about 4 per worker when few."""
+    if workers > 1 and todo.size == n_rows:
+        from cxrbench.rundir import HASH_BLOCK
+
+        with open(file, "rb") as fh:
+            header = fh.read(offset)
+        blocks = plan_blocks(n_rows, offset, row_bytes, workers, header, HASH_BLOCK)
+        if blocks is not None:
+            return blocks
+    per_task = chunk_size
+    if workers > 1:  # small jobs: about 4 chunks per worker, so none sits idle at the end
+        per_task = max(1, min(chunk_size, math.ceil(todo.size / (4 * workers))))
+    return [(todo[i : i + per_task], None) for i in range(0, todo.size, per_task)]
 
 
 class _Syncer:
@@ -220,9 +243,19 @@ class _BlockHasher:
         self.next = 0
         self.digests: dict[int, Future] = {}
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="cache-hash") if self.n_blocks else None
+        self.given: dict[int, BlockDone] = {}  # digests the workers took, by block start
+        self.tails: dict[int, bytes] = {}  # row -> fingerprint of the bytes its writer wrote
+
+    def offer(self, done: BlockDone) -> None:
+        """A block task's result: its digest stands in for reading the block once its rows are done,
+        if the row it shares with the previous block's task was decoded alike by both."""
+        self.given[done.start] = done
+        if done.tail is not None:
+            self.tails[done.tail[0]] = done.tail[1]
 
     def update(self, done: np.ndarray) -> None:
-        """Start hashing the blocks, in order, whose rows are all done."""
+        """Take the digests of the blocks, in order, whose rows are all done: the worker's, or read
+        back and hashed on a thread."""
         from cxrbench.rundir import block_digest
 
         while self.next < self.n_blocks:
@@ -232,7 +265,12 @@ class _BlockHasher:
             last = min(self.n_rows, -(-(end - self.offset) // self.row_bytes))
             if first < last and bool((done[first:last] == _TODO).any()):
                 return
-            self.digests[start] = self.thread.submit(block_digest, self.file, start, self.block)
+            given = self.given.pop(start, None)
+            if given is not None and (given.head is None or self.tails.get(given.head[0]) == given.head[1]):
+                self.digests[start] = taken = Future()
+                taken.set_result(given.digest)
+            else:
+                self.digests[start] = self.thread.submit(block_digest, self.file, start, self.block)
             self.next += 1
 
     def __enter__(self) -> _BlockHasher:
@@ -344,7 +382,7 @@ def _open_or_create(
         state_file.unlink(missing_ok=True)
         for name in (DONE_FILE, REASONS_FILE, IMAGES_FILE, STAMPS_FILE, PATHS_FILE):
             (out_dir / name).unlink(missing_ok=True)
-    _create_array(files[IMAGES_FILE], shape, np.uint8)
+    _create_images(files[IMAGES_FILE], shape)
     offset = _data_offset(files[IMAGES_FILE], shape)
     done = _create_array(files[DONE_FILE], shape[:1], np.uint8)
     stamps = _create_array(files[STAMPS_FILE], (len(paths), 2), np.int64)
@@ -487,6 +525,16 @@ def _copy_range(src, src_at: int, dst, dst_at: int, nbytes: int) -> None:
     dst.flush()
 
 
+def _create_images(file: Path, shape: tuple[int, ...]) -> None:
+    """A new images file: a uint8 .npy of ``shape``, zeros (sparse), its header padded so the data
+    starts at ``ALIGN`` bytes (rows of a multiple of it can be written with direct I/O)."""
+    text = repr({"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
+    room = ALIGN - 10  # magic 6, version 2, header length 2
+    with open(file, "wb") as fh:
+        fh.write(b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + (text.ljust(room - 1) + "\n").encode("latin1"))
+        fh.truncate(ALIGN + math.prod(shape))
+
+
 def _create_array(file: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
     if math.prod(shape) == 0:  # an empty memmap cannot be mapped; a plain array stands in
         np.save(file, np.zeros(shape, dtype=dtype))
@@ -545,14 +593,9 @@ def _write_rows(images, offset: int, row_bytes: int, rows: np.ndarray, pixels: n
     parent). Plain writes, not a memmap: written pages stay out of the writer's RSS, so memory
     stays flat however many images the cache holds."""
     for r, image in zip(rows, pixels, strict=True):
-        _write_row(images, offset, row_bytes, r, image)
+        images.seek(offset + int(r) * row_bytes)
+        images.write(np.ascontiguousarray(image).data)
     images.flush()
-
-
-def _write_row(images, offset: int, row_bytes: int, row, image: np.ndarray) -> None:
-    """Write one image at row ``row`` of the open images file."""
-    images.seek(offset + int(row) * row_bytes)
-    images.write(np.ascontiguousarray(image).data)
 
 
 def _take(layouts: Sequence[PixelLayout | None] | None, rows: np.ndarray) -> list[PixelLayout | None] | None:
@@ -565,20 +608,25 @@ def _process_chunk(
     image_format: str | None,
     target: tuple[str, int, np.ndarray],
     layouts: list[PixelLayout | None] | None = None,
-) -> list[str | None]:
+    block: Block | None = None,
+) -> list[str | None] | BlockDone:
     """Decode ``paths`` into rows ``target[2]`` of the images file ``target[0]`` (data at byte
     ``target[1]``); return per image None or the reason it was quarantined. Top-level so spawn can
     pickle it. The worker writes its rows itself: shipping every decoded image through a pipe to
-    the parent cost as much as a tenth of the decode for 512-px CT slices."""
+    the parent cost as much as a tenth of the decode for 512-px CT slices.
+    ``block``: the rows make up that hash block (the first ``block.skip`` decoded only); they are
+    hashed as they are written and the result is a ``BlockDone``."""
     shape = row_shape(settings, image_format)
     row_bytes = math.prod(shape)
     reasons: list[str | None] = []
     # windowed CT under fixed scaling: decoded straight to 0..255 and resampled in 8 bits
     ct_uint8 = settings.scaling == "fixed" and (image_format or "").startswith(CT_PREFIX)
     file, offset, rows = target
-    # each row is written as soon as it is decoded (a quarantined one as zeros): no chunk-sized
+    digest = None if block is None else BlockDigest(block, offset, row_bytes)
+    skip = 0 if block is None else block.skip
+    # each row goes out as soon as it is decoded (a quarantined one as zeros): no chunk-sized
     # buffer to fill and copy, a tenth of a 512-px CT slice's decode
-    with open(file, "r+b") as images:
+    with RowWriter(file, offset, row_bytes, direct=block is not None and block.direct) as writer:
         for i, path in enumerate(paths):
             row = None
             try:
@@ -602,8 +650,11 @@ def _process_chunk(
                 reasons.append(f"unexpected error ({type(exc).__name__}: {exc})")
             if reasons[-1] is not None:
                 row = np.zeros(shape, dtype=np.uint8)
-            _write_row(images, offset, row_bytes, rows[i], row)
-    return reasons
+            if digest is not None:
+                digest.add(int(rows[i]), row)
+            if i >= skip:
+                writer.put(int(rows[i]), row)
+    return reasons if digest is None else digest.done(reasons[skip:])
 
 
 CRASH_REASON = "decoder crashed (worker process died)"
@@ -616,8 +667,8 @@ def _run_parallel(tasks, paths, settings, image_format, workers, record, target,
     one image at a time in a single-worker pool; an image that kills that too is quarantined with
     ``CRASH_REASON``, and the rest carry on in a fresh pool.
     """
-    queue: deque[np.ndarray] = deque(tasks)
-    suspects: deque[np.ndarray] = deque()
+    queue: deque[tuple[np.ndarray, Block | None]] = deque(tasks)
+    suspects: deque[tuple[np.ndarray, Block | None]] = deque()
     while queue or suspects:
         if suspects:
             for rows in _pool_pass(suspects, paths, settings, image_format, 1, 1, record, target, layouts):
@@ -628,7 +679,7 @@ def _run_parallel(tasks, paths, settings, image_format, workers, record, target,
                 )
         else:
             lost = _pool_pass(queue, paths, settings, image_format, workers, 2 * workers, record, target, layouts)
-            suspects.extend(np.array([r]) for rows in lost for r in rows)
+            suspects.extend((np.array([r]), None) for rows in lost for r in rows)
 
 
 def _pool_pass(queue, paths, settings, image_format, workers, window, record, target, layouts) -> list[np.ndarray]:
@@ -639,13 +690,20 @@ def _pool_pass(queue, paths, settings, image_format, workers, window, record, ta
     with worker_pool(workers) as pool:
         while queue or pending:
             while queue and len(pending) < window:
-                rows = queue.popleft()
-                chunk = [paths[r] for r in rows]
+                rows, block = task = queue.popleft()
+                decode = rows if block is None else np.arange(block.first, block.stop)
+                job = (
+                    [paths[r] for r in decode],
+                    settings,
+                    image_format,
+                    (*target, decode),
+                    _take(layouts, decode),
+                    *([] if block is None else [block]),
+                )
                 try:
-                    job = (chunk, settings, image_format, (*target, rows), _take(layouts, rows))
                     pending[pool.submit(_process_chunk, *job)] = rows
                 except BrokenProcessPool:
-                    queue.appendleft(rows)
+                    queue.appendleft(task)
                     retire(pool)
                     return _lost(pending, record)
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from cxrbench import processes
 from cxrbench.data import cache as cache_mod
+from cxrbench.data import cache_rows
 from cxrbench.data.cache import build_cache, open_cache
 from cxrbench.data.images import read_image
 from cxrbench.data.transforms import Preprocess, preprocess
@@ -411,6 +412,33 @@ def test_worker_crash_quarantines_only_the_culprit(tmp_path, monkeypatch, shared
     ok = paths[:3] + paths[4:]
     got = open_cache(tmp_path / "c")
     np.testing.assert_array_equal(np.delete(got, 3, axis=0), serial_reference(ok, SETTINGS))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses fork to run a test-module worker")
+def test_a_crash_in_a_block_task_quarantines_only_the_culprit_and_keeps_the_digests_true(tmp_path, monkeypatch):
+    """A fresh build of many hash blocks goes a block a task; the task that dies is retried an
+    image at a time like any chunk, and the blocks it had are hashed from the file instead."""
+    import blake3
+
+    from cxrbench import rundir
+
+    monkeypatch.setattr(rundir, "HASH_BLOCK", 4300)  # rows of 256 bytes: 9 blocks
+    paths = make_pngs(tmp_path, 119)
+    culprit = tmp_path / "CRASH.png"
+    Image.fromarray(np.full((20, 20), 9, np.uint8)).save(culprit)
+    paths.insert(50, str(culprit))
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", _CrashingPool)
+    planned = []
+    monkeypatch.setattr(cache_mod, "plan_blocks", lambda *a: planned.append(cache_rows.plan_blocks(*a)) or planned[-1])
+    reasons = build_cache(paths, tmp_path / "c", settings=SETTINGS, workers=2)
+    assert len(planned) == 1 and len(planned[0]) == 9
+    assert reasons == [None] * 50 + [cache_mod.CRASH_REASON] + [None] * 69
+    got = open_cache(tmp_path / "c")
+    np.testing.assert_array_equal(np.delete(got, 50, axis=0), serial_reference(paths[:50] + paths[51:], SETTINGS))
+    file = tmp_path / "c" / cache_mod.IMAGES_FILE
+    data, stat = file.read_bytes(), file.stat()
+    known = rundir._KNOWN_BLOCKS[(stat.st_dev, stat.st_ino)][1]
+    assert known == {s: blake3.blake3(data[s : s + 4300]).digest() for s in range(0, len(data), 4300)}
 
 
 def test_open_cache_is_read_only_and_checks_presence(tmp_path):
