@@ -29,6 +29,9 @@ import pyarrow.parquet as pq
 
 from cxrbench import __version__
 from cxrbench.console import info
+from cxrbench.digests import BLOCK_SCHEME as _BLOCK_SCHEME
+from cxrbench.digests import SCHEMES as _SCHEMES
+from cxrbench.digests import new_digest as _new_digest
 from cxrbench.errors import CxrbenchError
 
 DEFAULT_RUN = Path("runs/default")
@@ -285,27 +288,6 @@ def file_hash(path: Path, *, chunk: int = 1 << 22) -> str:
 
 #: Outputs larger than this are hashed in blocks of this size, on threads (``output_hash``).
 HASH_BLOCK = 64 << 20
-#: The block scheme new manifests record: BLAKE3 hashes 3-4x faster than SHA-256 on one core, which
-#: a prepare's multi-GB image cache pays beside its decode workers. ``sha256-blocks-`` digests of
-#: earlier manifests are still checked as they were made.
-_BLOCK_SCHEME = "blake3-blocks-"
-_SCHEMES = ("blake3-blocks-", "sha256-blocks-")
-
-
-def _new_digest(scheme: str):
-    if scheme == "sha256-blocks-":
-        return hashlib.sha256()
-    import blake3
-
-    return blake3.blake3()
-
-
-def new_block_digest(data=b""):
-    """A hasher of the block scheme new manifests record, fed ``data``: what a writer that hashes
-    its own blocks (``remember_block_digests``) takes each block's digest with."""
-    digest = _new_digest(_BLOCK_SCHEME)
-    digest.update(data)
-    return digest
 
 
 def output_hash(path: Path, *, block: int | None = None, fresh: bool = False, scheme: str = _BLOCK_SCHEME) -> str:

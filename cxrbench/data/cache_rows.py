@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxrbench.digests import new_block_digest
+
 #: Direct I/O needs buffer, file offset and length aligned to the device's logical block size;
 #: 4 KiB covers 512-byte and 4K-native disks. The cache's .npy header is padded to it.
 ALIGN = 4096
@@ -87,8 +89,6 @@ class BlockDigest:
     ``rundir.block_digest`` hashes those bytes of the file."""
 
     def __init__(self, block: Block, offset: int, row_bytes: int) -> None:
-        from cxrbench.rundir import new_block_digest
-
         self.block, self.offset, self.row_bytes = block, offset, row_bytes
         self.digest = new_block_digest()
         self.digest.update(block.head)
@@ -102,8 +102,6 @@ class BlockDigest:
         if hi > lo:
             self.digest.update(data[lo:hi])
         if lo > 0 or hi < self.row_bytes:  # shared with the neighbouring task
-            from cxrbench.rundir import new_block_digest
-
             mark = (row, new_block_digest(data).digest())
             if lo > 0:
                 self.head = mark

@@ -234,3 +234,30 @@ def test_a_failed_row_write_fails_the_task(tmp_path, monkeypatch, direct):
     file.write_bytes(bytes(3 * ALIGN))
     with pytest.raises(OSError, match="No space left"), RowWriter(str(file), ALIGN, ALIGN, direct=direct) as writer:
         writer.put(0, np.ones(ALIGN, np.uint8))
+
+
+def test_a_block_task_runs_without_loading_pyarrow(tmp_path):
+    """A decode worker hashes its block without importing ``rundir`` (which loads pyarrow, ~0.1 s
+    a worker process)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    paths = make_pngs(tmp_path, 3)
+    file = tmp_path / "images.npy"
+    file.write_bytes(bytes(ALIGN + 3 * 256))
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from cxrbench.data.cache import _process_chunk
+        from cxrbench.data.cache_rows import Block
+        from cxrbench.data.transforms import Preprocess
+        block = Block(0, {ALIGN + 3 * 256}, 0, 3, 0, bytes({ALIGN}), False)
+        done = _process_chunk({paths!r}, Preprocess(size=16), None, ({str(file)!r}, {ALIGN}, np.arange(3)), None, block)
+        assert done.reasons == [None] * 3, done
+        print(sorted(m for m in ("pyarrow", "cxrbench.rundir", "pandas") if m in sys.modules), done.digest.hex())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", blake3.blake3(file.read_bytes()).hexdigest()]
