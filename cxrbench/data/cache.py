@@ -626,7 +626,7 @@ def _process_chunk(
     skip = 0 if block is None else block.skip
     # each row goes out as soon as it is decoded (a quarantined one as zeros): no chunk-sized
     # buffer to fill and copy, a tenth of a 512-px CT slice's decode
-    with RowWriter(file, offset, row_bytes, direct=block is not None and block.direct) as writer:
+    with RowWriter(file, offset, row_bytes, direct=block is not None) as writer:
         for i, path in enumerate(paths):
             row = None
             try:

@@ -33,8 +33,7 @@ class Block:
     """One hash block of the images file, whole in one task: its bytes ``[start, end)``, which rows
     ``first`` to ``stop - 1`` cover. The first ``skip`` (0 or 1) of them begins before ``start``:
     the previous block's to write, decoded here for its bytes inside this block. ``head``: the
-    file's bytes in the block before the first row (the .npy header, block 0 only); ``direct``:
-    write with ``O_DIRECT``."""
+    file's bytes in the block before the first row (the .npy header, block 0 only)."""
 
     start: int
     end: int
@@ -42,7 +41,6 @@ class Block:
     stop: int
     skip: int
     head: bytes
-    direct: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +70,6 @@ def plan_blocks(
     n_blocks = math.ceil(size / block)
     if n_rows < 1 or size <= block or n_blocks < 4 * workers or row_bytes > block or offset >= block:
         return None
-    direct = hasattr(os, "O_DIRECT") and offset % ALIGN == 0 and row_bytes % ALIGN == 0
     tasks = []
     for k in range(n_blocks):
         start, end = k * block, min(size, (k + 1) * block)
@@ -80,7 +77,7 @@ def plan_blocks(
         stop = min(n_rows, -(-(end - offset) // row_bytes))
         skip = int(own > 0 and offset + own * row_bytes > start)
         head = header[start : min(end, offset)]
-        tasks.append((np.arange(own, stop), Block(start, end, own - skip, stop, skip, head, direct)))
+        tasks.append((np.arange(own, stop), Block(start, end, own - skip, stop, skip, head)))
     return tasks
 
 
