@@ -266,7 +266,7 @@ class _BlockHasher:
             if first < last and bool((done[first:last] == _TODO).any()):
                 return
             given = self.given.pop(start, None)
-            if given is not None and (given.head is None or self.tails.get(given.head[0]) == given.head[1]):
+            if given is not None and (given.head is None or self.tails.pop(given.head[0], None) == given.head[1]):
                 self.digests[start] = taken = Future()
                 taken.set_result(given.digest)
             else:
