@@ -124,8 +124,10 @@ def build_cache(
                 if isinstance(bad, BlockDone):
                     hasher.offer(bad)
                     bad = bad.reasons
-                if pixels is not None:
-                    _write_rows(images, offset, row_bytes, rows, pixels)
+                if pixels is not None:  # plain writes (synced with the rest), as a worker's without a block
+                    with RowWriter(str(out_dir / IMAGES_FILE), offset, row_bytes, direct=False) as writer:
+                        for r, image in zip(rows, pixels, strict=True):
+                            writer.put(int(r), image)
                 lines = [
                     json.dumps({"row": int(r), "reason": why}) + "\n"
                     for r, why in zip(rows, bad, strict=True)
@@ -588,16 +590,6 @@ def _read_reasons(file: Path, done: np.ndarray) -> dict[int, str]:
 
 
 # ---------------------------------------------------------------- the work
-def _write_rows(images, offset: int, row_bytes: int, rows: np.ndarray, pixels: np.ndarray) -> None:
-    """Write ``pixels[i]`` at row ``rows[i]`` of the open images file (synced later, by the
-    parent). Plain writes, not a memmap: written pages stay out of the writer's RSS, so memory
-    stays flat however many images the cache holds."""
-    for r, image in zip(rows, pixels, strict=True):
-        images.seek(offset + int(r) * row_bytes)
-        images.write(np.ascontiguousarray(image).data)
-    images.flush()
-
-
 def _take(layouts: Sequence[PixelLayout | None] | None, rows: np.ndarray) -> list[PixelLayout | None] | None:
     return None if layouts is None else [layouts[int(r)] for r in rows]
 
