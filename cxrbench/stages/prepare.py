@@ -189,6 +189,7 @@ def _prepare(
             image = replace(image, scaling="fixed")  # windowed HU: the same grey for the same HU everywhere
         rejected = _rejected(raw)
 
+        paths = samples["path"].tolist()
         names = relative_paths(samples["path"], root)
         rows_hash = pd.util.hash_pandas_object(samples.assign(path=names), index=False).sum()
         settings = {
@@ -208,7 +209,7 @@ def _prepare(
             inputs=inputs,
             extra_inputs={
                 "rows": f"{int(rows_hash) & (2**64 - 1):016x}",
-                "files": files_fingerprint(samples["path"].tolist(), names),
+                "files": files_fingerprint(paths, names),
                 **({"rejected": _frame_hash(rejected)} if len(rejected) else {}),
             },
             seed=policy.seed,
@@ -219,15 +220,13 @@ def _prepare(
             if todo:
                 with progress(len(samples), f"decode {dataset}") as advance:
                     reasons = build_cache(
-                        samples["path"].tolist(),
+                        paths,
                         home / CACHE_DIR,
                         settings=image,
                         image_format=raw.image_format,
                         workers=workers,
                         progress=advance,
-                        layouts=[raw.pixel_layouts.get(p) for p in samples["path"].tolist()]
-                        if raw.pixel_layouts
-                        else None,
+                        layouts=[raw.pixel_layouts.get(p) for p in paths] if raw.pixel_layouts else None,
                     )
                 if "mask_rle" in samples:  # segmentation: masks resized like their images, row for row
                     stage.record(build_masks(samples["mask_rle"].tolist(), home / CACHE_DIR, image))
